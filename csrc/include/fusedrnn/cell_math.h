@@ -1,0 +1,135 @@
+// Pointwise math of every cell, forward and backward, for one hidden unit of one batch row.
+//
+// Written once and compiled both by the CPU driver and (later) by the CUDA kernels, so the two
+// backends cannot drift apart. Every function works on plain scalars: "pre" values are
+// pre-activations (x·W_ihᵀ + b_ih and h·W_hhᵀ + b_hh parts), "act" values are activated gates.
+// Gate orders follow PyTorch/cuDNN: LSTM (i, f, g, o), GRU (r, z, n).
+#pragma once
+
+#include <cmath>
+
+#if defined(__CUDACC__)
+#define FR_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define FR_HOST_DEVICE inline
+#endif
+
+namespace fusedrnn {
+namespace cell {
+
+FR_HOST_DEVICE float exp_(float x) { return ::expf(x); }
+FR_HOST_DEVICE double exp_(double x) { return ::exp(x); }
+FR_HOST_DEVICE float tanh_(float x) { return ::tanhf(x); }
+FR_HOST_DEVICE double tanh_(double x) { return ::tanh(x); }
+
+// 1/(1+e^-x): for x → -∞ e^-x overflows to +inf and the result is exactly 0, never NaN.
+template <typename T>
+FR_HOST_DEVICE T sigmoid(T x) { return T(1) / (T(1) + exp_(-x)); }
+
+// Derivatives written in terms of the activated value y, which is what the tape keeps.
+template <typename T>
+FR_HOST_DEVICE T dsigmoid(T y) { return y * (T(1) - y); }
+template <typename T>
+FR_HOST_DEVICE T dtanh(T y) { return T(1) - y * y; }
+
+// ---------------------------------------------------------------------------------------------
+// LSTM: i=σ, f=σ, g=tanh, o=σ;  c' = f⊙c + i⊙g;  h' = o⊙tanh(c').
+template <typename T>
+FR_HOST_DEVICE void lstm_forward(const T pre[4], T c_prev, T act[4], T& c_new, T& h_new) {
+  act[0] = sigmoid(pre[0]);
+  act[1] = sigmoid(pre[1]);
+  act[2] = tanh_(pre[2]);
+  act[3] = sigmoid(pre[3]);
+  c_new = act[1] * c_prev + act[0] * act[2];
+  h_new = act[3] * tanh_(c_new);
+}
+
+// dh, dc: gradients reaching h' and c'. Outputs: gradients of the four pre-activations and of c.
+template <typename T>
+FR_HOST_DEVICE void lstm_backward(const T act[4], T c_prev, T c_new, T dh, T dc, T dpre[4],
+                                  T& dc_prev) {
+  const T tc = tanh_(c_new);
+  const T dc_total = dc + dh * act[3] * dtanh(tc);
+  dpre[0] = dc_total * act[2] * dsigmoid(act[0]);
+  dpre[1] = dc_total * c_prev * dsigmoid(act[1]);
+  dpre[2] = dc_total * act[0] * dtanh(act[2]);
+  dpre[3] = dh * tc * dsigmoid(act[3]);
+  dc_prev = dc_total * act[1];
+}
+
+// ---------------------------------------------------------------------------------------------
+// GRU, reset after the recurrent product (PyTorch, cuDNN):
+//   r = σ(xr + hr), z = σ(xz + hz), n = tanh(xn + r⊙hn), h' = (1−z)⊙n + z⊙h
+// where x* include b_ih and h* include b_hh. hn is kept for backward.
+template <typename T>
+FR_HOST_DEVICE void gru_forward(const T pre_x[3], const T pre_h[3], T h_prev, T act[3], T& h_new) {
+  act[0] = sigmoid(pre_x[0] + pre_h[0]);
+  act[1] = sigmoid(pre_x[1] + pre_h[1]);
+  act[2] = tanh_(pre_x[2] + act[0] * pre_h[2]);
+  h_new = (T(1) - act[1]) * act[2] + act[1] * h_prev;
+}
+
+// The input side and the recurrent side get different gradients for the n gate (the recurrent
+// one is scaled by r), hence two outputs. dh_prev_direct is the z⊙dh path only.
+template <typename T>
+FR_HOST_DEVICE void gru_backward(const T act[3], T hn, T h_prev, T dh, T dpre_x[3], T dpre_h[3],
+                                 T& dh_prev_direct) {
+  const T dn = dh * (T(1) - act[1]) * dtanh(act[2]);
+  const T dz = dh * (h_prev - act[2]) * dsigmoid(act[1]);
+  const T dr = dn * hn * dsigmoid(act[0]);
+  dpre_x[0] = dpre_h[0] = dr;
+  dpre_x[1] = dpre_h[1] = dz;
+  dpre_x[2] = dn;
+  dpre_h[2] = dn * act[0];
+  dh_prev_direct = dh * act[1];
+}
+
+// ---------------------------------------------------------------------------------------------
+// GRU, reset before the recurrent product (Cho et al. 2014):
+//   r = σ(xr + hr), z = σ(xz + hz), n = tanh(xn + W_hn·(r⊙h) + b_hn), h' = (1−z)⊙n + z⊙h.
+// The n gate needs a second product per step, so forward and backward each come in two halves
+// with that product between them.
+template <typename T>
+FR_HOST_DEVICE void gru_reset_before_forward_rz(T pre_xr, T pre_xz, T pre_hr, T pre_hz, T h_prev,
+                                                T& r, T& z, T& rh) {
+  r = sigmoid(pre_xr + pre_hr);
+  z = sigmoid(pre_xz + pre_hz);
+  rh = r * h_prev;
+}
+
+template <typename T>
+FR_HOST_DEVICE void gru_reset_before_forward_n(T pre_xn, T pre_hn, T z, T h_prev, T& n, T& h_new) {
+  n = tanh_(pre_xn + pre_hn);
+  h_new = (T(1) - z) * n + z * h_prev;
+}
+
+// First half: the z and n pre-activation gradients (dpre_n feeds the W_hn product) and z⊙dh.
+template <typename T>
+FR_HOST_DEVICE void gru_reset_before_backward_zn(T z, T n, T h_prev, T dh, T& dpre_z, T& dpre_n,
+                                                 T& dh_prev_direct) {
+  dpre_n = dh * (T(1) - z) * dtanh(n);
+  dpre_z = dh * (h_prev - n) * dsigmoid(z);
+  dh_prev_direct = dh * z;
+}
+
+// Second half: drh = dpre_n·W_hn, the gradient reaching r⊙h.
+template <typename T>
+FR_HOST_DEVICE void gru_reset_before_backward_r(T r, T h_prev, T drh, T& dpre_r, T& dh_prev_rh) {
+  dpre_r = drh * h_prev * dsigmoid(r);
+  dh_prev_rh = drh * r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vanilla RNN: h' = tanh(pre) or relu(pre).
+template <typename T>
+FR_HOST_DEVICE T rnn_tanh_forward(T pre) { return tanh_(pre); }
+template <typename T>
+FR_HOST_DEVICE T rnn_tanh_backward(T h_new, T dh) { return dh * dtanh(h_new); }
+template <typename T>
+FR_HOST_DEVICE T rnn_relu_forward(T pre) { return pre < T(0) ? T(0) : pre; }  // NaN stays NaN
+// relu'(0) = 0, as in PyTorch.
+template <typename T>
+FR_HOST_DEVICE T rnn_relu_backward(T h_new, T dh) { return h_new > T(0) ? dh : T(0); }
+
+}  // namespace cell
+}  // namespace fusedrnn

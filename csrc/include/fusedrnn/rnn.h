@@ -1,0 +1,138 @@
+// fusedrnn C++ API: one layer, one direction of an LSTM, GRU or vanilla RNN, forward and
+// backpropagation through time, on the CPU.
+//
+// Conventions (PyTorch's):
+//   T time steps, B batch rows, I input features, H hidden units, G gates (LSTM 4, GRU 3, RNN 1).
+//   Sequences are time-major: x[t, b, i] lives at x[(t * B + b) * I + i].
+//   Weights are PyTorch's: w_ih [G*H, I], w_hh [G*H, H], b_ih [G*H], b_hh [G*H], gate blocks in
+//   order (i, f, g, o) for LSTM and (r, z, n) for GRU.
+//   lengths (optional) follow PackedSequence: row b is valid for t < lengths[b]; outputs past it
+//   are 0, its final state is the state after its last valid step, and the reverse direction
+//   starts at its last valid step.
+//
+// Every entry point validates its arguments and throws std::invalid_argument with a message
+// naming the argument; nothing is written before validation succeeds.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace fusedrnn {
+
+enum class Cell : int {
+  LSTM = 0,
+  GRU = 1,               // reset gate applied after the recurrent product (PyTorch, cuDNN)
+  GRU_RESET_BEFORE = 2,  // reset gate applied before it (Cho et al. 2014)
+  RNN_TANH = 3,
+  RNN_RELU = 4,
+};
+
+const char* cell_name(Cell cell);
+int gate_count(Cell cell);          // G
+bool has_cell_state(Cell cell);     // LSTM's c
+int tape_gate_width(Cell cell);     // values per hidden unit per row that the tape keeps
+
+struct Dims {
+  int64_t T = 0, B = 0, I = 0, H = 0;
+};
+
+template <typename T>
+struct Weights {
+  const T* w_ih = nullptr;  // [G*H, I]
+  const T* w_hh = nullptr;  // [G*H, H]
+  const T* b_ih = nullptr;  // [G*H], or nullptr for a layer without bias
+  const T* b_hh = nullptr;  // [G*H], or nullptr for a layer without bias
+};
+
+// What a training forward keeps for backward. Its size in bytes is
+//   sizeof(T) * ((T+1)·B·H · (1 + [LSTM]) + T·B·H · tape_gate_width) + 8·B (with lengths),
+// i.e. for float32: LSTM 24·T·B·H, GRU 20·T·B·H, RNN 4·T·B·H bytes (plus one state slot).
+//
+// h_states holds T+1 slots of [B, H]; slot k is the state between time positions k-1 and k: the
+// forward direction reads slot t and writes slot t+1 at step t, the reverse direction reads slot
+// t+1 and writes slot t. c_states likewise for LSTM. gates holds [T, B, tape_gate_width*H]:
+//   LSTM (i, f, g, o) activated; GRU (r, z, n) activated and hn = W_hn·h + b_hn;
+//   GRU_RESET_BEFORE (r, z, n) activated and r⊙h; RNN nothing (h_states suffices).
+template <typename T>
+class Tape {
+ public:
+  Tape(Cell cell, const Dims& dims, bool reverse, const int64_t* lengths);
+
+  Cell cell() const { return cell_; }
+  const Dims& dims() const { return dims_; }
+  bool reverse() const { return reverse_; }
+  const int64_t* lengths() const { return lengths_.empty() ? nullptr : lengths_.data(); }
+  std::size_t bytes() const;
+  static std::size_t bytes_for(Cell cell, const Dims& dims, bool with_lengths);
+
+  T* h_states() { return h_states_.get(); }
+  T* c_states() { return c_states_.get(); }
+  T* gates() { return gates_.get(); }
+  const T* h_states() const { return h_states_.get(); }
+  const T* c_states() const { return c_states_.get(); }
+  const T* gates() const { return gates_.get(); }
+
+ private:
+  Cell cell_;
+  Dims dims_;
+  bool reverse_;
+  std::vector<int64_t> lengths_;
+  std::unique_ptr<T[]> h_states_, c_states_, gates_;
+};
+
+template <typename T>
+struct ForwardArgs {
+  Cell cell = Cell::LSTM;
+  Dims dims;
+  bool reverse = false;
+  const T* x = nullptr;              // [T, B, I]
+  const T* h0 = nullptr;             // [B, H], nullptr means zeros
+  const T* c0 = nullptr;             // [B, H] (LSTM only), nullptr means zeros
+  Weights<T> weights;
+  const int64_t* lengths = nullptr;  // [B] in [1, T], or nullptr: every row has length T
+  T* y = nullptr;                    // [T, B, *]: y[t, b, j] at y[(t * B + b) * ldy + j]
+  int64_t ldy = 0;                   // row stride of y, >= H (2H writes one half of a BiRNN)
+  T* h_n = nullptr;                  // [B, H] final hidden state
+  T* c_n = nullptr;                  // [B, H] final cell state (LSTM only)
+  Tape<T>* tape = nullptr;           // training: filled for backward; nullptr: inference
+};
+
+template <typename T>
+struct BackwardArgs {
+  const Tape<T>* tape = nullptr;     // from a training forward with the same x and weights
+  const T* x = nullptr;              // [T, B, I]
+  Weights<T> weights;
+  const T* dy = nullptr;             // [T, B, *] with row stride lddy, or nullptr (zeros)
+  int64_t lddy = 0;
+  const T* dh_n = nullptr;           // [B, H] gradient of the final state, or nullptr (zeros)
+  const T* dc_n = nullptr;           // [B, H] (LSTM only), or nullptr (zeros)
+  T* dx = nullptr;                   // [T, B, I]
+  T* dh0 = nullptr;                  // [B, H]
+  T* dc0 = nullptr;                  // [B, H] (LSTM only)
+  T* dw_ih = nullptr;                // [G*H, I]
+  T* dw_hh = nullptr;                // [G*H, H]
+  T* db_ih = nullptr;                // [G*H], required when weights have biases
+  T* db_hh = nullptr;                // [G*H], required when weights have biases
+};
+
+// One layer, one direction. float and double are instantiated.
+template <typename T>
+void forward(const ForwardArgs<T>& args);
+template <typename T>
+void backward(const BackwardArgs<T>& args);
+
+// Description of the compiled library, for `fusedrnn info`.
+struct BuildInfo {
+  const char* compiler;
+  const char* simd;       // SIMD extensions the kernels were compiled for
+  bool openmp;
+  int openmp_threads;     // 0 without OpenMP
+  const char* blas;       // BLAS configuration string
+  int blas_threads;
+};
+BuildInfo build_info();
+void set_blas_threads(int threads);
+
+}  // namespace fusedrnn

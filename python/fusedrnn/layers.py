@@ -1,0 +1,317 @@
+"""LSTM, GRU and RNN layers with torch.nn's arguments, parameter names and semantics.
+
+A layer stacks :func:`fusedrnn.ops.forward` over layers and directions; stacking,
+bidirectionality, dropout between layers and the batch_first/unbatched forms are handled here,
+once for every cell.
+"""
+
+import numbers
+
+import numpy as np
+
+from . import _backend, ops
+from ._checks import as_dtype, flag, float_array, lengths_array, positive_int, type_name
+
+
+class Tape:
+    """What :meth:`RNNBase.forward` with ``training=True`` keeps for :meth:`RNNBase.backward`."""
+
+    __slots__ = ("owner", "op_tapes", "masks", "layout", "nbytes")
+
+    def __init__(self, owner, op_tapes, masks, layout):
+        self.owner = owner        # the layer that made it; backward refuses other layers' tapes
+        self.op_tapes = op_tapes  # [layer][direction] -> ops.Tape
+        self.masks = masks        # [layer] -> dropout mask applied to that layer's output, or None
+        self.layout = layout      # (batch_first, unbatched, T, B)
+        self.nbytes = sum((t.nbytes or 0) for row in op_tapes for t in row) + sum(
+            m.nbytes for m in masks if m is not None)
+
+
+class RNNBase:
+    """Shared machinery; use :class:`LSTM`, :class:`GRU` or :class:`RNN`."""
+
+    _cell = None  # the ops cell name
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, dtype="float32", seed=None, *, backend="auto"):
+        self.input_size = positive_int(input_size, "input_size")
+        self.hidden_size = positive_int(hidden_size, "hidden_size")
+        self.num_layers = positive_int(num_layers, "num_layers")
+        self.bias = flag(bias, "bias")
+        self.batch_first = flag(batch_first, "batch_first")
+        self.bidirectional = flag(bidirectional, "bidirectional")
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real):
+            raise TypeError(f"dropout: expected a float in [0, 1), got {type_name(dropout)}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout: expected a float in [0, 1), got {dropout}")
+        self.dropout = float(dropout)
+        self.dtype = as_dtype(dtype)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+                                 or seed < 0):
+            raise TypeError(f"seed: expected None or a non-negative int, got {seed!r}")
+        _backend.resolve(backend)
+        self.backend = backend
+        self._rng = np.random.default_rng(seed)
+        self._params = self._init_params()
+
+    # -- parameters -----------------------------------------------------------------------
+    @property
+    def num_directions(self):
+        return 2 if self.bidirectional else 1
+
+    @property
+    def _kernel_cell(self):
+        return ops.kernel_cell(self._cell, getattr(self, "reset_after", True))
+
+    def _shapes(self):
+        """torch's parameter names and shapes, in torch's order."""
+        H, G = self.hidden_size, ops.GATES[self._kernel_cell]
+        shapes = {}
+        for layer in range(self.num_layers):
+            width = self.input_size if layer == 0 else self.num_directions * H
+            for suffix in ("", "_reverse")[:self.num_directions]:
+                shapes[f"weight_ih_l{layer}{suffix}"] = (G * H, width)
+                shapes[f"weight_hh_l{layer}{suffix}"] = (G * H, H)
+                if self.bias:
+                    shapes[f"bias_ih_l{layer}{suffix}"] = (G * H,)
+                    shapes[f"bias_hh_l{layer}{suffix}"] = (G * H,)
+        return shapes
+
+    def _init_params(self):
+        # torch.nn's initialisation: every parameter uniform in ±1/√H.
+        bound = 1.0 / np.sqrt(self.hidden_size)
+        return {name: self._rng.uniform(-bound, bound, shape).astype(self.dtype)
+                for name, shape in self._shapes().items()}
+
+    def state_dict(self):
+        """Copies of the parameters, keyed and shaped as torch.nn's state_dict()."""
+        return {name: p.copy() for name, p in self._params.items()}
+
+    def load_state_dict(self, state_dict):
+        """Strict: every key present, none unknown, every shape right. Values are copied and cast
+        to the layer's dtype; on any error nothing changes."""
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict: expected a dict of arrays, got {type_name(state_dict)}")
+        shapes = self._shapes()
+        missing = [k for k in shapes if k not in state_dict]
+        unknown = [k for k in state_dict if k not in shapes]
+        if missing or unknown:
+            raise ValueError(f"state_dict: missing keys {missing}, unknown keys {unknown}")
+        new = {}
+        for name, shape in shapes.items():
+            value = state_dict[name]
+            if hasattr(value, "detach"):  # a torch tensor
+                value = value.detach().cpu().numpy()
+            arr = float_array(value, f"state_dict[{name!r}]")
+            if arr.shape != shape:
+                raise ValueError(f"state_dict[{name!r}]: expected shape {shape}, got {arr.shape}")
+            new[name] = np.array(arr, dtype=self.dtype, order="C", copy=True)
+        self._params = new
+
+    def _layer_weights(self, layer, direction):
+        s = f"l{layer}{'_reverse' if direction else ''}"
+        p = self._params
+        return (p[f"weight_ih_{s}"], p[f"weight_hh_{s}"], p.get(f"bias_ih_{s}"),
+                p.get(f"bias_hh_{s}"))
+
+    # -- forward ----------------------------------------------------------------------------
+    def __call__(self, x, state=None, lengths=None):
+        """Inference: returns (y, state)."""
+        y, state, _ = self.forward(x, state, lengths, training=False)
+        return y, state
+
+    def forward(self, x, state=None, lengths=None, training=False):
+        """Returns (y, state, tape); tape is None unless ``training``. Dropout between layers
+        acts only in training."""
+        training = flag(training, "training")
+        x, layout = self._time_major(x)
+        batch_first, unbatched, T, B = layout
+        h0, c0 = self._initial_state(state, B, unbatched)
+        if lengths is not None:
+            if unbatched:
+                raise ValueError("lengths: expected None for unbatched (T, I) input, got "
+                                 f"{type_name(lengths)}")
+            lengths = lengths_array(lengths, B, T)
+        D, H = self.num_directions, self.hidden_size
+        h_n = np.empty((self.num_layers * D, B, H), self.dtype)
+        c_n = np.empty_like(h_n) if c0 is not None else None
+        op_tapes, masks = [], []
+        inp = x
+        for layer in range(self.num_layers):
+            outs, tapes = [], []
+            for d in range(D):
+                k = layer * D + d
+                res = ops.forward(self._cell, inp, *self._layer_weights(layer, d), h0[k],
+                                  None if c0 is None else c0[k], lengths=lengths,
+                                  reverse=bool(d), training=training,
+                                  reset_after=getattr(self, "reset_after", True),
+                                  backend=self.backend)
+                outs.append(res.y)
+                tapes.append(res.tape)
+                h_n[k] = res.h_n
+                if c_n is not None:
+                    c_n[k] = res.c_n
+            inp = outs[0] if D == 1 else np.concatenate(outs, axis=2)
+            mask = None
+            if training and self.dropout > 0 and layer < self.num_layers - 1:
+                keep = self._rng.random(inp.shape) >= self.dropout
+                mask = keep.astype(self.dtype) / self.dtype.type(1.0 - self.dropout)
+                inp = inp * mask
+            op_tapes.append(tapes)
+            masks.append(mask)
+        y = self._from_time_major(inp, layout)
+        state_out = self._final_state(h_n, c_n, unbatched)
+        tape = Tape(self, op_tapes, masks, layout) if training else None
+        return y, state_out, tape
+
+    # -- backward ---------------------------------------------------------------------------
+    def backward(self, tape, dy, dstate=None):
+        """Gradients for a forward(training=True): returns (dx, dstate0, dparams), dx shaped as x,
+        dstate0 as the initial state, dparams keyed as state_dict(). dy is shaped as y; dstate
+        (shaped as the returned state) may be None for zero."""
+        if not isinstance(tape, Tape):
+            raise TypeError(f"tape: expected the tape of this layer's forward(training=True), "
+                            f"got {type_name(tape)}")
+        if tape.owner is not self:
+            raise ValueError("tape: expected a tape made by this layer's forward, got one made "
+                             "by another layer")
+        batch_first, unbatched, T, B = tape.layout
+        D, H, L = self.num_directions, self.hidden_size, self.num_layers
+        if dy is None:
+            raise TypeError("dy: expected an array shaped as y, got None")
+        dy = float_array(dy, "dy", self.dtype)
+        expect = self._from_time_major(np.empty((T, B, D * H), np.int8), tape.layout).shape
+        if dy.shape != expect:
+            raise ValueError(f"dy: expected shape {expect} (as y), got {dy.shape}")
+        dh_n, dc_n = (None, None) if dstate is None else self._initial_state(
+            dstate, B, unbatched, name="dstate")
+        dy = self._time_major(dy, layout=tape.layout)[0]
+        dparams = {}
+        dh0 = np.empty((L * D, B, H), self.dtype)
+        dc0 = np.empty_like(dh0) if self._cell == "lstm" else None
+        for layer in reversed(range(L)):
+            if tape.masks[layer] is not None:
+                dy = dy * tape.masks[layer]
+            dx = None
+            for d in range(D):
+                k = layer * D + d
+                dy_d = dy if D == 1 else np.ascontiguousarray(dy[:, :, d * H:(d + 1) * H])
+                g = ops.backward(tape.op_tapes[layer][d], dy_d,
+                                 None if dh_n is None else dh_n[k],
+                                 None if dc_n is None else dc_n[k])
+                dx = g.dx if dx is None else dx + g.dx
+                dh0[k] = g.dh0
+                if dc0 is not None:
+                    dc0[k] = g.dc0
+                s = f"l{layer}{'_reverse' if d else ''}"
+                dparams[f"weight_ih_{s}"], dparams[f"weight_hh_{s}"] = g.dw_ih, g.dw_hh
+                if self.bias:
+                    dparams[f"bias_ih_{s}"], dparams[f"bias_hh_{s}"] = g.db_ih, g.db_hh
+            dy = dx
+        dparams = {name: dparams[name] for name in self._shapes()}  # state_dict's order
+        return (self._from_time_major(dy, tape.layout),
+                self._final_state(dh0, dc0, unbatched), dparams)
+
+    # -- layouts ----------------------------------------------------------------------------
+    def _time_major(self, x, layout=None):
+        """(T, B, I) contiguous, and the layout needed to undo it."""
+        name = "x" if layout is None else "dy"
+        x = float_array(x, name, self.dtype, ndim=(2, 3))
+        width = self.input_size if layout is None else self.num_directions * self.hidden_size
+        if x.shape[-1] != width:
+            raise ValueError(f"{name}: expected last dimension {width}, got shape {x.shape}")
+        if min(x.shape) == 0:
+            raise ValueError(f"{name}: expected a non-empty array, got shape {x.shape}")
+        unbatched = x.ndim == 2
+        if unbatched:
+            x = x[:, None, :]
+        elif self.batch_first:
+            x = x.transpose(1, 0, 2)
+        T, B = x.shape[:2]
+        return np.ascontiguousarray(x), (self.batch_first, unbatched, T, B)
+
+    @staticmethod
+    def _from_time_major(y, layout):
+        batch_first, unbatched, _, _ = layout
+        if unbatched:
+            return y[:, 0, :]
+        return np.ascontiguousarray(y.transpose(1, 0, 2)) if batch_first else y
+
+    def _initial_state(self, state, B, unbatched, name="state"):
+        """(h0, c0) as (L*D, B, H) arrays (c0 None unless LSTM); zeros for None."""
+        shape = (self.num_layers * self.num_directions, B, self.hidden_size)
+        want = shape[::2] if unbatched else shape
+        is_lstm = self._cell == "lstm"
+        if state is None:
+            zeros = np.zeros(shape, self.dtype)
+            return zeros, (zeros.copy() if is_lstm else None)
+        if is_lstm:
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise TypeError(f"{name}: expected a tuple (h, c) of arrays shaped {want}, "
+                                f"got {type_name(state)}")
+            parts = [(state[0], f"{name}[0] (h)"), (state[1], f"{name}[1] (c)")]
+        else:
+            if isinstance(state, (tuple, list)):
+                raise TypeError(f"{name}: expected one array shaped {want}, got a "
+                                f"{type_name(state)}")
+            parts = [(state, name)]
+        out = []
+        for value, label in parts:
+            arr = float_array(value, label, self.dtype)
+            if arr.shape != want:
+                raise ValueError(f"{label}: expected shape {want}, got {arr.shape}")
+            out.append(np.ascontiguousarray(arr.reshape(shape)))
+        return out[0], (out[1] if is_lstm else None)
+
+    @staticmethod
+    def _final_state(h, c, unbatched):
+        if unbatched:
+            h = h[:, 0, :]
+            c = None if c is None else c[:, 0, :]
+        return h if c is None else (h, c)
+
+    def __repr__(self):
+        extra = "".join(f", {k}={v!r}" for k, v in self._repr_extra().items())
+        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
+                f"num_layers={self.num_layers}, bias={self.bias}, batch_first={self.batch_first}"
+                f", dropout={self.dropout}, bidirectional={self.bidirectional}, "
+                f"dtype='{self.dtype.name}'{extra})")
+
+    def _repr_extra(self):
+        return {}
+
+
+class LSTM(RNNBase):
+    """Long short-term memory layers, as torch.nn.LSTM (gate order i, f, g, o).
+    State is a tuple (h, c), each (num_layers * num_directions, B, hidden_size)."""
+
+    _cell = "lstm"
+
+
+class GRU(RNNBase):
+    """Gated recurrent unit layers, as torch.nn.GRU (gate order r, z, n). ``reset_after=False``
+    applies the reset gate before the recurrent product (Cho et al. 2014) with the same
+    parameters."""
+
+    _cell = "gru"
+
+    def __init__(self, *args, reset_after=True, **kwargs):
+        self.reset_after = flag(reset_after, "reset_after")
+        super().__init__(*args, **kwargs)
+
+    def _repr_extra(self):
+        return {"reset_after": self.reset_after}
+
+
+class RNN(RNNBase):
+    """Elman RNN layers, as torch.nn.RNN, with ``nonlinearity`` 'tanh' or 'relu'."""
+
+    def __init__(self, *args, nonlinearity="tanh", **kwargs):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        self._cell = f"rnn_{nonlinearity}"
+        super().__init__(*args, **kwargs)
+
+    def _repr_extra(self):
+        return {"nonlinearity": self.nonlinearity}

@@ -1,0 +1,132 @@
+"""Functional ops: one layer, one direction, forward and backward.
+
+This is the unit every backend implements and what other frameworks embed; the layers in
+:mod:`fusedrnn.layers` compose it. Arrays are time-major and use PyTorch's parameter layout::
+
+    x     (T, B, I)        input sequence
+    w_ih  (G*H, I)         input weights, gate blocks (i, f, g, o) for LSTM, (r, z, n) for GRU
+    w_hh  (G*H, H)         recurrent weights
+    b_ih, b_hh (G*H,)      biases, or None for a layer without bias
+    h0, c0 (B, H)          initial state (c0 for LSTM only); None means zeros
+    lengths (B,) ints      optional, PackedSequence semantics: row b is valid for t < lengths[b]
+
+G is 4 (LSTM), 3 (GRU) or 1 (RNN). Example::
+
+    y, h_n, c_n, tape = fusedrnn.ops.forward("lstm", x, w_ih, w_hh, b_ih, b_hh, training=True)
+    grads = fusedrnn.ops.backward(tape, dy)        # grads.dx, grads.dw_ih, ...
+"""
+
+from collections import namedtuple
+
+import numpy as np
+
+from . import _backend, reference
+from ._checks import check_memory, flag, float_array, lengths_array, shaped, type_name
+
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+_KERNEL_CELLS = ("lstm", "gru", "gru_reset_before", "rnn_tanh", "rnn_relu")  # _core's numbering
+GATES = reference.GATES
+
+ForwardResult = namedtuple("ForwardResult", "y h_n c_n tape")
+Gradients = namedtuple("Gradients", "dx dh0 dc0 dw_ih dw_hh db_ih db_hh")
+
+
+class Tape:
+    """What a training forward keeps for :func:`backward`. It holds references to x and the
+    weights it was given: changing those arrays in place before backward changes the gradients.
+    Its kernel part takes ``nbytes`` bytes: (T+1)·B·H·(1+[LSTM]) + T·B·H·W values, with W = 4 for
+    LSTM and GRU and 0 for RNN (see csrc/include/fusedrnn/rnn.h)."""
+
+    __slots__ = ("backend", "cell", "shape", "dtype", "_impl")
+
+    def __init__(self, backend, cell, shape, dtype, impl):
+        self.backend, self.cell, self.shape, self.dtype, self._impl = (backend, cell, shape,
+                                                                        dtype, impl)
+
+    @property
+    def nbytes(self):
+        return self._impl.nbytes if self.backend == "cpu" else None
+
+    def __repr__(self):
+        return f"<fusedrnn.ops.Tape {self.cell} {self.backend} (T, B, I, H)={self.shape}>"
+
+
+def kernel_cell(cell, reset_after=True):
+    """The kernel variant for a public cell name (GRU's two reset forms are two kernels)."""
+    if not isinstance(cell, str) or cell not in CELLS:
+        raise ValueError(f"cell: expected one of {CELLS}, got {cell!r}")
+    flag(reset_after, "reset_after")
+    if cell == "gru" and not reset_after:
+        return "gru_reset_before"
+    return cell
+
+
+def forward(cell, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, lengths=None,
+            reverse=False, training=False, reset_after=True, backend="auto"):
+    """Runs one layer in one direction. Returns ``ForwardResult(y, h_n, c_n, tape)``: y (T, B, H)
+    with zeros past each row's length, h_n and c_n (B, H) (c_n None unless LSTM), tape None
+    unless ``training``. ``reset_after=False`` selects the GRU of Cho et al. (2014)."""
+    kcell = kernel_cell(cell, reset_after)
+    backend = _backend.resolve(backend)
+    reverse, training = flag(reverse, "reverse"), flag(training, "training")
+    x = float_array(x, "x", ndim=3)
+    dtype = x.dtype
+    T, B, I = x.shape
+    if min(x.shape) == 0:
+        raise ValueError(f"x: expected a non-empty (T, B, I) array, got shape {x.shape}")
+    w_hh = float_array(w_hh, "w_hh", dtype, ndim=2)
+    H = w_hh.shape[1]
+    G = GATES[kcell]
+    if H == 0:
+        raise ValueError(f"w_hh: expected shape (G*H, H) with H > 0, got {w_hh.shape}")
+    w_hh = shaped(w_hh, "w_hh", dtype, (G * H, H))
+    w_ih = shaped(w_ih, "w_ih", dtype, (G * H, I))
+    if (b_ih is None) != (b_hh is None):
+        raise ValueError("b_ih, b_hh: expected both or neither, got only one")
+    if b_ih is not None:
+        b_ih = shaped(b_ih, "b_ih", dtype, (G * H,))
+        b_hh = shaped(b_hh, "b_hh", dtype, (G * H,))
+    h0 = None if h0 is None else shaped(h0, "h0", dtype, (B, H))
+    if kcell != "lstm" and c0 is not None:
+        raise ValueError(f"c0: expected None for cell {cell!r} (only LSTM has a cell state), "
+                         f"got {type_name(c0)}")
+    c0 = None if c0 is None else shaped(c0, "c0", dtype, (B, H))
+    lengths = None if lengths is None else lengths_array(lengths, B, T)
+    x = np.ascontiguousarray(x)
+    check_memory(dtype.itemsize * T * B * (G * H * (3 if training else 1) + 2 * H + I),
+                 "forward")
+
+    if backend == "numpy":
+        h0 = np.zeros((B, H), dtype) if h0 is None else h0
+        if kcell == "lstm" and c0 is None:
+            c0 = np.zeros((B, H), dtype)
+        y, h_n, c_n, impl = reference.forward(kcell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
+                                              reverse)
+    else:
+        y, h_n, c_n, impl = _backend._core.forward(_KERNEL_CELLS.index(kcell), x, h0, c0, w_ih,
+                                                   w_hh, b_ih, b_hh, lengths, reverse, training)
+    tape = Tape(backend, cell, (T, B, I, H), dtype, impl) if training else None
+    return ForwardResult(y, h_n, c_n, tape)
+
+
+def backward(tape, dy=None, dh_n=None, dc_n=None):
+    """Backpropagation through time for a :func:`forward` run with ``training=True``.
+
+    dy (T, B, H) is the gradient of y, dh_n and dc_n (B, H) those of the final state; None means
+    zero. Returns ``Gradients(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)`` (dc0 None unless LSTM,
+    the bias gradients None for a layer without bias)."""
+    if not isinstance(tape, Tape):
+        raise TypeError(f"tape: expected the fusedrnn.ops.Tape of a forward(training=True), "
+                        f"got {type_name(tape)}")
+    T, B, _, H = tape.shape
+    dy = None if dy is None else shaped(dy, "dy", tape.dtype, (T, B, H))
+    dh_n = None if dh_n is None else shaped(dh_n, "dh_n", tape.dtype, (B, H))
+    if tape.cell != "lstm" and dc_n is not None:
+        raise ValueError(f"dc_n: expected None for cell {tape.cell!r}, got {type_name(dc_n)}")
+    dc_n = None if dc_n is None else shaped(dc_n, "dc_n", tape.dtype, (B, H))
+    if tape.backend == "numpy":
+        grads = reference.backward(tape._impl, dy, dh_n, dc_n)
+    else:
+        grads = _backend._core.backward(tape._impl, dy, dh_n, dc_n)
+    return Gradients(*grads)
+

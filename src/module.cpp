@@ -1,0 +1,288 @@
+// pybind11 glue: checks what Python hands over (it does not trust the Python layer), converts,
+// releases the GIL and calls the C++ kernels. No math here.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "fusedrnn/rnn.h"
+
+namespace py = pybind11;
+using fusedrnn::Cell;
+
+namespace {
+
+std::string shape_str(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "(";
+  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + (shape.size() == 1 ? ",)" : ")");
+}
+
+// A C-contiguous array of the given dtype and shape, or a ValueError/TypeError naming it.
+py::array checked(const py::handle& obj, const char* name, const py::dtype& dtype,
+                  const std::vector<int64_t>& shape) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string(name) + ": expected a numpy.ndarray, got " +
+                         std::string(py::str(py::type::of(obj).attr("__name__"))));
+  auto a = py::reinterpret_borrow<py::array>(obj);
+  if (!a.dtype().is(dtype) && !a.dtype().equal(dtype))
+    throw py::type_error(std::string(name) + ": expected dtype " +
+                         std::string(py::str(dtype)) + ", got " + std::string(py::str(a.dtype())));
+  bool same = a.ndim() == static_cast<py::ssize_t>(shape.size());
+  for (std::size_t i = 0; same && i < shape.size(); ++i) same = a.shape(i) == shape[i];
+  if (!same)
+    throw py::value_error(std::string(name) + ": expected shape " + shape_str(shape) + ", got " +
+                          shape_str(a));
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + ": expected a C-contiguous array");
+  return a;
+}
+
+template <typename T>
+const T* cptr(const std::optional<py::array>& a) {
+  return a ? static_cast<const T*>(a->data()) : nullptr;
+}
+
+template <typename T>
+T* mptr(py::array& a) {
+  return static_cast<T*>(a.mutable_data());
+}
+
+// A forward's tape plus the arrays backward needs again, kept alive with it.
+class PyTape {
+ public:
+  std::variant<std::unique_ptr<fusedrnn::Tape<float>>, std::unique_ptr<fusedrnn::Tape<double>>>
+      tape;
+  py::array x, w_ih, w_hh;
+  std::optional<py::array> b_ih, b_hh;
+  py::dtype dtype;
+
+  const fusedrnn::Dims& dims() const {
+    return std::visit([](const auto& t) -> const fusedrnn::Dims& { return t->dims(); }, tape);
+  }
+  Cell cell() const { return std::visit([](const auto& t) { return t->cell(); }, tape); }
+  bool reverse() const { return std::visit([](const auto& t) { return t->reverse(); }, tape); }
+  std::size_t bytes() const { return std::visit([](const auto& t) { return t->bytes(); }, tape); }
+};
+
+struct Inputs {
+  Cell cell;
+  fusedrnn::Dims dims;
+  py::dtype dtype;
+  py::array x, w_ih, w_hh;
+  std::optional<py::array> h0, c0, b_ih, b_hh, lengths;
+};
+
+Cell to_cell(int cell) {
+  if (cell < 0 || cell > 4)
+    throw py::value_error("cell: expected 0..4 (lstm, gru, gru_reset_before, rnn_tanh, "
+                          "rnn_relu), got " + std::to_string(cell));
+  return static_cast<Cell>(cell);
+}
+
+std::optional<py::array> optional_array(const py::object& obj, const char* name,
+                                        const py::dtype& dtype, std::vector<int64_t> shape) {
+  if (obj.is_none()) return std::nullopt;
+  return checked(obj, name, dtype, shape);
+}
+
+Inputs check_inputs(int cell_id, const py::object& x_obj, const py::object& h0,
+                    const py::object& c0, const py::object& w_ih_obj, const py::object& w_hh_obj,
+                    const py::object& b_ih, const py::object& b_hh, const py::object& lengths) {
+  Inputs in;
+  in.cell = to_cell(cell_id);
+  if (!py::isinstance<py::array>(x_obj))
+    throw py::type_error("x: expected a numpy.ndarray, got " +
+                         std::string(py::str(py::type::of(x_obj).attr("__name__"))));
+  auto x = py::reinterpret_borrow<py::array>(x_obj);
+  if (x.ndim() != 3)
+    throw py::value_error("x: expected a 3-d array (T, B, I), got shape " + shape_str(x));
+  in.dtype = x.dtype();
+  if (!in.dtype.equal(py::dtype::of<float>()) && !in.dtype.equal(py::dtype::of<double>()))
+    throw py::type_error("x: expected dtype float32 or float64, got " +
+                         std::string(py::str(in.dtype)));
+  const int64_t T = x.shape(0), B = x.shape(1), I = x.shape(2);
+  if (!py::isinstance<py::array>(w_hh_obj) || py::reinterpret_borrow<py::array>(w_hh_obj).ndim() != 2)
+    throw py::value_error("w_hh: expected a 2-d numpy array (G*H, H)");
+  const int64_t H = py::reinterpret_borrow<py::array>(w_hh_obj).shape(1);
+  const int64_t GH = fusedrnn::gate_count(in.cell) * H;
+  in.dims = {T, B, I, H};
+  in.x = checked(x, "x", in.dtype, {T, B, I});
+  in.w_ih = checked(w_ih_obj, "w_ih", in.dtype, {GH, I});
+  in.w_hh = checked(w_hh_obj, "w_hh", in.dtype, {GH, H});
+  in.b_ih = optional_array(b_ih, "b_ih", in.dtype, {GH});
+  in.b_hh = optional_array(b_hh, "b_hh", in.dtype, {GH});
+  in.h0 = optional_array(h0, "h0", in.dtype, {B, H});
+  if (fusedrnn::has_cell_state(in.cell)) in.c0 = optional_array(c0, "c0", in.dtype, {B, H});
+  else if (!c0.is_none()) throw py::value_error("c0: expected None for a cell without c state");
+  in.lengths = optional_array(lengths, "lengths", py::dtype::of<int64_t>(), {B});
+  return in;
+}
+
+template <typename T>
+py::tuple forward_typed(Inputs& in, bool reverse, bool training) {
+  const auto& d = in.dims;
+  const bool has_c = fusedrnn::has_cell_state(in.cell);
+  py::array y(in.dtype, std::vector<py::ssize_t>{d.T, d.B, d.H});
+  py::array h_n(in.dtype, std::vector<py::ssize_t>{d.B, d.H});
+  py::object c_n = py::none();
+  py::array c_arr;
+  if (has_c) {
+    c_arr = py::array(in.dtype, std::vector<py::ssize_t>{d.B, d.H});
+    c_n = c_arr;
+  }
+  fusedrnn::ForwardArgs<T> a;
+  a.cell = in.cell;
+  a.dims = d;
+  a.reverse = reverse;
+  a.x = static_cast<const T*>(in.x.data());
+  a.h0 = cptr<T>(in.h0);
+  a.c0 = cptr<T>(in.c0);
+  a.weights = {static_cast<const T*>(in.w_ih.data()), static_cast<const T*>(in.w_hh.data()),
+               cptr<T>(in.b_ih), cptr<T>(in.b_hh)};
+  a.lengths = cptr<int64_t>(in.lengths);
+  a.y = mptr<T>(y);
+  a.ldy = d.H;
+  a.h_n = mptr<T>(h_n);
+  a.c_n = has_c ? mptr<T>(c_arr) : nullptr;
+  std::unique_ptr<fusedrnn::Tape<T>> tape;
+  {
+    py::gil_scoped_release release;
+    if (training) tape = std::make_unique<fusedrnn::Tape<T>>(in.cell, d, reverse, a.lengths);
+    a.tape = tape.get();
+    fusedrnn::forward(a);
+  }
+  py::object tape_obj = py::none();
+  if (training) {
+    auto t = std::make_unique<PyTape>();
+    t->tape = std::move(tape);
+    t->x = in.x;
+    t->w_ih = in.w_ih;
+    t->w_hh = in.w_hh;
+    t->b_ih = in.b_ih;
+    t->b_hh = in.b_hh;
+    t->dtype = in.dtype;
+    tape_obj = py::cast(std::move(t));
+  }
+  return py::make_tuple(y, h_n, c_n, tape_obj);
+}
+
+py::tuple forward(int cell, const py::object& x, const py::object& h0, const py::object& c0,
+                  const py::object& w_ih, const py::object& w_hh, const py::object& b_ih,
+                  const py::object& b_hh, const py::object& lengths, bool reverse, bool training) {
+  Inputs in = check_inputs(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths);
+  if (in.dtype.equal(py::dtype::of<float>())) return forward_typed<float>(in, reverse, training);
+  return forward_typed<double>(in, reverse, training);
+}
+
+template <typename T>
+py::tuple backward_typed(const PyTape& pt, const fusedrnn::Tape<T>& tape,
+                         const std::optional<py::array>& dy, const std::optional<py::array>& dh_n,
+                         const std::optional<py::array>& dc_n) {
+  const auto& d = tape.dims();
+  const bool has_c = fusedrnn::has_cell_state(tape.cell());
+  const int64_t GH = fusedrnn::gate_count(tape.cell()) * d.H;
+  const auto& dt = pt.dtype;
+  py::array dx(dt, std::vector<py::ssize_t>{d.T, d.B, d.I});
+  py::array dh0(dt, std::vector<py::ssize_t>{d.B, d.H});
+  py::array dw_ih(dt, std::vector<py::ssize_t>{GH, d.I});
+  py::array dw_hh(dt, std::vector<py::ssize_t>{GH, d.H});
+  py::array dc0, db_ih, db_hh;
+  if (has_c) dc0 = py::array(dt, std::vector<py::ssize_t>{d.B, d.H});
+  const bool has_bias = pt.b_ih.has_value();
+  if (has_bias) {
+    db_ih = py::array(dt, std::vector<py::ssize_t>{GH});
+    db_hh = py::array(dt, std::vector<py::ssize_t>{GH});
+  }
+  fusedrnn::BackwardArgs<T> a;
+  a.tape = &tape;
+  a.x = static_cast<const T*>(pt.x.data());
+  a.weights = {static_cast<const T*>(pt.w_ih.data()), static_cast<const T*>(pt.w_hh.data()),
+               cptr<T>(pt.b_ih), cptr<T>(pt.b_hh)};
+  a.dy = cptr<T>(dy);
+  a.lddy = d.H;
+  a.dh_n = cptr<T>(dh_n);
+  a.dc_n = cptr<T>(dc_n);
+  a.dx = mptr<T>(dx);
+  a.dh0 = mptr<T>(dh0);
+  a.dc0 = has_c ? mptr<T>(dc0) : nullptr;
+  a.dw_ih = mptr<T>(dw_ih);
+  a.dw_hh = mptr<T>(dw_hh);
+  a.db_ih = has_bias ? mptr<T>(db_ih) : nullptr;
+  a.db_hh = has_bias ? mptr<T>(db_hh) : nullptr;
+  {
+    py::gil_scoped_release release;
+    fusedrnn::backward(a);
+  }
+  const auto or_none = [](const py::array& arr, bool present) -> py::object {
+    return present ? py::object(arr) : py::object(py::none());
+  };
+  return py::make_tuple(dx, dh0, or_none(dc0, has_c), dw_ih, dw_hh, or_none(db_ih, has_bias),
+                        or_none(db_hh, has_bias));
+}
+
+py::tuple backward(const py::object& tape_obj, const py::object& dy, const py::object& dh_n,
+                   const py::object& dc_n) {
+  if (!py::isinstance<PyTape>(tape_obj))
+    throw py::type_error("tape: expected a fusedrnn._core.Tape from a training forward, got " +
+                         std::string(py::str(py::type::of(tape_obj).attr("__name__"))));
+  const PyTape& pt = tape_obj.cast<const PyTape&>();
+  const auto& d = pt.dims();
+  auto dy_a = optional_array(dy, "dy", pt.dtype, {d.T, d.B, d.H});
+  auto dh_a = optional_array(dh_n, "dh_n", pt.dtype, {d.B, d.H});
+  std::optional<py::array> dc_a;
+  if (fusedrnn::has_cell_state(pt.cell())) dc_a = optional_array(dc_n, "dc_n", pt.dtype, {d.B, d.H});
+  else if (!dc_n.is_none()) throw py::value_error("dc_n: expected None for a cell without c state");
+  return std::visit(
+      [&](const auto& t) { return backward_typed(pt, *t, dy_a, dh_a, dc_a); }, pt.tape);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "fusedrnn C++ kernels (one layer, one direction); use the fusedrnn package API";
+  m.attr("__version__") = FUSEDRNN_VERSION;
+  m.attr("CELLS") = py::make_tuple("lstm", "gru", "gru_reset_before", "rnn_tanh", "rnn_relu");
+
+  py::class_<PyTape>(m, "Tape", "What a training forward keeps for backward (opaque).")
+      .def_property_readonly("cell", [](const PyTape& t) { return fusedrnn::cell_name(t.cell()); })
+      .def_property_readonly("reverse", &PyTape::reverse)
+      .def_property_readonly("dtype", [](const PyTape& t) { return t.dtype; })
+      .def_property_readonly("shape", [](const PyTape& t) {
+        const auto& d = t.dims();
+        return py::make_tuple(d.T, d.B, d.I, d.H);
+      }, "(T, B, I, H)")
+      .def_property_readonly("nbytes", &PyTape::bytes, "bytes the tape holds (see rnn.h)");
+
+  m.def("forward", &forward, py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"),
+        py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"),
+        py::arg("reverse"), py::arg("training"),
+        "One layer, one direction. Returns (y, h_n, c_n or None, tape or None).");
+  m.def("backward", &backward, py::arg("tape"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
+        "Returns (dx, dh0, dc0 or None, dw_ih, dw_hh, db_ih or None, db_hh or None).");
+  m.def("build_info", []() {
+    const auto info = fusedrnn::build_info();
+    py::dict d;
+    d["compiler"] = info.compiler;
+    d["simd"] = info.simd;
+    d["openmp"] = info.openmp;
+    d["openmp_threads"] = info.openmp_threads;
+    d["blas"] = info.blas;
+    d["blas_threads"] = info.blas_threads;
+    d["cuda"] = false;
+    return d;
+  });
+  m.def("set_num_threads", &fusedrnn::set_blas_threads, py::arg("threads"),
+        "Threads for BLAS and the OpenMP pointwise passes.");
+}
