@@ -13,12 +13,18 @@
 namespace fusedrnn {
 namespace cpu {
 
-// Below this many units a step's pointwise pass is too short to be worth waking threads for.
-constexpr int64_t kParallelUnits = 1 << 14;
+// The per-row loops over hidden units take their arrays as restrict parameters: without that
+// promise GCC gives up vectorising them (too many possible overlaps to check at run time). They
+// are kept out of line because GCC drops the promise when it inlines them into the row loop.
+#define FR_R __restrict
+#define FR_ROW __attribute__((noinline))
+// The gate loops must be unrolled before the vectoriser sees the loop over hidden units.
+#define FR_UNROLL _Pragma("GCC unroll 4")
 
+// The pointwise pass runs on the calling thread: OpenMP workers spinning between passes took
+// the cores from OpenBLAS's own threads during the GEMMs (5x slower steps on 2 cores).
 template <typename F>
-void for_each_row(int64_t B, int64_t H, F&& row) {
-#pragma omp parallel for schedule(static) if (B * H >= kParallelUnits)
+void for_each_row(int64_t B, F&& row) {
   for (int64_t b = 0; b < B; ++b) row(b);
 }
 
@@ -37,8 +43,8 @@ struct StepIO {
   const T* b_hh;    // [G*H]
   const T* h_prev;  // [B, H]
   const T* c_prev;  // [B, H] LSTM
-  T* h_new;         // [B, H]    may alias h_prev (inference updates the state in place)
-  T* c_new;         // [B, H]    may alias c_prev
+  T* h_new;         // [B, H]    never aliases h_prev: the row loops below are restrict
+  T* c_new;         // [B, H]
   T* gates;         // [B, W*H]  tape gates of step t, or scratch for inference
   T* y;             // [B, *]    row stride ldy
   int64_t ldy;
@@ -56,7 +62,7 @@ struct BackStepIO {
   const T* h_new;
   const T* c_new;
   const T* gates;   // [B, W*H]
-  const T* dy;      // [B, *] row stride lddy, or nullptr
+  const T* dy;      // [B, *] row stride lddy (zeros when the caller gave none)
   int64_t lddy;
   T* dh;            // [B, H] in: gradient reaching h after step t; out: before it
   T* dc;            // [B, H] likewise for LSTM's c
@@ -69,14 +75,9 @@ struct BackStepIO {
 template <typename T>
 void carry_row(const StepIO<T>& s, int64_t b, bool has_c) {
   const int64_t H = s.H;
-  if (s.h_new != s.h_prev) std::memcpy(s.h_new + b * H, s.h_prev + b * H, sizeof(T) * H);
-  if (has_c && s.c_new != s.c_prev) std::memcpy(s.c_new + b * H, s.c_prev + b * H, sizeof(T) * H);
+  std::memcpy(s.h_new + b * H, s.h_prev + b * H, sizeof(T) * H);
+  if (has_c) std::memcpy(s.c_new + b * H, s.c_prev + b * H, sizeof(T) * H);
   std::memset(s.y + b * s.ldy, 0, sizeof(T) * H);
-}
-
-template <typename T>
-T dy_at(const BackStepIO<T>& s, int64_t b, int64_t j) {
-  return s.dy ? s.dy[b * s.lddy + j] : T(0);
 }
 
 // h_prev · W_hh[rows]ᵀ into rec[:, rows], for the gate rows [first, first + count) of W_hh.
@@ -100,42 +101,47 @@ void recurrent_product_backward(const BackStepIO<T>& s, int64_t G, const T* dg, 
 template <typename T, bool Training>
 struct LstmStep {
   static constexpr int G = 4;
+  FR_ROW static void forward_row(int64_t H, const T* FR_R xp, const T* FR_R rp, const T* FR_R b_ih,
+                          const T* FR_R b_hh, const T* FR_R c_prev, T* FR_R c_new, T* FR_R h_new,
+                          T* FR_R y, T* FR_R gates) {
+    for (int64_t j = 0; j < H; ++j) {
+      T pre[4], act[4];
+      FR_UNROLL for (int k = 0; k < 4; ++k)
+        pre[k] = xp[k * H + j] + b_ih[k * H + j] + rp[k * H + j] + b_hh[k * H + j];
+      cell::lstm_forward(pre, c_prev[j], act, c_new[j], h_new[j]);
+      y[j] = h_new[j];
+      if (Training) FR_UNROLL for (int k = 0; k < 4; ++k) gates[k * H + j] = act[k];
+    }
+  }
   static void forward(const StepIO<T>& s) {
     const int64_t H = s.H, GH = G * H;
     recurrent_product(s, G, s.h_prev, H, 0, GH);
-    for_each_row(s.B, H, [&](int64_t b) {
+    for_each_row(s.B, [&](int64_t b) {
       if (!row_active(s.lengths, b, s.t)) return carry_row(s, b, true);
-      const T* xp = s.xproj + b * GH;
-      const T* rp = s.rec + b * GH;
-      for (int64_t j = 0; j < H; ++j) {
-        T pre[4], act[4];
-        for (int k = 0; k < 4; ++k)
-          pre[k] = xp[k * H + j] + s.b_ih[k * H + j] + rp[k * H + j] + s.b_hh[k * H + j];
-        T c, h;
-        cell::lstm_forward(pre, s.c_prev[b * H + j], act, c, h);
-        s.c_new[b * H + j] = c;
-        s.h_new[b * H + j] = h;
-        s.y[b * s.ldy + j] = h;
-        if (Training)
-          for (int k = 0; k < 4; ++k) s.gates[b * GH + k * H + j] = act[k];
-      }
+      forward_row(H, s.xproj + b * GH, s.rec + b * GH, s.b_ih, s.b_hh, s.c_prev + b * H,
+                  s.c_new + b * H, s.h_new + b * H, s.y + b * s.ldy,
+                  Training ? s.gates + b * GH : nullptr);
     });
+  }
+  FR_ROW static void backward_row(int64_t H, const T* FR_R gates, const T* FR_R c_prev,
+                           const T* FR_R c_new, const T* FR_R dy, T* FR_R dh, T* FR_R dc,
+                           T* FR_R dg) {
+    for (int64_t j = 0; j < H; ++j) {
+      T act[4], dpre[4];
+      FR_UNROLL for (int k = 0; k < 4; ++k) act[k] = gates[k * H + j];
+      cell::lstm_backward(act, c_prev[j], c_new[j], dh[j] + dy[j], dc[j], dpre,
+                          dc[j]);
+      FR_UNROLL for (int k = 0; k < 4; ++k) dg[k * H + j] = dpre[k];
+      dh[j] = T(0);  // h_prev reaches h only through the recurrent product
+    }
   }
   static void backward(const BackStepIO<T>& s) {
     const int64_t H = s.H, GH = G * H;
-    for_each_row(s.B, H, [&](int64_t b) {
+    for_each_row(s.B, [&](int64_t b) {
       T* dg = s.dgx + b * GH;
       if (!row_active(s.lengths, b, s.t)) return (void)std::memset(dg, 0, sizeof(T) * GH);
-      for (int64_t j = 0; j < H; ++j) {
-        T act[4], dpre[4], dc_prev;
-        for (int k = 0; k < 4; ++k) act[k] = s.gates[b * GH + k * H + j];
-        const T dh = s.dh[b * H + j] + dy_at(s, b, j);
-        cell::lstm_backward(act, s.c_prev[b * H + j], s.c_new[b * H + j], dh, s.dc[b * H + j],
-                            dpre, dc_prev);
-        for (int k = 0; k < 4; ++k) dg[k * H + j] = dpre[k];
-        s.dc[b * H + j] = dc_prev;
-        s.dh[b * H + j] = T(0);  // h_prev reaches h only through the recurrent product
-      }
+      backward_row(H, s.gates + b * GH, s.c_prev + b * H, s.c_new + b * H,
+                   s.dy + b * s.lddy, s.dh + b * H, s.dc + b * H, dg);
     });
     recurrent_product_backward(s, G, s.dgx, 0, GH, s.dh, T(1));
   }
@@ -145,32 +151,48 @@ struct LstmStep {
 template <typename T, bool Training>
 struct GruStep {
   static constexpr int G = 3;
-  static void forward(const StepIO<T>& s) {
-    const int64_t H = s.H, GH = G * H, W = 4 * H;
-    recurrent_product(s, G, s.h_prev, H, 0, GH);
-    for_each_row(s.B, H, [&](int64_t b) {
-      if (!row_active(s.lengths, b, s.t)) return carry_row(s, b, false);
-      const T* xp = s.xproj + b * GH;
-      const T* rp = s.rec + b * GH;
-      for (int64_t j = 0; j < H; ++j) {
-        T pre_x[3], pre_h[3], act[3], h;
-        for (int k = 0; k < 3; ++k) {
-          pre_x[k] = xp[k * H + j] + s.b_ih[k * H + j];
-          pre_h[k] = rp[k * H + j] + s.b_hh[k * H + j];
-        }
-        cell::gru_forward(pre_x, pre_h, s.h_prev[b * H + j], act, h);
-        s.h_new[b * H + j] = h;
-        s.y[b * s.ldy + j] = h;
-        if (Training) {
-          for (int k = 0; k < 3; ++k) s.gates[b * W + k * H + j] = act[k];
-          s.gates[b * W + 3 * H + j] = pre_h[2];
-        }
+  FR_ROW static void forward_row(int64_t H, const T* FR_R xp, const T* FR_R rp, const T* FR_R b_ih,
+                          const T* FR_R b_hh, const T* FR_R h_prev, T* FR_R h_new, T* FR_R y,
+                          T* FR_R gates) {
+    for (int64_t j = 0; j < H; ++j) {
+      T pre_x[3], pre_h[3], act[3];
+      FR_UNROLL for (int k = 0; k < 3; ++k) {
+        pre_x[k] = xp[k * H + j] + b_ih[k * H + j];
+        pre_h[k] = rp[k * H + j] + b_hh[k * H + j];
       }
+      cell::gru_forward(pre_x, pre_h, h_prev[j], act, h_new[j]);
+      y[j] = h_new[j];
+      if (Training) {
+        FR_UNROLL for (int k = 0; k < 3; ++k) gates[k * H + j] = act[k];
+        gates[3 * H + j] = pre_h[2];
+      }
+    }
+  }
+  static void forward(const StepIO<T>& s) {
+    const int64_t H = s.H, GH = G * H;
+    recurrent_product(s, G, s.h_prev, H, 0, GH);
+    for_each_row(s.B, [&](int64_t b) {
+      if (!row_active(s.lengths, b, s.t)) return carry_row(s, b, false);
+      forward_row(H, s.xproj + b * GH, s.rec + b * GH, s.b_ih, s.b_hh, s.h_prev + b * H,
+                  s.h_new + b * H, s.y + b * s.ldy, Training ? s.gates + b * 4 * H : nullptr);
     });
   }
+  FR_ROW static void backward_row(int64_t H, const T* FR_R gates, const T* FR_R h_prev,
+                           const T* FR_R dy, T* FR_R dh, T* FR_R dgx, T* FR_R dgh) {
+    for (int64_t j = 0; j < H; ++j) {
+      const T act[3] = {gates[j], gates[H + j], gates[2 * H + j]};
+      T dpre_x[3], dpre_h[3];
+      cell::gru_backward(act, gates[3 * H + j], h_prev[j], dh[j] + dy[j], dpre_x,
+                         dpre_h, dh[j]);
+      FR_UNROLL for (int k = 0; k < 3; ++k) {
+        dgx[k * H + j] = dpre_x[k];
+        dgh[k * H + j] = dpre_h[k];
+      }
+    }
+  }
   static void backward(const BackStepIO<T>& s) {
-    const int64_t H = s.H, GH = G * H, W = 4 * H;
-    for_each_row(s.B, H, [&](int64_t b) {
+    const int64_t H = s.H, GH = G * H;
+    for_each_row(s.B, [&](int64_t b) {
       T* dgx = s.dgx + b * GH;
       T* dgh = s.dgh + b * GH;
       if (!row_active(s.lengths, b, s.t)) {
@@ -178,19 +200,8 @@ struct GruStep {
         std::memset(dgh, 0, sizeof(T) * GH);
         return;
       }
-      const T* gates = s.gates + b * W;
-      for (int64_t j = 0; j < H; ++j) {
-        const T act[3] = {gates[j], gates[H + j], gates[2 * H + j]};
-        T dpre_x[3], dpre_h[3], dh_direct;
-        const T dh = s.dh[b * H + j] + dy_at(s, b, j);
-        cell::gru_backward(act, gates[3 * H + j], s.h_prev[b * H + j], dh, dpre_x, dpre_h,
-                           dh_direct);
-        for (int k = 0; k < 3; ++k) {
-          dgx[k * H + j] = dpre_x[k];
-          dgh[k * H + j] = dpre_h[k];
-        }
-        s.dh[b * H + j] = dh_direct;
-      }
+      backward_row(H, s.gates + b * 4 * H, s.h_prev + b * H, s.dy + b * s.lddy,
+                   s.dh + b * H, dgx, dgh);
     });
     recurrent_product_backward(s, G, s.dgh, 0, GH, s.dh, T(1));
   }
@@ -202,59 +213,67 @@ struct GruStep {
 template <typename T, bool Training>
 struct GruResetBeforeStep {
   static constexpr int G = 3;
+  FR_ROW static void forward_rz_row(int64_t H, const T* FR_R xp, const T* FR_R rp, const T* FR_R b_ih,
+                             const T* FR_R b_hh, const T* FR_R h_prev, T* FR_R g) {
+    for (int64_t j = 0; j < H; ++j)
+      cell::gru_reset_before_forward_rz(xp[j] + b_ih[j], xp[H + j] + b_ih[H + j],
+                                        rp[j] + b_hh[j], rp[H + j] + b_hh[H + j], h_prev[j],
+                                        g[j], g[H + j], g[3 * H + j]);
+  }
+  FR_ROW static void forward_n_row(int64_t H, const T* FR_R xp, const T* FR_R rp, const T* FR_R b_ih,
+                            const T* FR_R b_hh, const T* FR_R h_prev, T* FR_R g,
+                            T* FR_R h_new, T* FR_R y) {
+    for (int64_t j = 0; j < H; ++j) {
+      cell::gru_reset_before_forward_n(xp[2 * H + j] + b_ih[2 * H + j],
+                                       rp[2 * H + j] + b_hh[2 * H + j], g[H + j], h_prev[j],
+                                       g[2 * H + j], h_new[j]);
+      y[j] = h_new[j];
+    }
+  }
   static void forward(const StepIO<T>& s) {
     const int64_t H = s.H, GH = G * H, W = 4 * H;
     recurrent_product(s, G, s.h_prev, H, 0, 2 * H);
     // Every row, active or not, gets a finite r⊙h: backward multiplies it by zero gradients.
-    for_each_row(s.B, H, [&](int64_t b) {
-      const T* xp = s.xproj + b * GH;
-      const T* rp = s.rec + b * GH;
-      T* g = s.gates + b * W;
-      for (int64_t j = 0; j < H; ++j)
-        cell::gru_reset_before_forward_rz(xp[j] + s.b_ih[j], xp[H + j] + s.b_ih[H + j],
-                                          rp[j] + s.b_hh[j], rp[H + j] + s.b_hh[H + j],
-                                          s.h_prev[b * H + j], g[j], g[H + j], g[3 * H + j]);
+    for_each_row(s.B, [&](int64_t b) {
+      forward_rz_row(H, s.xproj + b * GH, s.rec + b * GH, s.b_ih, s.b_hh, s.h_prev + b * H,
+                     s.gates + b * W);
     });
     recurrent_product(s, G, s.gates + 3 * H, W, 2 * H, H);
-    for_each_row(s.B, H, [&](int64_t b) {
+    for_each_row(s.B, [&](int64_t b) {
       if (!row_active(s.lengths, b, s.t)) return carry_row(s, b, false);
-      const T* xp = s.xproj + b * GH;
-      const T* rp = s.rec + b * GH;
-      T* g = s.gates + b * W;
-      for (int64_t j = 0; j < H; ++j) {
-        T h;
-        cell::gru_reset_before_forward_n(xp[2 * H + j] + s.b_ih[2 * H + j],
-                                         rp[2 * H + j] + s.b_hh[2 * H + j], g[H + j],
-                                         s.h_prev[b * H + j], g[2 * H + j], h);
-        s.h_new[b * H + j] = h;
-        s.y[b * s.ldy + j] = h;
-      }
+      forward_n_row(H, s.xproj + b * GH, s.rec + b * GH, s.b_ih, s.b_hh, s.h_prev + b * H,
+                    s.gates + b * W, s.h_new + b * H, s.y + b * s.ldy);
     });
+  }
+  FR_ROW static void backward_zn_row(int64_t H, const T* FR_R g, const T* FR_R h_prev, const T* FR_R dy,
+                              T* FR_R dh, T* FR_R dg) {
+    for (int64_t j = 0; j < H; ++j)
+      cell::gru_reset_before_backward_zn(g[H + j], g[2 * H + j], h_prev[j],
+                                         dh[j] + dy[j], dg[H + j], dg[2 * H + j],
+                                         dh[j]);
+  }
+  FR_ROW static void backward_r_row(int64_t H, const T* FR_R g, const T* FR_R h_prev, const T* FR_R drh,
+                             T* FR_R dh, T* FR_R dg) {
+    for (int64_t j = 0; j < H; ++j) {
+      T dh_rh;
+      cell::gru_reset_before_backward_r(g[j], h_prev[j], drh[j], dg[j], dh_rh);
+      dh[j] += dh_rh;
+    }
   }
   static void backward(const BackStepIO<T>& s) {
     const int64_t H = s.H, GH = G * H, W = 4 * H;
-    for_each_row(s.B, H, [&](int64_t b) {
+    for_each_row(s.B, [&](int64_t b) {
       T* dg = s.dgx + b * GH;
       if (!row_active(s.lengths, b, s.t)) return (void)std::memset(dg, 0, sizeof(T) * GH);
-      const T* g = s.gates + b * W;
-      for (int64_t j = 0; j < H; ++j) {
-        const T dh = s.dh[b * H + j] + dy_at(s, b, j);
-        cell::gru_reset_before_backward_zn(g[H + j], g[2 * H + j], s.h_prev[b * H + j], dh,
-                                           dg[H + j], dg[2 * H + j], s.dh[b * H + j]);
-      }
+      backward_zn_row(H, s.gates + b * W, s.h_prev + b * H, s.dy + b * s.lddy,
+                      s.dh + b * H, dg);
     });
     // scratch = dpre_n · W_hn: the gradient reaching r⊙h (zero on inactive rows).
     recurrent_product_backward(s, G, s.dgx, 2 * H, H, s.scratch, T(0));
-    for_each_row(s.B, H, [&](int64_t b) {
+    for_each_row(s.B, [&](int64_t b) {
       if (!row_active(s.lengths, b, s.t)) return;
-      const T* g = s.gates + b * W;
-      T* dg = s.dgx + b * GH;
-      for (int64_t j = 0; j < H; ++j) {
-        T dh_rh;
-        cell::gru_reset_before_backward_r(g[j], s.h_prev[b * H + j], s.scratch[b * H + j], dg[j],
-                                          dh_rh);
-        s.dh[b * H + j] += dh_rh;
-      }
+      backward_r_row(H, s.gates + b * W, s.h_prev + b * H, s.scratch + b * H, s.dh + b * H,
+                     s.dgx + b * GH);
     });
     recurrent_product_backward(s, G, s.dgx, 0, 2 * H, s.dh, T(1));
   }
@@ -264,30 +283,37 @@ struct GruResetBeforeStep {
 template <typename T, bool Training, bool Relu>
 struct RnnStep {
   static constexpr int G = 1;
+  FR_ROW static void forward_row(int64_t H, const T* FR_R xp, const T* FR_R rp, const T* FR_R b_ih,
+                          const T* FR_R b_hh, T* FR_R h_new, T* FR_R y) {
+    for (int64_t j = 0; j < H; ++j) {
+      const T pre = xp[j] + b_ih[j] + rp[j] + b_hh[j];
+      h_new[j] = Relu ? cell::rnn_relu_forward(pre) : cell::rnn_tanh_forward(pre);
+      y[j] = h_new[j];
+    }
+  }
   static void forward(const StepIO<T>& s) {
     const int64_t H = s.H;
     recurrent_product(s, G, s.h_prev, H, 0, H);
-    for_each_row(s.B, H, [&](int64_t b) {
+    for_each_row(s.B, [&](int64_t b) {
       if (!row_active(s.lengths, b, s.t)) return carry_row(s, b, false);
-      for (int64_t j = 0; j < H; ++j) {
-        const T pre = s.xproj[b * H + j] + s.b_ih[j] + s.rec[b * H + j] + s.b_hh[j];
-        const T h = Relu ? cell::rnn_relu_forward(pre) : cell::rnn_tanh_forward(pre);
-        s.h_new[b * H + j] = h;
-        s.y[b * s.ldy + j] = h;
-      }
+      forward_row(H, s.xproj + b * H, s.rec + b * H, s.b_ih, s.b_hh, s.h_new + b * H,
+                  s.y + b * s.ldy);
     });
+  }
+  FR_ROW static void backward_row(int64_t H, const T* FR_R h_new, const T* FR_R dy, T* FR_R dh,
+                           T* FR_R dg) {
+    for (int64_t j = 0; j < H; ++j) {
+      const T d = dh[j] + dy[j];
+      dg[j] = Relu ? cell::rnn_relu_backward(h_new[j], d) : cell::rnn_tanh_backward(h_new[j], d);
+      dh[j] = T(0);
+    }
   }
   static void backward(const BackStepIO<T>& s) {
     const int64_t H = s.H;
-    for_each_row(s.B, H, [&](int64_t b) {
+    for_each_row(s.B, [&](int64_t b) {
       T* dg = s.dgx + b * H;
       if (!row_active(s.lengths, b, s.t)) return (void)std::memset(dg, 0, sizeof(T) * H);
-      for (int64_t j = 0; j < H; ++j) {
-        const T dh = s.dh[b * H + j] + dy_at(s, b, j);
-        const T h = s.h_new[b * H + j];
-        dg[j] = Relu ? cell::rnn_relu_backward(h, dh) : cell::rnn_tanh_backward(h, dh);
-        s.dh[b * H + j] = T(0);
-      }
+      backward_row(H, s.h_new + b * H, s.dy + b * s.lddy, s.dh + b * H, dg);
     });
     recurrent_product_backward(s, G, s.dgx, 0, H, s.dh, T(1));
   }

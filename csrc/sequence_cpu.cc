@@ -6,10 +6,6 @@
 #include <stdexcept>
 #include <string>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "blas.h"
 #include "cells_cpu.h"
 #include "fusedrnn/rnn.h"
@@ -163,6 +159,7 @@ void step_backward(Cell cell, const cpu::BackStepIO<T>& s) {
 // Time position of the s-th step, and the h_states slots it reads and writes (see Tape).
 struct StepPlan {
   int64_t t, read, write;
+  StepPlan(int64_t t_, int64_t read_, int64_t write_) : t(t_), read(read_), write(write_) {}
   StepPlan(int64_t s, int64_t T, bool reverse)
       : t(reverse ? T - 1 - s : s), read(reverse ? t + 1 : t), write(reverse ? t : t + 1) {}
 };
@@ -227,32 +224,36 @@ void forward(const ForwardArgs<Real>& a) {
   const Real* b_ih = a.weights.b_ih ? a.weights.b_ih : no_bias.get();
   const Real* b_hh = a.weights.b_hh ? a.weights.b_hh : no_bias.get();
 
-  // Training walks the tape's state slots; inference updates the outputs h_n, c_n in place.
+  // Training walks the tape's state slots; inference alternates between two scratch slots (a
+  // step never writes the slot it reads, which the restrict row loops rely on).
   const int64_t width = tape_gate_width(a.cell) * H;
-  std::unique_ptr<Real[]> scratch_gates;
-  if (!training && a.cell == Cell::GRU_RESET_BEFORE) scratch_gates = uninitialized<Real>(B * width);
-  Real* hs = training ? a.tape->h_states() : a.h_n;
-  Real* cs = training ? a.tape->c_states() : a.c_n;
-  const int64_t first = training ? StepPlan(0, T, a.reverse).read : 0;
-  copy_or_zero(hs + first * BH, a.h0, BH);
-  if (has_c) copy_or_zero(cs + first * BH, a.c0, BH);
+  std::unique_ptr<Real[]> scratch_gates, scratch_states;
+  if (!training) {
+    if (a.cell == Cell::GRU_RESET_BEFORE) scratch_gates = uninitialized<Real>(B * width);
+    scratch_states = uninitialized<Real>((has_c ? 4 : 2) * BH);
+  }
+  Real* hs = training ? a.tape->h_states() : scratch_states.get();
+  Real* cs = training ? a.tape->c_states() : has_c ? scratch_states.get() + 2 * BH : nullptr;
+  const auto slots = [&](int64_t s) {
+    const StepPlan p(s, T, a.reverse);
+    return training ? p : StepPlan{p.t, s % 2, (s + 1) % 2};
+  };
+  copy_or_zero(hs + slots(0).read * BH, a.h0, BH);
+  if (has_c) copy_or_zero(cs + slots(0).read * BH, a.c0, BH);
 
   for (int64_t s = 0; s < T; ++s) {
-    const StepPlan p(s, T, a.reverse);
-    const int64_t rd = training ? p.read : 0, wr = training ? p.write : 0;
+    const StepPlan p = slots(s);
     cpu::StepIO<Real> io{B, H, p.t, a.lengths, xproj.get() + p.t * B * GH, a.weights.w_hh, b_ih,
-                      b_hh, hs + rd * BH, has_c ? cs + rd * BH : nullptr, hs + wr * BH,
-                      has_c ? cs + wr * BH : nullptr,
+                      b_hh, hs + p.read * BH, has_c ? cs + p.read * BH : nullptr, hs + p.write * BH,
+                      has_c ? cs + p.write * BH : nullptr,
                       training ? a.tape->gates() + p.t * B * width : scratch_gates.get(),
                       a.y + p.t * B * a.ldy, a.ldy, rec.get()};
     step_forward(a.cell, io, training);
   }
 
-  if (training) {
-    const int64_t last = StepPlan(T - 1, T, a.reverse).write;
-    std::memcpy(a.h_n, hs + last * BH, sizeof(Real) * BH);
-    if (has_c) std::memcpy(a.c_n, cs + last * BH, sizeof(Real) * BH);
-  }
+  const int64_t last = slots(T - 1).write;
+  std::memcpy(a.h_n, hs + last * BH, sizeof(Real) * BH);
+  if (has_c) std::memcpy(a.c_n, cs + last * BH, sizeof(Real) * BH);
 }
 
 template <typename Real>
@@ -279,6 +280,8 @@ void backward(const BackwardArgs<Real>& a) {
   if (cell == Cell::GRU) dgh_own = uninitialized<Real>(T * B * GH);
   Real* dgh = dgh_own ? dgh_own.get() : dgx.get();
   auto scratch = uninitialized<Real>(BH);
+  // No dy means zeros: one zero row block read at every step keeps the row loops branch-free.
+  std::unique_ptr<Real[]> no_dy = a.dy ? nullptr : zeros<Real>(BH);
   copy_or_zero(a.dh0, a.dh_n, BH);  // dh0/dc0 carry the running gradient through the walk
   if (has_c) copy_or_zero(a.dc0, a.dc_n, BH);
 
@@ -290,7 +293,7 @@ void backward(const BackwardArgs<Real>& a) {
                           has_c ? cs + p.read * BH : nullptr, hs + p.write * BH,
                           has_c ? cs + p.write * BH : nullptr,
                           width ? tape.gates() + p.t * B * width : nullptr,
-                          a.dy ? a.dy + p.t * B * a.lddy : nullptr, a.lddy, a.dh0,
+                          a.dy ? a.dy + p.t * B * a.lddy : no_dy.get(), a.dy ? a.lddy : H, a.dh0,
                           has_c ? a.dc0 : nullptr, dgx.get() + p.t * B * GH,
                           dgh + p.t * B * GH, scratch.get()};
     step_backward(cell, io);
@@ -334,13 +337,6 @@ BuildInfo build_info() {
 #else
   info.simd = "none";
 #endif
-#ifdef _OPENMP
-  info.openmp = true;
-  info.openmp_threads = omp_get_max_threads();
-#else
-  info.openmp = false;
-  info.openmp_threads = 0;
-#endif
   info.blas = scipy_openblas_get_config();
   info.blas_threads = scipy_openblas_get_num_threads();
   return info;
@@ -349,9 +345,6 @@ BuildInfo build_info() {
 void set_blas_threads(int threads) {
   if (threads < 1) fail("threads: expected >= 1, got " + std::to_string(threads));
   scipy_openblas_set_num_threads(threads);
-#ifdef _OPENMP
-  omp_set_num_threads(threads);
-#endif
 }
 
 template class Tape<float>;

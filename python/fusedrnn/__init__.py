@@ -22,7 +22,7 @@ def backends():
 
 
 def set_num_threads(threads):
-    """Threads used by BLAS and by the kernels' pointwise passes."""
+    """Threads used by BLAS for the kernels' matrix products."""
     if _core is None:
         raise ValueError(f"set_num_threads: the compiled extension is not loaded ({CORE_ERROR})")
     _core.set_num_threads(threads)

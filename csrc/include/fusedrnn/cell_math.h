@@ -6,7 +6,9 @@
 // Gate orders follow PyTorch/cuDNN: LSTM (i, f, g, o), GRU (r, z, n).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #if defined(__CUDACC__)
 #define FR_HOST_DEVICE __host__ __device__ __forceinline__
@@ -17,9 +19,54 @@
 namespace fusedrnn {
 namespace cell {
 
+#if defined(__CUDA_ARCH__)
 FR_HOST_DEVICE float exp_(float x) { return ::expf(x); }
-FR_HOST_DEVICE double exp_(double x) { return ::exp(x); }
 FR_HOST_DEVICE float tanh_(float x) { return ::tanhf(x); }
+#else
+// float exp and tanh on the CPU, branch-free so that the pointwise loops vectorise (libm's
+// expf/tanhf are opaque calls that keep those loops scalar and cost most of a step's time).
+// Cephes' single-precision algorithms: a couple of ulp over the whole range.
+inline float exp_(float x) {
+  // e^x saturates to ~3.4e38 and ~1.2e-38. std::max/min with x first keep NaN (a compare
+  // fails), and unlike two ternaries they stay one select each, so the loop still vectorises.
+  x = std::min(std::max(x, -87.33654f), 88.72283f);
+  // x = n·ln2 + r with |r| <= ln2/2; n rounded by the 1.5·2^23 trick (no floorf call).
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  // 2^n through the exponent bits. The clamp bounds n to [-126, 128]; scaling by two halves
+  // keeps each factor a normal float at both ends.
+  const int ni = static_cast<int>(n);
+  const int half = ni >> 1;
+  float a, b;
+  const int a_bits = (half + 127) << 23, b_bits = (ni - half + 127) << 23;
+  std::memcpy(&a, &a_bits, sizeof a);
+  std::memcpy(&b, &b_bits, sizeof b);
+  return p * a * b;
+}
+
+inline float tanh_(float x) {
+  // Small |x|: odd polynomial (full relative accuracy); else 1 - 2/(e^{2|x|} + 1).
+  const float ax = std::fabs(x);
+  const float z = x * x;
+  float p = -5.70498872745e-3f;
+  p = p * z + 2.06390887954e-2f;
+  p = p * z - 5.37397155531e-2f;
+  p = p * z + 1.33314422036e-1f;
+  p = p * z - 3.33332819422e-1f;
+  const float small = p * z * x + x;
+  const float big = 1.0f - 2.0f / (exp_(2.0f * ax) + 1.0f);
+  const float large = x < 0.0f ? -big : big;
+  return ax < 0.625f ? small : large;  // NaN: both branches are NaN
+}
+#endif
+FR_HOST_DEVICE double exp_(double x) { return ::exp(x); }
 FR_HOST_DEVICE double tanh_(double x) { return ::tanh(x); }
 
 // 1/(1+e^-x): for x → -∞ e^-x overflows to +inf and the result is exactly 0, never NaN.

@@ -127,8 +127,6 @@ void backward(const BackwardArgs<T>& args);
 struct BuildInfo {
   const char* compiler;
   const char* simd;       // SIMD extensions the kernels were compiled for
-  bool openmp;
-  int openmp_threads;     // 0 without OpenMP
   const char* blas;       // BLAS configuration string
   int blas_threads;
 };

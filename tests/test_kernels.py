@@ -1,0 +1,212 @@
+"""The C++ kernels (backend "cpu") against the NumPy reference (backend "numpy"): the functional
+ops for one layer and direction, then the stacked layers built on them."""
+
+import numpy as np
+import pytest
+from conftest import KERNEL_CELLS, LAYERS, layer_arrays, random_state, rel_err, run_layer
+
+from fusedrnn import ops
+
+# float64: both sides do the same arithmetic and only the summation order differs (BLAS versus
+# NumPy), so they agree to a few ulps (~1e-16) times the accumulation depth.
+# float32: ~1e-7 rounding per operation and ~1e2 operations accumulated through the time steps
+# and the weight-gradient sums.
+RTOL = {np.float32: 1e-5, np.float64: 1e-10}
+DTYPES = [np.float32, np.float64]
+
+T, B, I, H = 7, 5, 6, 8
+LENGTHS = {
+    "no_lengths": None,
+    "mixed": np.array([T, 1, 4, T - 2, 3]),  # a full-length row and a length-1 row
+    "all_short": np.array([3, 1, T - 1, 2, 5]),  # no row reaches T
+}
+
+
+def output_grads(rng, kcell, dtype, which):
+    """dy, dh_n, dc_n for backward: `which` is "y" (dy only), "final" (dh_n, dc_n) or "both"."""
+    def uniform(shape, wanted):
+        return rng.uniform(-1, 1, shape).astype(dtype) if wanted else None
+
+    final = which in ("final", "both")
+    return dict(dy=uniform((T, B, H), which in ("y", "both")), dh_n=uniform((B, H), final),
+                dc_n=uniform((B, H), final and kcell == "lstm"))
+
+
+def run_op(backend, kcell, arrays, lengths=None, reverse=False, training=True):
+    cell, reset_after = KERNEL_CELLS[kcell]
+    return ops.forward(cell, **arrays, lengths=lengths, reverse=reverse, training=training,
+                       reset_after=reset_after, backend=backend)
+
+
+def forward_backward(backend, kcell, arrays, grads, lengths=None, reverse=False):
+    """Every output of forward and backward by name: y, h_n, c_n, dx, dh0, ..., db_hh."""
+    y, h_n, c_n, tape = run_op(backend, kcell, arrays, lengths, reverse)
+    return dict(y=y, h_n=h_n, c_n=c_n, **ops.backward(tape, **grads)._asdict())
+
+
+@pytest.mark.parametrize("which_grads", ["y", "final", "both"])
+@pytest.mark.parametrize("state", [False, True], ids=["zero_state", "state"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("lengths", LENGTHS.values(), ids=LENGTHS.keys())
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kcell", KERNEL_CELLS)
+def test_op_matches_reference(kcell, dtype, reverse, lengths, bias, state, which_grads):
+    rng = np.random.default_rng(0)
+    arrays = layer_arrays(rng, kcell, dtype, T, B, I, H, bias=bias, state=state)
+    grads = output_grads(rng, kcell, dtype, which_grads)
+    got = forward_backward("cpu", kcell, arrays, grads, lengths, reverse)
+    want = forward_backward("numpy", kcell, arrays, grads, lengths, reverse)
+    for name, ref in want.items():
+        if ref is None:  # c_n, dc0 of a non-LSTM cell; bias gradients without bias
+            assert got[name] is None, name
+        else:
+            assert got[name].dtype == dtype, name
+            assert rel_err(got[name], ref) < RTOL[dtype], name
+
+
+# Sizes of 1, sizes that are not multiples of a SIMD width, and more rows than hidden units.
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 1, 2, 3), (4, 2, 9, 13), (2, 40, 5, 33)],
+                         ids=lambda s: "T{}B{}I{}H{}".format(*s))
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kcell", KERNEL_CELLS)
+def test_op_matches_reference_at_odd_sizes(kcell, dtype, reverse, shape):
+    T, B, I, H = shape
+    rng = np.random.default_rng(5)
+    arrays = layer_arrays(rng, kcell, dtype, T, B, I, H)
+    lengths = rng.integers(1, T + 1, B)
+    grads = dict(dy=rng.uniform(-1, 1, (T, B, H)).astype(dtype),
+                 dh_n=rng.uniform(-1, 1, (B, H)).astype(dtype))
+    got = forward_backward("cpu", kcell, arrays, grads, lengths, reverse)
+    want = forward_backward("numpy", kcell, arrays, grads, lengths, reverse)
+    for name, ref in want.items():
+        if ref is not None:
+            assert rel_err(got[name], ref) < RTOL[dtype], name
+
+
+@pytest.mark.parametrize("kcell", KERNEL_CELLS)
+def test_op_accepts_non_contiguous_arrays(kcell):
+    """Fortran-order and strided views give bitwise the results of their contiguous copies."""
+    rng = np.random.default_rng(6)
+    arrays = layer_arrays(rng, kcell, np.float64, T, B, I, H)
+    grads = output_grads(rng, kcell, np.float64, "both")
+
+    def strided(a):
+        return None if a is None else np.asfortranarray(a) if a.ndim > 1 else np.repeat(a, 2)[::2]
+
+    lengths = np.repeat(LENGTHS["mixed"], 2)[::2]
+    got = forward_backward("cpu", kcell, {k: strided(a) for k, a in arrays.items()},
+                           {k: strided(g) for k, g in grads.items()}, lengths, reverse=True)
+    want = forward_backward("cpu", kcell, arrays, grads, LENGTHS["mixed"], reverse=True)
+    for name, value in want.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("kcell", KERNEL_CELLS)
+def test_nothing_past_length(kcell, reverse, backend):
+    rng = np.random.default_rng(1)
+    lengths = LENGTHS["mixed"]
+    arrays = layer_arrays(rng, kcell, np.float64, T, B, I, H)
+    out = forward_backward(backend, kcell, arrays, output_grads(rng, kcell, np.float64, "both"),
+                           lengths, reverse)
+    past = np.arange(T)[:, None] >= lengths  # (T, B)
+    assert np.all(out["y"][past] == 0)
+    assert np.all(out["dx"][past] == 0)
+    # The final state is the output of each row's last valid step (position 0 in reverse).
+    last = np.zeros(B, int) if reverse else lengths - 1
+    np.testing.assert_array_equal(out["h_n"], out["y"][last, np.arange(B)])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kcell", KERNEL_CELLS)
+def test_op_is_deterministic(kcell, dtype):
+    rng = np.random.default_rng(2)
+    arrays = layer_arrays(rng, kcell, dtype, T, B, I, H)
+    grads = output_grads(rng, kcell, dtype, "both")
+    first, second = (forward_backward("cpu", kcell, arrays, grads, LENGTHS["mixed"])
+                     for _ in range(2))
+    for name, value in first.items():
+        np.testing.assert_array_equal(second[name], value, err_msg=name)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kcell", KERNEL_CELLS)
+def test_inference_equals_training(kcell, dtype, reverse):
+    arrays = layer_arrays(np.random.default_rng(3), kcell, dtype, T, B, I, H)
+    infer = run_op("cpu", kcell, arrays, LENGTHS["mixed"], reverse, training=False)
+    train = run_op("cpu", kcell, arrays, LENGTHS["mixed"], reverse, training=True)
+    assert infer.tape is None
+    for name in ("y", "h_n", "c_n"):
+        np.testing.assert_array_equal(getattr(infer, name), getattr(train, name), err_msg=name)
+
+
+# -- layers -------------------------------------------------------------------------------------
+
+def check_layers_agree(kind, dtype, x_shape, lengths=None, **kwargs):
+    """Builds the layer on both backends with the same parameters, runs forward and backward with
+    random state, dy and dstate, and compares everything."""
+    # The same seed gives the same dropout masks; the parameters are copied explicitly.
+    ref = LAYERS[kind](I, H, dtype=dtype, seed=7, backend="numpy", **kwargs)
+    cpu = LAYERS[kind](I, H, dtype=dtype, seed=7, backend="cpu", **kwargs)
+    cpu.load_state_dict(ref.state_dict())
+    rng = np.random.default_rng(4)
+    batch = None if len(x_shape) == 2 else x_shape[0 if ref.batch_first else 1]
+    x = rng.uniform(-1, 1, x_shape).astype(dtype)
+    state, dstate = random_state(rng, ref, batch), random_state(rng, ref, batch)
+    dy = rng.uniform(-1, 1, x_shape[:-1] + (ref.num_directions * H,)).astype(dtype)
+    got, want = (run_layer(layer, x, state, lengths, dy, dstate) for layer in (cpu, ref))
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        assert rel_err(got[name], value) < RTOL[dtype], name
+    assert want["y"].shape == dy.shape and want["dx"].shape == x.shape
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lengths", [None, LENGTHS["mixed"]], ids=["no_lengths", "lengths"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time_major", "batch_first"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("kind", LAYERS)
+def test_layer_matches_reference(kind, num_layers, bidirectional, batch_first, lengths, dtype):
+    check_layers_agree(kind, dtype, (B, T, I) if batch_first else (T, B, I), lengths,
+                       num_layers=num_layers, bidirectional=bidirectional,
+                       batch_first=batch_first)
+
+
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time_major", "batch_first"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("kind", LAYERS)
+def test_layer_unbatched_matches_reference(kind, bidirectional, batch_first):
+    check_layers_agree(kind, np.float64, (T, I), num_layers=2, bidirectional=bidirectional,
+                       batch_first=batch_first)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("kind", LAYERS)
+def test_layer_dropout_matches_reference(kind, bidirectional):
+    check_layers_agree(kind, np.float64, (T, B, I), LENGTHS["mixed"], num_layers=3, dropout=0.5,
+                       bidirectional=bidirectional)
+    # Dropout acted: the training output differs from the same layer's inference output.
+    layer = LAYERS[kind](I, H, num_layers=3, dropout=0.5, bidirectional=bidirectional,
+                         dtype=np.float64, seed=7, backend="numpy")
+    x = np.random.default_rng(4).uniform(-1, 1, (T, B, I))
+    assert not np.allclose(layer(x)[0], layer.forward(x, training=True)[0])
+
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("kind", LAYERS)
+def test_layer_gradients_are_keyed_as_state_dict(kind, bidirectional, bias, backend):
+    layer = LAYERS[kind](I, H, num_layers=2, bias=bias, bidirectional=bidirectional,
+                         dtype="float64", seed=8, backend=backend)
+    y, _, tape = layer.forward(np.random.default_rng(5).uniform(-1, 1, (T, B, I)), training=True)
+    dparams = layer.backward(tape, np.ones_like(y))[2]
+    params = layer.state_dict()
+    assert list(dparams) == list(params)
+    for name, p in params.items():
+        assert dparams[name].shape == p.shape and dparams[name].dtype == p.dtype, name
