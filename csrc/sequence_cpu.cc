@@ -1,100 +1,25 @@
-// The CPU sequence driver: validation, the input projection, the time loop over cells_cpu.h's
-// steps, and the weight gradients as single GEMMs over all T·B rows after the reverse walk.
+// The CPU sequence driver: the input projection, the time loop over cells_cpu.h's steps, and the
+// weight gradients as single GEMMs over all T·B rows after the reverse walk. Validation and the
+// slot convention are shared with the CUDA driver (rnn_common.h).
 #include <algorithm>
 #include <cstring>
-#include <limits>
-#include <stdexcept>
 #include <string>
 
 #include "blas.h"
 #include "cells_cpu.h"
 #include "fusedrnn/rnn.h"
+#include "rnn_common.h"
 
 namespace fusedrnn {
-
-const char* cell_name(Cell cell) {
-  switch (cell) {
-    case Cell::LSTM: return "lstm";
-    case Cell::GRU: return "gru";
-    case Cell::GRU_RESET_BEFORE: return "gru_reset_before";
-    case Cell::RNN_TANH: return "rnn_tanh";
-    case Cell::RNN_RELU: return "rnn_relu";
-  }
-  return "unknown";
-}
-
-int gate_count(Cell cell) {
-  switch (cell) {
-    case Cell::LSTM: return 4;
-    case Cell::GRU:
-    case Cell::GRU_RESET_BEFORE: return 3;
-    case Cell::RNN_TANH:
-    case Cell::RNN_RELU: return 1;
-  }
-  return 0;
-}
-
-bool has_cell_state(Cell cell) { return cell == Cell::LSTM; }
-
-int tape_gate_width(Cell cell) {
-  switch (cell) {
-    case Cell::LSTM:
-    case Cell::GRU:
-    case Cell::GRU_RESET_BEFORE: return 4;
-    case Cell::RNN_TANH:
-    case Cell::RNN_RELU: return 0;
-  }
-  return 0;
-}
-
 namespace {
 
-[[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument(msg); }
-
-void check_cell(Cell cell) {
-  const int c = static_cast<int>(cell);
-  if (c < 0 || c > 4) fail("cell: expected one of 0..4 (lstm, gru, gru_reset_before, rnn_tanh, "
-                           "rnn_relu), got " + std::to_string(c));
-}
-
-// BLAS takes 32-bit sizes and every buffer size must fit in 64 bits: check both once, up front.
-void check_dims(Cell cell, const Dims& d) {
-  const int64_t limit = std::numeric_limits<int32_t>::max();
-  const auto positive = [&](int64_t v, const char* name) {
-    if (v <= 0 || v > limit)
-      fail(std::string(name) + ": expected 1.." + std::to_string(limit) + ", got " +
-           std::to_string(v));
-  };
-  positive(d.T, "T (sequence length)");
-  positive(d.B, "B (batch size)");
-  positive(d.I, "I (input size)");
-  positive(d.H, "H (hidden size)");
-  const int64_t G = gate_count(cell);
-  if (d.T * d.B > limit)
-    fail("T*B: expected at most " + std::to_string(limit) + " rows, got " +
-         std::to_string(d.T * d.B));
-  if (G * d.H > limit / 4 + 1)
-    fail("H: gates*H exceeds the BLAS integer range for H=" + std::to_string(d.H));
-  const int64_t widest = std::max<int64_t>({d.I, 4 * d.H, G * d.H});
-  if (d.T * d.B > std::numeric_limits<int64_t>::max() / widest / 8)
-    fail("sizes: T*B*max(I, 4H) overflows a 64-bit byte count");
-}
-
-void check_lengths(const int64_t* lengths, const Dims& d) {
-  if (!lengths) return;
-  for (int64_t b = 0; b < d.B; ++b)
-    if (lengths[b] < 1 || lengths[b] > d.T)
-      fail("lengths[" + std::to_string(b) + "]: expected 1.." + std::to_string(d.T) + ", got " +
-           std::to_string(lengths[b]));
-}
-
-template <typename T>
-void check_weights(const Weights<T>& w) {
-  if (!w.w_ih) fail("w_ih: expected a [G*H, I] array, got null");
-  if (!w.w_hh) fail("w_hh: expected a [G*H, H] array, got null");
-  if ((w.b_ih == nullptr) != (w.b_hh == nullptr))
-    fail("b_ih, b_hh: expected both or neither, got only one");
-}
+using detail::check_backward_args;
+using detail::check_cell;
+using detail::check_dims;
+using detail::check_forward_args;
+using detail::check_lengths;
+using detail::fail;
+using detail::StepPlan;
 
 template <typename T>
 std::unique_ptr<T[]> uninitialized(int64_t n) {
@@ -156,14 +81,6 @@ void step_backward(Cell cell, const cpu::BackStepIO<T>& s) {
   }
 }
 
-// Time position of the s-th step, and the h_states slots it reads and writes (see Tape).
-struct StepPlan {
-  int64_t t, read, write;
-  StepPlan(int64_t t_, int64_t read_, int64_t write_) : t(t_), read(read_), write(write_) {}
-  StepPlan(int64_t s, int64_t T, bool reverse)
-      : t(reverse ? T - 1 - s : s), read(reverse ? t + 1 : t), write(reverse ? t : t + 1) {}
-};
-
 }  // namespace
 
 template <typename T>
@@ -182,10 +99,7 @@ Tape<T>::Tape(Cell cell, const Dims& dims, bool reverse, const int64_t* lengths)
 
 template <typename T>
 std::size_t Tape<T>::bytes_for(Cell cell, const Dims& d, bool with_lengths) {
-  const std::size_t slots = std::size_t(d.T + 1) * d.B * d.H;
-  const std::size_t states = slots * (has_cell_state(cell) ? 2 : 1);
-  const std::size_t gates = std::size_t(d.T) * d.B * d.H * tape_gate_width(cell);
-  return sizeof(T) * (states + gates) + (with_lengths ? sizeof(int64_t) * d.B : 0);
+  return detail::tape_bytes(cell, d, with_lengths, sizeof(T));
 }
 
 template <typename T>
@@ -195,24 +109,9 @@ std::size_t Tape<T>::bytes() const {
 
 template <typename Real>
 void forward(const ForwardArgs<Real>& a) {
-  check_cell(a.cell);
+  check_forward_args(a, a.lengths);
   const Dims& d = a.dims;
-  check_dims(a.cell, d);
-  check_weights(a.weights);
-  check_lengths(a.lengths, d);
   const bool has_c = has_cell_state(a.cell);
-  if (!a.x) fail("x: expected a [T, B, I] array, got null");
-  if (!a.y) fail("y: expected a [T, B, ldy] output array, got null");
-  if (a.ldy < d.H) fail("ldy: expected >= H=" + std::to_string(d.H) + ", got " +
-                        std::to_string(a.ldy));
-  if (!a.h_n) fail("h_n: expected a [B, H] output array, got null");
-  if (has_c && !a.c_n) fail("c_n: expected a [B, H] output array for LSTM, got null");
-  if (a.tape) {
-    const Dims& td = a.tape->dims();
-    if (a.tape->cell() != a.cell || td.T != d.T || td.B != d.B || td.H != d.H || td.I != d.I ||
-        a.tape->reverse() != a.reverse)
-      fail("tape: expected a tape made for this cell, direction and dims");
-  }
 
   const int64_t T = d.T, B = d.B, H = d.H, G = gate_count(a.cell), GH = G * H, BH = B * H;
   const bool training = a.tape != nullptr;
@@ -258,20 +157,11 @@ void forward(const ForwardArgs<Real>& a) {
 
 template <typename Real>
 void backward(const BackwardArgs<Real>& a) {
-  if (!a.tape) fail("tape: expected a tape from a training forward, got null");
+  check_backward_args(a);
   const Tape<Real>& tape = *a.tape;
   const Cell cell = tape.cell();
   const Dims& d = tape.dims();
-  check_weights(a.weights);
   const bool has_c = has_cell_state(cell), has_bias = a.weights.b_ih != nullptr;
-  if (!a.x) fail("x: expected the [T, B, I] input of the forward, got null");
-  if (a.dy && a.lddy < d.H)
-    fail("lddy: expected >= H=" + std::to_string(d.H) + ", got " + std::to_string(a.lddy));
-  if (!a.dx || !a.dh0 || !a.dw_ih || !a.dw_hh)
-    fail("dx, dh0, dw_ih, dw_hh: expected output arrays, got null");
-  if (has_c && !a.dc0) fail("dc0: expected a [B, H] output array for LSTM, got null");
-  if (has_bias && (!a.db_ih || !a.db_hh))
-    fail("db_ih, db_hh: expected output arrays for a layer with biases, got null");
 
   const int64_t T = d.T, B = d.B, I = d.I, H = d.H, G = gate_count(cell), GH = G * H, BH = B * H;
   const int64_t width = tape_gate_width(cell) * H;

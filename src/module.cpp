@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -44,8 +45,12 @@ py::array checked(const py::handle& obj, const char* name, const py::dtype& dtyp
   if (!same)
     throw py::value_error(std::string(name) + ": expected shape " + shape_str(shape) + ", got " +
                           shape_str(a));
-  if (!(a.flags() & py::array::c_style))
-    throw py::value_error(std::string(name) + ": expected a C-contiguous array");
+  // Aligned too: the kernels' loops may use aligned vector loads on element pointers.
+  const bool contiguous = a.flags() & py::array::c_style;
+  if (!contiguous || reinterpret_cast<std::uintptr_t>(a.data()) % a.itemsize() != 0)
+    throw py::value_error(std::string(name) + ": expected an aligned, C-contiguous array, got " +
+                          (contiguous ? "an unaligned" : "a strided") +
+                          " one (numpy.require(a, requirements='CA') makes one)");
   return a;
 }
 
@@ -113,8 +118,12 @@ Inputs check_inputs(int cell_id, const py::object& x_obj, const py::object& h0,
     throw py::type_error("x: expected dtype float32 or float64, got " +
                          std::string(py::str(in.dtype)));
   const int64_t T = x.shape(0), B = x.shape(1), I = x.shape(2);
-  if (!py::isinstance<py::array>(w_hh_obj) || py::reinterpret_borrow<py::array>(w_hh_obj).ndim() != 2)
-    throw py::value_error("w_hh: expected a 2-d numpy array (G*H, H)");
+  if (!py::isinstance<py::array>(w_hh_obj))
+    throw py::type_error("w_hh: expected a numpy.ndarray, got " +
+                         std::string(py::str(py::type::of(w_hh_obj).attr("__name__"))));
+  if (py::reinterpret_borrow<py::array>(w_hh_obj).ndim() != 2)
+    throw py::value_error("w_hh: expected a 2-d array (G*H, H), got shape " +
+                          shape_str(py::reinterpret_borrow<py::array>(w_hh_obj)));
   const int64_t H = py::reinterpret_borrow<py::array>(w_hh_obj).shape(1);
   const int64_t GH = fusedrnn::gate_count(in.cell) * H;
   in.dims = {T, B, I, H};
@@ -125,7 +134,9 @@ Inputs check_inputs(int cell_id, const py::object& x_obj, const py::object& h0,
   in.b_hh = optional_array(b_hh, "b_hh", in.dtype, {GH});
   in.h0 = optional_array(h0, "h0", in.dtype, {B, H});
   if (fusedrnn::has_cell_state(in.cell)) in.c0 = optional_array(c0, "c0", in.dtype, {B, H});
-  else if (!c0.is_none()) throw py::value_error("c0: expected None for a cell without c state");
+  else if (!c0.is_none())
+    throw py::value_error("c0: expected None for a cell without c state, got " +
+                          std::string(py::str(py::type::of(c0).attr("__name__"))));
   in.lengths = optional_array(lengths, "lengths", py::dtype::of<int64_t>(), {B});
   return in;
 }
@@ -243,7 +254,9 @@ py::tuple backward(const py::object& tape_obj, const py::object& dy, const py::o
   auto dh_a = optional_array(dh_n, "dh_n", pt.dtype, {d.B, d.H});
   std::optional<py::array> dc_a;
   if (fusedrnn::has_cell_state(pt.cell())) dc_a = optional_array(dc_n, "dc_n", pt.dtype, {d.B, d.H});
-  else if (!dc_n.is_none()) throw py::value_error("dc_n: expected None for a cell without c state");
+  else if (!dc_n.is_none())
+    throw py::value_error("dc_n: expected None for a cell without c state, got " +
+                          std::string(py::str(py::type::of(dc_n).attr("__name__"))));
   return std::visit(
       [&](const auto& t) { return backward_typed(pt, *t, dy_a, dh_a, dc_a); }, pt.tape);
 }
@@ -276,13 +289,11 @@ PYBIND11_MODULE(_core, m) {
     py::dict d;
     d["compiler"] = info.compiler;
     d["simd"] = info.simd;
-    d["openmp"] = info.openmp;
-    d["openmp_threads"] = info.openmp_threads;
     d["blas"] = info.blas;
     d["blas_threads"] = info.blas_threads;
     d["cuda"] = false;
     return d;
   });
   m.def("set_num_threads", &fusedrnn::set_blas_threads, py::arg("threads"),
-        "Threads for BLAS and the OpenMP pointwise passes.");
+        "Threads for BLAS (the pointwise passes run on the calling thread).");
 }

@@ -10,17 +10,27 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def type_name(obj):
-    return type(obj).__name__
+    """The type of obj, module-qualified unless builtin (fusedrnn.ops.Tape vs fusedrnn.layers.Tape)."""
+    cls = type(obj)
+    module = getattr(cls, "__module__", "builtins")
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def dtype_name(dt):
+    """A dtype's name, with its byte order when that is not the machine's ('>f4')."""
+    return dt.name if dt.isnative else dt.str
 
 
 def as_dtype(dtype, name="dtype"):
     """A NumPy dtype from a name or dtype; float32 and float64 only."""
+    if dtype is None:  # np.dtype(None) would quietly mean float64
+        raise TypeError(f"{name}: expected 'float32' or 'float64', got None")
     try:
         dt = np.dtype(dtype)
-    except TypeError as exc:
+    except (TypeError, ValueError, SyntaxError) as exc:
         raise TypeError(f"{name}: expected 'float32' or 'float64', got {dtype!r}") from exc
     if dt not in FLOAT_DTYPES:
-        raise TypeError(f"{name}: expected 'float32' or 'float64', got {dt.name!r}")
+        raise TypeError(f"{name}: expected 'float32' or 'float64', got {dtype_name(dt)!r}")
     return dt
 
 
@@ -38,31 +48,54 @@ def flag(value, name):
     return bool(value)
 
 
-def float_array(value, name, dtype=None, ndim=None):
-    """value as an ndarray of float32/float64 (and of `dtype` when given), without copying."""
+def as_array(value, name, what="an array"):
+    """np.asarray(value), with numpy's (and __array__'s) failures turned into a TypeError that
+    names the argument: ragged nested lists, tensors that cannot be viewed, and the like."""
     if value is None:
-        raise TypeError(f"{name}: expected an array, got None")
-    arr = value if isinstance(value, np.ndarray) else np.asarray(value)
-    if arr.dtype == object or arr.dtype.kind not in "f" or arr.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected {what}, got None")
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        raise TypeError(f"{name}: expected {what}, got {type_name(value)} that NumPy cannot "
+                        f"convert ({exc})") from exc
+
+
+def _ndim_text(ndim):
+    dims = [int(d) for d in np.atleast_1d(ndim)]
+    return " or ".join(f"{d}-d" for d in dims)
+
+
+def float_array(value, name, dtype=None, ndim=None, source="the model's"):
+    """value as an ndarray of float32/float64 (and of `dtype` when given), without copying."""
+    arr = as_array(value, name)
+    if arr.dtype not in FLOAT_DTYPES:
         want = dtype.name if dtype is not None else "float32 or float64"
-        raise TypeError(f"{name}: expected a {want} array, got dtype {arr.dtype.name}")
+        raise TypeError(f"{name}: expected a {want} array, got dtype {dtype_name(arr.dtype)}")
     if dtype is not None and arr.dtype != dtype:
-        raise TypeError(f"{name}: expected dtype {dtype.name} (the model's), got {arr.dtype.name}")
+        raise TypeError(f"{name}: expected dtype {dtype.name} ({source}), got {arr.dtype.name}")
     if ndim is not None and arr.ndim not in np.atleast_1d(ndim):
-        raise ValueError(f"{name}: expected a {ndim}-d array, got shape {arr.shape}")
+        raise ValueError(f"{name}: expected a {_ndim_text(ndim)} array, got shape {arr.shape}")
     return arr
 
 
-def shaped(value, name, dtype, shape):
-    arr = float_array(value, name, dtype)
+def shaped(value, name, dtype, shape, source="the model's"):
+    """float_array of exactly `shape`; not copied (see contiguous)."""
+    arr = float_array(value, name, dtype, source=source)
     if arr.shape != tuple(shape):
         raise ValueError(f"{name}: expected shape {tuple(shape)}, got {arr.shape}")
-    return np.ascontiguousarray(arr)
+    return arr
+
+
+def contiguous(arr):
+    """arr as an aligned, C-contiguous array (what the kernels read); a copy only if needed."""
+    return None if arr is None else np.require(arr, requirements=("C", "A"))
 
 
 def lengths_array(lengths, batch, steps):
     """lengths as int64 (B,), each in [1, T] (PackedSequence rules)."""
-    arr = lengths if isinstance(lengths, np.ndarray) else np.asarray(lengths)
+    arr = as_array(lengths, "lengths", "an integer array")
     if arr.dtype.kind not in "iu":
         raise TypeError(f"lengths: expected an integer array, got dtype {arr.dtype.name}")
     if arr.shape != (batch,):
@@ -71,15 +104,16 @@ def lengths_array(lengths, batch, steps):
         bad = arr[(arr < 1) | (arr > steps)][0]
         raise ValueError(f"lengths: expected values in [1, {steps}] (the sequence length), "
                          f"got {bad}")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    return np.require(arr, np.int64, requirements=("C", "A"))
 
 
 def check_memory(nbytes, what):
-    """Refuses work whose buffers could never fit in this machine's memory."""
+    """Refuses work whose buffers could never fit in this machine's memory. `what` names the
+    arguments responsible, e.g. "x: shape (T, B, I) with H=64: forward"."""
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return
     if nbytes > total:
-        raise ValueError(f"{what}: needs {nbytes / 2**30:.1f} GiB, more than this machine's "
+        raise ValueError(f"{what} would need {nbytes / 2**30:.1f} GiB, more than this machine's "
                          f"{total / 2**30:.1f} GiB of memory")

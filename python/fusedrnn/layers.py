@@ -10,7 +10,8 @@ import numbers
 import numpy as np
 
 from . import _backend, ops
-from ._checks import as_dtype, flag, float_array, lengths_array, positive_int, type_name
+from ._checks import (check_memory, as_dtype, flag, float_array, lengths_array, positive_int,
+                      type_name)
 
 
 class Tape:
@@ -34,6 +35,9 @@ class RNNBase:
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, dtype="float32", seed=None, *, backend="auto"):
+        if self._cell is None:
+            raise TypeError(f"{type(self).__name__}: expected one of LSTM, GRU or RNN (RNNBase is "
+                            "their shared base), got a direct instantiation")
         self.input_size = positive_int(input_size, "input_size")
         self.hidden_size = positive_int(hidden_size, "hidden_size")
         self.num_layers = positive_int(num_layers, "num_layers")
@@ -41,16 +45,23 @@ class RNNBase:
         self.batch_first = flag(batch_first, "batch_first")
         self.bidirectional = flag(bidirectional, "bidirectional")
         if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real):
-            raise TypeError(f"dropout: expected a float in [0, 1), got {type_name(dropout)}")
+            raise TypeError(f"dropout: expected a float in [0, 1), got {type_name(dropout)} "
+                            f"{dropout!r}")
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout: expected a float in [0, 1), got {dropout}")
         self.dropout = float(dropout)
         self.dtype = as_dtype(dtype)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
-                                 or seed < 0):
-            raise TypeError(f"seed: expected None or a non-negative int, got {seed!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise TypeError(f"seed: expected None or a non-negative int, got {type_name(seed)} "
+                            f"{seed!r}")
+        if seed is not None and seed < 0:
+            raise ValueError(f"seed: expected None or a non-negative int, got {seed}")
         _backend.resolve(backend)
         self.backend = backend
+        # Before the parameters are drawn (uniform() draws float64, then casts).
+        check_memory((8 + self.dtype.itemsize) * self._param_count(),
+                     f"input_size={self.input_size}, hidden_size={self.hidden_size}, "
+                     f"num_layers={self.num_layers}: the parameters")
         self._rng = np.random.default_rng(seed)
         self._params = self._init_params()
 
@@ -62,6 +73,25 @@ class RNNBase:
     @property
     def _kernel_cell(self):
         return ops.kernel_cell(self._cell, getattr(self, "reset_after", True))
+
+    def _param_count(self):
+        """The number of parameter values, computed without building _shapes()."""
+        H, G, D = self.hidden_size, ops.GATES[self._kernel_cell], self.num_directions
+        per_dir = G * H * (H + (2 if self.bias else 0))
+        first = D * (per_dir + G * H * self.input_size)
+        return first + (self.num_layers - 1) * D * (per_dir + G * H * D * H)
+
+    def _forward_nbytes(self, T, B, training):
+        """What forward allocates, for check_memory: ops.forward per layer and direction, plus
+        the stacked outputs and dropout masks; in training every layer's tape is kept."""
+        D, H, G, L = (self.num_directions, self.hidden_size, ops.GATES[self._kernel_cell],
+                      self.num_layers)
+        first = ops.forward_nbytes(self.dtype, T, B, self.input_size, H, G, training)
+        other = ops.forward_nbytes(self.dtype, T, B, D * H, H, G, training) if L > 1 else 0
+        stacked = 3 * self.dtype.itemsize * T * B * D * H
+        if training:
+            return D * (first + (L - 1) * other) + L * stacked
+        return D * max(first, other) + stacked
 
     def _shapes(self):
         """torch's parameter names and shapes, in torch's order."""
@@ -100,9 +130,14 @@ class RNNBase:
         new = {}
         for name, shape in shapes.items():
             value = state_dict[name]
+            label = f"state_dict[{name!r}]"
             if hasattr(value, "detach"):  # a torch tensor
-                value = value.detach().cpu().numpy()
-            arr = float_array(value, f"state_dict[{name!r}]")
+                try:
+                    value = value.detach().cpu().numpy()
+                except (TypeError, RuntimeError) as exc:  # bfloat16 and the like
+                    raise TypeError(f"{label}: expected a float32 or float64 array, got a "
+                                    f"{type_name(value)} NumPy cannot hold ({exc})") from exc
+            arr = float_array(value, label)
             if arr.shape != shape:
                 raise ValueError(f"state_dict[{name!r}]: expected shape {shape}, got {arr.shape}")
             new[name] = np.array(arr, dtype=self.dtype, order="C", copy=True)
@@ -126,12 +161,18 @@ class RNNBase:
         training = flag(training, "training")
         x, layout = self._time_major(x)
         batch_first, unbatched, T, B = layout
+        # All of it up front, before the zero state: a failure after the first layer would have
+        # drawn dropout masks.
+        check_memory(self._forward_nbytes(T, B, training),
+                     f"x: T={T} steps of B={B} rows with hidden_size={self.hidden_size}, "
+                     f"num_layers={self.num_layers}: forward(training={training})")
         h0, c0 = self._initial_state(state, B, unbatched)
         if lengths is not None:
             if unbatched:
                 raise ValueError("lengths: expected None for unbatched (T, I) input, got "
                                  f"{type_name(lengths)}")
             lengths = lengths_array(lengths, B, T)
+        x = np.require(x, requirements=("C", "A"))  # once, rather than in each direction's op
         D, H = self.num_directions, self.hidden_size
         h_n = np.empty((self.num_layers * D, B, H), self.dtype)
         c_n = np.empty_like(h_n) if c0 is not None else None
@@ -156,7 +197,8 @@ class RNNBase:
             if training and self.dropout > 0 and layer < self.num_layers - 1:
                 keep = self._rng.random(inp.shape) >= self.dropout
                 mask = keep.astype(self.dtype) / self.dtype.type(1.0 - self.dropout)
-                inp = inp * mask
+                with np.errstate(invalid="ignore"):  # inf * 0: NaN, silently, as in the kernels
+                    inp = inp * mask
             op_tapes.append(tapes)
             masks.append(mask)
         y = self._from_time_major(inp, layout)
@@ -180,7 +222,7 @@ class RNNBase:
         if dy is None:
             raise TypeError("dy: expected an array shaped as y, got None")
         dy = float_array(dy, "dy", self.dtype)
-        expect = self._from_time_major(np.empty((T, B, D * H), np.int8), tape.layout).shape
+        expect = (T, D * H) if unbatched else (B, T, D * H) if batch_first else (T, B, D * H)
         if dy.shape != expect:
             raise ValueError(f"dy: expected shape {expect} (as y), got {dy.shape}")
         dh_n, dc_n = (None, None) if dstate is None else self._initial_state(
@@ -191,7 +233,8 @@ class RNNBase:
         dc0 = np.empty_like(dh0) if self._cell == "lstm" else None
         for layer in reversed(range(L)):
             if tape.masks[layer] is not None:
-                dy = dy * tape.masks[layer]
+                with np.errstate(invalid="ignore"):
+                    dy = dy * tape.masks[layer]
             dx = None
             for d in range(D):
                 k = layer * D + d
@@ -199,7 +242,8 @@ class RNNBase:
                 g = ops.backward(tape.op_tapes[layer][d], dy_d,
                                  None if dh_n is None else dh_n[k],
                                  None if dc_n is None else dc_n[k])
-                dx = g.dx if dx is None else dx + g.dx
+                with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, as in the kernels
+                    dx = g.dx if dx is None else dx + g.dx
                 dh0[k] = g.dh0
                 if dc0 is not None:
                     dc0[k] = g.dc0
@@ -214,12 +258,15 @@ class RNNBase:
 
     # -- layouts ----------------------------------------------------------------------------
     def _time_major(self, x, layout=None):
-        """(T, B, I) contiguous, and the layout needed to undo it."""
+        """A (T, B, I) view (ops.forward copies it once memory is known to suffice), and the
+        layout needed to undo it."""
         name = "x" if layout is None else "dy"
         x = float_array(x, name, self.dtype, ndim=(2, 3))
         width = self.input_size if layout is None else self.num_directions * self.hidden_size
         if x.shape[-1] != width:
-            raise ValueError(f"{name}: expected last dimension {width}, got shape {x.shape}")
+            what = "input_size" if layout is None else "num_directions * hidden_size"
+            raise ValueError(f"{name}: expected last dimension {width} ({what}), got shape "
+                             f"{x.shape}")
         if min(x.shape) == 0:
             raise ValueError(f"{name}: expected a non-empty array, got shape {x.shape}")
         unbatched = x.ndim == 2
@@ -228,7 +275,7 @@ class RNNBase:
         elif self.batch_first:
             x = x.transpose(1, 0, 2)
         T, B = x.shape[:2]
-        return np.ascontiguousarray(x), (self.batch_first, unbatched, T, B)
+        return x, (self.batch_first, unbatched, T, B)
 
     @staticmethod
     def _from_time_major(y, layout):
@@ -307,7 +354,7 @@ class RNN(RNNBase):
     """Elman RNN layers, as torch.nn.RNN, with ``nonlinearity`` 'tanh' or 'relu'."""
 
     def __init__(self, *args, nonlinearity="tanh", **kwargs):
-        if nonlinearity not in ("tanh", "relu"):
+        if not isinstance(nonlinearity, str) or nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
         self._cell = f"rnn_{nonlinearity}"

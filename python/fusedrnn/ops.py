@@ -21,7 +21,8 @@ from collections import namedtuple
 import numpy as np
 
 from . import _backend, reference
-from ._checks import check_memory, flag, float_array, lengths_array, shaped, type_name
+from ._checks import (check_memory, contiguous, flag, float_array, lengths_array, shaped,
+                      type_name)
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 _KERNEL_CELLS = ("lstm", "gru", "gru_reset_before", "rnn_tanh", "rnn_relu")  # _core's numbering
@@ -51,6 +52,14 @@ class Tape:
         return f"<fusedrnn.ops.Tape {self.cell} {self.backend} (T, B, I, H)={self.shape}>"
 
 
+def forward_nbytes(dtype, T, B, I, H, G, training):
+    """A generous estimate of what one forward allocates: contiguous copies of x and the weights,
+    the input projection, y, the states and, when training, the tape (Python ints: no overflow)."""
+    T, B, I, H, G = map(int, (T, B, I, H, G))
+    per_row = I + G * H * (3 if training else 1) + 2 * H
+    return np.dtype(dtype).itemsize * (T * B * per_row + G * H * (I + H + 2) + 4 * B * H)
+
+
 def kernel_cell(cell, reset_after=True):
     """The kernel variant for a public cell name (GRU's two reset forms are two kernels)."""
     if not isinstance(cell, str) or cell not in CELLS:
@@ -74,34 +83,36 @@ def forward(cell, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, leng
     T, B, I = x.shape
     if min(x.shape) == 0:
         raise ValueError(f"x: expected a non-empty (T, B, I) array, got shape {x.shape}")
-    w_hh = float_array(w_hh, "w_hh", dtype, ndim=2)
+    w_hh = float_array(w_hh, "w_hh", dtype, ndim=2, source="x's")
     H = w_hh.shape[1]
     G = GATES[kcell]
     if H == 0:
         raise ValueError(f"w_hh: expected shape (G*H, H) with H > 0, got {w_hh.shape}")
-    w_hh = shaped(w_hh, "w_hh", dtype, (G * H, H))
-    w_ih = shaped(w_ih, "w_ih", dtype, (G * H, I))
+    w_hh = shaped(w_hh, "w_hh", dtype, (G * H, H), "x's")
+    w_ih = shaped(w_ih, "w_ih", dtype, (G * H, I), "x's")
     if (b_ih is None) != (b_hh is None):
         raise ValueError("b_ih, b_hh: expected both or neither, got only one")
     if b_ih is not None:
-        b_ih = shaped(b_ih, "b_ih", dtype, (G * H,))
-        b_hh = shaped(b_hh, "b_hh", dtype, (G * H,))
-    h0 = None if h0 is None else shaped(h0, "h0", dtype, (B, H))
+        b_ih = shaped(b_ih, "b_ih", dtype, (G * H,), "x's")
+        b_hh = shaped(b_hh, "b_hh", dtype, (G * H,), "x's")
+    h0 = None if h0 is None else shaped(h0, "h0", dtype, (B, H), "x's")
     if kcell != "lstm" and c0 is not None:
         raise ValueError(f"c0: expected None for cell {cell!r} (only LSTM has a cell state), "
                          f"got {type_name(c0)}")
-    c0 = None if c0 is None else shaped(c0, "c0", dtype, (B, H))
+    c0 = None if c0 is None else shaped(c0, "c0", dtype, (B, H), "x's")
     lengths = None if lengths is None else lengths_array(lengths, B, T)
-    x = np.ascontiguousarray(x)
-    check_memory(dtype.itemsize * T * B * (G * H * (3 if training else 1) + 2 * H + I),
-                 "forward")
+    # Before any copy: a broadcast view can stand for an array far larger than memory.
+    check_memory(forward_nbytes(dtype, T, B, I, H, G, training),
+                 f"x: shape {x.shape} with H={H}: forward(training={training})")
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = map(contiguous, (x, w_ih, w_hh, b_ih, b_hh, h0, c0))
 
     if backend == "numpy":
         h0 = np.zeros((B, H), dtype) if h0 is None else h0
         if kcell == "lstm" and c0 is None:
             c0 = np.zeros((B, H), dtype)
-        y, h_n, c_n, impl = reference.forward(kcell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths,
-                                              reverse)
+        with np.errstate(all="ignore"):  # inf and overflow give NaN silently, as the kernels do
+            y, h_n, c_n, impl = reference.forward(kcell, x, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                                  lengths, reverse)
     else:
         y, h_n, c_n, impl = _backend._core.forward(_KERNEL_CELLS.index(kcell), x, h0, c0, w_ih,
                                                    w_hh, b_ih, b_hh, lengths, reverse, training)
@@ -119,13 +130,16 @@ def backward(tape, dy=None, dh_n=None, dc_n=None):
         raise TypeError(f"tape: expected the fusedrnn.ops.Tape of a forward(training=True), "
                         f"got {type_name(tape)}")
     T, B, _, H = tape.shape
-    dy = None if dy is None else shaped(dy, "dy", tape.dtype, (T, B, H))
-    dh_n = None if dh_n is None else shaped(dh_n, "dh_n", tape.dtype, (B, H))
+    src = "the forward's"
+    dy = None if dy is None else shaped(dy, "dy", tape.dtype, (T, B, H), src)
+    dh_n = None if dh_n is None else shaped(dh_n, "dh_n", tape.dtype, (B, H), src)
     if tape.cell != "lstm" and dc_n is not None:
         raise ValueError(f"dc_n: expected None for cell {tape.cell!r}, got {type_name(dc_n)}")
-    dc_n = None if dc_n is None else shaped(dc_n, "dc_n", tape.dtype, (B, H))
+    dc_n = None if dc_n is None else shaped(dc_n, "dc_n", tape.dtype, (B, H), src)
+    dy, dh_n, dc_n = map(contiguous, (dy, dh_n, dc_n))
     if tape.backend == "numpy":
-        grads = reference.backward(tape._impl, dy, dh_n, dc_n)
+        with np.errstate(all="ignore"):
+            grads = reference.backward(tape._impl, dy, dh_n, dc_n)
     else:
         grads = _backend._core.backward(tape._impl, dy, dh_n, dc_n)
     return Gradients(*grads)
