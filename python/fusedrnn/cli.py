@@ -47,7 +47,9 @@ def bench(args):
                       layers=args.layers, bidirectional=args.bidirectional, mode=mode,
                       dtype=args.dtype, threads=args.threads)
                  for mode in (["train", "infer"] if args.mode == "both" else [args.mode])]
-    results = run_cases(cases, runs=args.runs, with_numpy=args.numpy, progress=sys.stderr)
+    # The progress line redraws itself with '\r': only where a terminal shows it, not in CI logs.
+    progress = sys.stderr if sys.stderr.isatty() else None
+    results = run_cases(cases, runs=args.runs, with_numpy=args.numpy, progress=progress)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
