@@ -218,14 +218,15 @@ BuildInfo build_info() {
 #else
   info.compiler = "unknown";
 #endif
-#if defined(__AVX512F__)
-  info.simd = "avx512f";
-#elif defined(__AVX2__)
-  info.simd = "avx2";
+  // What the pointwise rows run (cells_cpu.h's FR_ROW clones, chosen by the loader).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  info.simd = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+                  ? "avx2+fma (x86-64-v3, chosen at run time over the sse2 baseline)"
+                  : "sse2 (x86-64 baseline; this CPU lacks avx2/fma)";
 #elif defined(__SSE2__)
   info.simd = "sse2 (x86-64 baseline)";
 #else
-  info.simd = "none";
+  info.simd = "compiler default";
 #endif
   info.blas = scipy_openblas_get_config();
   info.blas_threads = scipy_openblas_get_num_threads();

@@ -126,7 +126,7 @@ void backward(const BackwardArgs<T>& args);
 // Description of the compiled library, for `fusedrnn info`.
 struct BuildInfo {
   const char* compiler;
-  const char* simd;       // SIMD extensions the kernels were compiled for
+  const char* simd;       // SIMD code the pointwise passes run on this CPU
   const char* blas;       // BLAS configuration string
   int blas_threads;
 };
