@@ -1,0 +1,80 @@
+// GEMMs and row loops spread over the kernels' threads (thread_pool.h). A product is cut into
+// blocks of C's rows or columns, each one single-threaded OpenBLAS call; the cut depends on the
+// sizes only, so every element of C is computed by the same call whatever the thread count.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "blas.h"
+#include "thread_pool.h"
+
+namespace fusedrnn {
+namespace cpu {
+
+// A block of ~2 MFLOP takes ~25 µs on one core: enough to amortise handing it out, small
+// enough that a 33 MFLOP recurrent step still splits into a dozen blocks.
+constexpr double kBlockFlops = 2e6;
+constexpr int64_t kMaxBlocks = 256;
+constexpr int64_t kAlign = 16;  // block edges on 64-byte boundaries of float rows
+
+// OpenBLAS must not start threads of its own under ours (see thread_pool.h).
+inline void make_blas_single_threaded() {
+  static const bool once = (scipy_openblas_set_num_threads(1), true);
+  (void)once;
+}
+
+// Edges of `blocks` near-equal parts of [0, extent), each a multiple of kAlign but the last.
+struct Split {
+  int64_t extent, step, count;
+  Split(int64_t extent_, int64_t blocks) : extent(extent_) {
+    step = (extent + blocks - 1) / blocks;
+    step = std::min(extent, (step + kAlign - 1) / kAlign * kAlign);
+    count = (extent + step - 1) / step;
+  }
+  int64_t begin(int64_t i) const { return i * step; }
+  int64_t size(int64_t i) const { return std::min(step, extent - i * step); }
+};
+
+inline int64_t block_count(double flops, int64_t extent) {
+  const auto wanted = static_cast<int64_t>(flops / kBlockFlops);
+  return std::max<int64_t>(1, std::min({wanted, kMaxBlocks, extent / kAlign}));
+}
+
+// C[m, n] = alpha · op(A) · op(B) + beta · C, as blas.h's gemm, in blocks of C's rows (when C
+// is at least as tall as it is wide) or columns.
+template <typename T>
+void parallel_gemm(Op ta, Op tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
+                   int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  make_blas_single_threaded();
+  const double flops = 2.0 * double(m) * double(n) * double(k);
+  if (m >= n) {
+    const Split rows(m, block_count(flops, m));
+    parallel_for(rows.count, [&](int64_t i) {
+      const int64_t r = rows.begin(i);
+      gemm(ta, tb, rows.size(i), n, k, alpha, a + (ta == Op::N ? r * lda : r), lda, b, ldb, beta,
+           c + r * ldc, ldc);
+    });
+  } else {
+    const Split cols(n, block_count(flops, n));
+    parallel_for(cols.count, [&](int64_t i) {
+      const int64_t col = cols.begin(i);
+      gemm(ta, tb, m, cols.size(i), k, alpha, a, lda, b + (tb == Op::N ? col : col * ldb), ldb,
+           beta, c + col, ldc);
+    });
+  }
+}
+
+// row(b) for b in [0, rows), in blocks of rows holding at least ~16K values of `row_width`.
+template <typename F>
+void parallel_rows(int64_t rows, int64_t row_width, const F& row) {
+  const int64_t per_block = std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(1, row_width));
+  const int64_t blocks = (rows + per_block - 1) / per_block;
+  parallel_for(blocks, [&](int64_t i) {
+    const int64_t end = std::min(rows, (i + 1) * per_block);
+    for (int64_t r = i * per_block; r < end; ++r) row(r);
+  });
+}
+
+}  // namespace cpu
+}  // namespace fusedrnn
