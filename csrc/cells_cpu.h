@@ -16,14 +16,16 @@ namespace cpu {
 // The per-row loops over hidden units take their arrays as restrict parameters: without that
 // promise GCC gives up vectorising them (too many possible overlaps to check at run time). They
 // are kept out of line because GCC drops the promise when it inlines them into the row loop.
-// On x86-64 each is compiled twice, for the baseline (SSE2) and for x86-64-v3 (AVX2 + FMA), and
-// the loader picks one by the CPU it runs on (an ifunc), so one wheel runs on any x86-64 and uses
-// 8-wide AVX2 code where the CPU has it. The build turns off FMA contraction (-ffp-contract=off):
-// with it, each clone and each instantiation rounded a*b+c its own way, and inference no longer
-// matched training bit for bit. Without it every clone computes the same bits on every CPU.
+// On x86-64 each is compiled twice, for the baseline (SSE2) and for AVX2, and the loader picks one
+// by the CPU it runs on (an ifunc), so one wheel runs on any x86-64 and uses 8-wide code where
+// the CPU has it. The clone names ISA flags, not an -march: GCC will not inline cell_math.h's
+// functions into a clone of another -march, and a call in the loop stops vectorisation. The
+// build turns off FMA contraction (-ffp-contract=off): with it, each clone and instantiation
+// rounded a*b+c its own way, and inference stopped matching training bit for bit. Without it
+// every clone computes the same bits on every CPU.
 #define FR_R __restrict
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FR_ROW __attribute__((noinline, target_clones("arch=x86-64-v3", "default")))
+#define FR_ROW __attribute__((noinline, target_clones("avx2", "default")))
 #else
 #define FR_ROW __attribute__((noinline))
 #endif

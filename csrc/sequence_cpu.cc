@@ -230,9 +230,9 @@ BuildInfo build_info() {
 #endif
   // What the pointwise rows run (cells_cpu.h's FR_ROW clones, chosen by the loader).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  info.simd = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
-                  ? "avx2+fma (x86-64-v3, chosen at run time over the sse2 baseline)"
-                  : "sse2 (x86-64 baseline; this CPU lacks avx2/fma)";
+  info.simd = __builtin_cpu_supports("avx2")
+                  ? "avx2 (chosen at run time over the sse2 baseline)"
+                  : "sse2 (x86-64 baseline; this CPU lacks avx2)";
 #elif defined(__SSE2__)
   info.simd = "sse2 (x86-64 baseline)";
 #else
