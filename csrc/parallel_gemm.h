@@ -44,6 +44,17 @@ inline int64_t block_count(double flops, int64_t extent) {
   return std::max<int64_t>(1, std::min({wanted, kMaxBlocks, extent / kMinBlockEdge}));
 }
 
+// One block: a GEMM, or for a single row of C (a batch of one) the matrix-vector product, which
+// OpenBLAS's GEMM would run after packing the whole weight matrix at every step.
+template <typename T>
+void gemm_block(Op ta, Op tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
+                const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  if (m != 1) return gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  const int64_t inc_a = ta == Op::N ? 1 : lda;  // the row of op(A)
+  if (tb == Op::T) gemv(Op::N, n, k, alpha, b, ldb, a, inc_a, beta, c, 1);  // B is [n, k]
+  else gemv(Op::T, k, n, alpha, b, ldb, a, inc_a, beta, c, 1);              // B is [k, n]
+}
+
 // C[m, n] = alpha · op(A) · op(B) + beta · C, as blas.h's gemm, in blocks of C's rows (when C
 // is at least as tall as it is wide) or columns.
 template <typename T>
@@ -55,15 +66,15 @@ void parallel_gemm(Op ta, Op tb, int64_t m, int64_t n, int64_t k, T alpha, const
     const Split rows(m, block_count(flops, m));
     parallel_for(rows.count, [&](int64_t i) {
       const int64_t r = rows.begin(i);
-      gemm(ta, tb, rows.size(i), n, k, alpha, a + (ta == Op::N ? r * lda : r), lda, b, ldb, beta,
-           c + r * ldc, ldc);
+      gemm_block(ta, tb, rows.size(i), n, k, alpha, a + (ta == Op::N ? r * lda : r), lda, b, ldb,
+                 beta, c + r * ldc, ldc);
     });
   } else {
     const Split cols(n, block_count(flops, n));
     parallel_for(cols.count, [&](int64_t i) {
       const int64_t col = cols.begin(i);
-      gemm(ta, tb, m, cols.size(i), k, alpha, a, lda, b + (tb == Op::N ? col : col * ldb), ldb,
-           beta, c + col, ldc);
+      gemm_block(ta, tb, m, cols.size(i), k, alpha, a, lda, b + (tb == Op::N ? col : col * ldb),
+                 ldb, beta, c + col, ldc);
     });
   }
 }

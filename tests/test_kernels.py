@@ -70,8 +70,8 @@ def test_op_matches_reference(kcell, dtype, reverse, lengths, bias, state, which
 
 
 # Sizes of 1, sizes that are not multiples of a SIMD width, and more rows than hidden units.
-@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 1, 2, 3), (4, 2, 9, 13), (2, 40, 5, 33)],
-                         ids=lambda s: "T{}B{}I{}H{}".format(*s))
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 1, 2, 3), (5, 3, 4, 1), (4, 2, 9, 13),
+                                   (2, 40, 5, 33)], ids=lambda s: "T{}B{}I{}H{}".format(*s))
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kcell", KERNEL_CELLS)
