@@ -213,7 +213,9 @@ void backward(const BackwardArgs<Real>& a) {
   }
   if (has_bias) {
     column_sums(dgx.get(), TB, GH, a.db_ih);
-    column_sums(dgh, TB, GH, a.db_hh);
+    // Both biases enter the same pre-activation except in GRU's n gate (dgh is then its own).
+    if (dgh == dgx.get()) std::memcpy(a.db_hh, a.db_ih, sizeof(Real) * GH);
+    else column_sums(dgh, TB, GH, a.db_hh);
   }
   cpu::parallel_gemm(Op::N, Op::N, TB, I, GH, Real(1), dgx.get(), GH, a.weights.w_ih, I, Real(0),
                      a.dx, I);
