@@ -6,6 +6,7 @@ import importlib
 import pathlib
 import sys
 
+import numpy as np
 import pytest
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
@@ -36,3 +37,38 @@ def test_sine(tmp_path):
     r = sine.main(["--quick", "--plot", str(tmp_path / "sine.png")])
     assert r["test_mse"] <= sine.TARGET_MSE
     check_plot(r, tmp_path / "sine.png")
+
+
+@pytest.mark.examples
+def test_digits():
+    pytest.importorskip("sklearn", reason="the bundled digits come with scikit-learn")
+    digits = example("digits")
+    r = digits.main(["--quick"])
+    assert r["BiLSTM"]["accuracy"] >= digits.TARGET_BILSTM_ACCURACY
+    assert r["LSTM"]["accuracy"] >= 0.9
+
+
+def test_digits_reads_mnist_as_npz_and_idx(tmp_path):
+    digits = example("digits")
+    rng = np.random.default_rng(0)
+    parts = {"x_train": rng.integers(0, 256, (5, 28, 28), dtype=np.uint8),
+             "y_train": rng.integers(0, 10, 5, dtype=np.uint8),
+             "x_test": rng.integers(0, 256, (3, 28, 28), dtype=np.uint8),
+             "y_test": rng.integers(0, 10, 3, dtype=np.uint8)}
+    np.savez(tmp_path / "mnist.npz", **parts)
+    idx_dir = tmp_path / "idx"
+    idx_dir.mkdir()
+    names = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
+             "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
+    for key, name in names.items():
+        a = parts[key]
+        header = bytes([0, 0, 8, a.ndim]) + b"".join(d.to_bytes(4, "big") for d in a.shape)
+        (idx_dir / name).write_bytes(header + a.tobytes())
+    for source in (tmp_path / "mnist.npz", idx_dir):
+        x_train, y_train, x_test, y_test = digits.mnist(source)
+        np.testing.assert_allclose(x_train, parts["x_train"] / 255.0, rtol=1e-6)
+        np.testing.assert_array_equal(y_test, parts["y_test"])
+        assert x_test.dtype == np.float32 and y_train.dtype == np.int64
+    (idx_dir / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x09\x01")
+    with pytest.raises(ValueError, match="header says shape"):
+        digits.mnist(idx_dir)
