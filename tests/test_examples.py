@@ -72,3 +72,25 @@ def test_digits_reads_mnist_as_npz_and_idx(tmp_path):
     (idx_dir / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x09\x01")
     with pytest.raises(ValueError, match="header says shape"):
         digits.mnist(idx_dir)
+
+
+@pytest.mark.examples
+def test_char_lm():
+    char_lm = example("char_lm")
+    r = char_lm.main(["--quick", "--length", "100"])
+    # From about ln(vocabulary) untrained to well below it: the model has learnt the text's
+    # character statistics, not just its alphabet.
+    assert r["held_out_before"] > 0.9 * r["uniform_loss"]
+    assert r["held_out"] < 0.6 * r["uniform_loss"]
+    assert r["last_loss"] < r["first_loss"] - 1.0
+    assert r["sample"].startswith("def ") and len(r["sample"]) == 104
+
+
+def test_char_lm_streams_and_chunks():
+    char_lm = example("char_lm")
+    vocab = char_lm.Vocabulary("abcab")
+    assert vocab.chars == ["a", "b", "c"] and vocab.decode(vocab.encode("cab")) == "cab"
+    np.testing.assert_array_equal(char_lm.streams(np.arange(10), 3),
+                                  [[0, 1, 2], [3, 4, 5], [6, 7, 8]])
+    # Each chunk needs steps + 1 ids: its inputs and, shifted by one, its targets.
+    assert list(char_lm.chunk_starts(10, 3)) == [0, 3, 6]
