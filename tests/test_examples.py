@@ -94,3 +94,11 @@ def test_char_lm_streams_and_chunks():
                                   [[0, 1, 2], [3, 4, 5], [6, 7, 8]])
     # Each chunk needs steps + 1 ids: its inputs and, shifted by one, its targets.
     assert list(char_lm.chunk_starts(10, 3)) == [0, 3, 6]
+
+
+@pytest.mark.examples
+def test_vanilla_rnn():
+    vanilla = example("vanilla_rnn")
+    r = vanilla.main(["--quick"])
+    assert all(err < vanilla.GRAD_RTOL for err in r["grad_errors"].values()), r["grad_errors"]
+    assert r["curve"][-1] < 0.5 * r["uniform_loss"] < r["curve"][0]
