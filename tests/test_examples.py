@@ -102,3 +102,13 @@ def test_vanilla_rnn():
     r = vanilla.main(["--quick"])
     assert all(err < vanilla.GRAD_RTOL for err in r["grad_errors"].values()), r["grad_errors"]
     assert r["curve"][-1] < 0.5 * r["uniform_loss"] < r["curve"][0]
+
+
+@pytest.mark.examples
+def test_gru_variants(tmp_path):
+    gru = example("gru_variants")
+    r = gru.main(["--quick", "--plot", str(tmp_path / "gru.png")])
+    assert set(r["results"]) == set(gru.VARIANTS)
+    for label, res in r["results"].items():
+        assert res["held_out"] < 0.6 * r["uniform_loss"], label
+    check_plot(r, tmp_path / "gru.png")
