@@ -14,6 +14,7 @@ character (nats; bits in brackets) as it falls, the held-out loss, and a sample.
 
 import inspect
 import math
+import pathlib
 import time
 
 import numpy as np
@@ -41,6 +42,9 @@ class Vocabulary:
         return len(self.chars)
 
     def encode(self, text):
+        unknown = sorted(set(text) - set(self._index))
+        if unknown:
+            raise ValueError(f"characters {unknown} do not occur in the training text")
         return np.array([self._index[c] for c in text], np.int64)
 
     def decode(self, ids):
@@ -116,6 +120,9 @@ def fit(model, text, *, batch, steps, updates, lr, clip, desc="train"):
     ids = model.vocab.encode(text)
     split = int(len(ids) * 0.9)
     train_data, held_out = streams(ids[:split], batch), streams(ids[split:], 8)
+    if held_out.shape[1] <= steps or train_data.shape[1] <= steps:
+        raise ValueError(f"text: {len(ids)} characters are too few for streams of {steps + 1} "
+                         f"(need about {(steps + 1) * 8 * 10} or more)")
     opt = train.Adam(model.models, lr=lr)
     start = time.perf_counter()
     before = model.evaluate(held_out, steps)
@@ -138,6 +145,11 @@ def bits(nats):
     return nats / math.log(2)
 
 
+# Quick mode trades model size and step length for more, cheaper updates at a higher rate.
+SETTINGS = {"full": dict(hidden=256, batch=32, steps=64, updates=2000, lr=3e-3),
+            "quick": dict(hidden=128, batch=16, steps=32, updates=300, lr=1e-2)}
+
+
 def main(argv=None):
     parser = common.parser(__doc__)
     parser.add_argument("--text", help="a UTF-8 text file (default: Python standard library "
@@ -153,17 +165,13 @@ def main(argv=None):
         return run(args)
 
 
-# Quick mode trades model size and step length for more, cheaper updates at a higher rate.
-SETTINGS = {"full": dict(hidden=256, batch=32, steps=64, updates=2000, lr=3e-3),
-            "quick": dict(hidden=128, batch=16, steps=32, updates=300, lr=1e-2)}
-
-
 def run(args):
     settings = dict(SETTINGS["quick" if args.quick else "full"])
     settings.update({k: getattr(args, k) for k in ("hidden", "updates") if getattr(args, k)})
     hidden = settings.pop("hidden")
-    text = open(args.text, encoding="utf-8").read() if args.text else default_text()
+    text = pathlib.Path(args.text).read_text(encoding="utf-8") if args.text else default_text()
     vocab = Vocabulary(text)
+    vocab.encode(args.prime)  # an unknown character fails now rather than after training
     print(f"text: {len(text)} characters, {len(vocab)} distinct; 2-layer LSTM of {hidden} units")
     model = CharModel(vocab, lambda v: fr.LSTM(v, hidden, num_layers=2, dropout=0.1,
                                                batch_first=True, seed=args.seed), args.seed)

@@ -10,6 +10,8 @@ plot of the training curves is saved when matplotlib is installed.
     python examples/gru_variants.py [--quick] [--text FILE] [--seeds 3] [--plot gru_variants.png]
 """
 
+import pathlib
+
 import numpy as np
 
 import fusedrnn as fr
@@ -57,7 +59,7 @@ def run(args):
     settings = dict(SETTINGS["quick" if args.quick else "full"])
     hidden = settings.pop("hidden")
     seeds = range(args.seed, args.seed + (args.seeds or (1 if args.quick else 3)))
-    text = (open(args.text, encoding="utf-8").read() if args.text
+    text = (pathlib.Path(args.text).read_text(encoding="utf-8") if args.text
             else char_lm.default_text())
     vocab = char_lm.Vocabulary(text)
     print(f"text: {len(text)} characters; 2-layer GRUs of {hidden} units, "

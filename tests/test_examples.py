@@ -48,6 +48,20 @@ def test_digits():
     assert r["LSTM"]["accuracy"] >= 0.9
 
 
+def test_digits_without_scikit_learn_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # import fails as if absent
+    with pytest.raises(SystemExit, match=r"need scikit-learn \(pip install 'fusedrnn\[examples\]'"):
+        example("digits").main(["--quick"])
+
+
+def test_plots_are_skipped_without_matplotlib(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    sine = example("sine")
+    assert sine.save_plot(tmp_path / "sine.png", np.zeros(3), np.zeros(3)) is None
+    assert example("gru_variants").save_plot(tmp_path / "gru.png", {"a": [[1.0] * 30]}) is None
+    assert not list(tmp_path.iterdir())
+
+
 def test_digits_reads_mnist_as_npz_and_idx(tmp_path):
     digits = example("digits")
     rng = np.random.default_rng(0)

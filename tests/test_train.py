@@ -286,3 +286,15 @@ def test_progress_off_a_terminal_prints_at_most_the_given_number_of_lines(monkey
     assert seen == list(range(25))
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4 and lines[-1] == "epoch 25/25  loss 0.04"
+
+
+def test_progress_on_a_terminal_draws_a_tqdm_bar(monkeypatch):
+    tqdm = pytest.importorskip("tqdm", reason="the progress bar needs tqdm")
+    stream = io.StringIO()
+    stream.isatty = lambda: True
+    monkeypatch.setattr(sys, "stderr", stream)
+    bar = train.progress(range(3), desc="epoch")
+    assert isinstance(bar._bar, tqdm.tqdm)
+    for _ in bar:
+        bar.show(loss=0.5)
+    assert "loss=0.5" in bar._bar.postfix and list(train.progress([1, 2])) == [1, 2]
