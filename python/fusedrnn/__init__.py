@@ -6,14 +6,19 @@ NumPy references and torch.nn-compatible layers.
     y, (h, c) = m(x)                                   # inference
     y, state, tape = m.forward(x, training=True)
     dx, dstate, dparams = m.backward(tape, dy)
+    y_t, state = m.step(x_t, state)                    # one step of the stack, for sampling
+
+fusedrnn.tbptt runs long sequences in chunks (truncated BPTT); fusedrnn.train has the few
+pieces the examples train with (a linear head, losses, clipping, SGD, Adam).
 """
 
-from . import ops, reference
+from . import ops, reference, tbptt, train
 from ._backend import CORE_ERROR, _core
 from .layers import GRU, LSTM, RNN
 
 __version__ = "0.1.0"
-__all__ = ["LSTM", "GRU", "RNN", "ops", "reference", "backends", "set_num_threads"]
+__all__ = ["LSTM", "GRU", "RNN", "ops", "reference", "tbptt", "train", "backends",
+           "set_num_threads"]
 
 
 def backends():

@@ -207,6 +207,23 @@ class RNNBase:
         tape = Tape(self, op_tapes, masks, layout) if training else None
         return y, state_out, tape
 
+    def step(self, x, state=None):
+        """One time step of the whole stack, for feeding a model its own output (sampling):
+        x (B, input_size), or (input_size,) unbatched, and the state as in forward; returns
+        (y, state) with y (B, hidden_size). It is ``forward`` with T=1, so it runs the same
+        compiled kernels; inference only, and unidirectional only (a reverse direction needs the
+        whole sequence)."""
+        if self.bidirectional:
+            raise ValueError("step: expected a unidirectional layer, got bidirectional=True (the "
+                             "reverse direction needs the whole sequence; use forward)")
+        x = float_array(x, "x", self.dtype, ndim=(1, 2))
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"x: expected shape (B, {self.input_size}) or ({self.input_size},) "
+                             f"(input_size), got {x.shape}")
+        seq = x[:, None] if self.batch_first and x.ndim == 2 else x[None]
+        y, state = self(seq, state)
+        return (y[:, 0] if self.batch_first and x.ndim == 2 else y[0]), state
+
     # -- backward ---------------------------------------------------------------------------
     def backward(self, tape, dy, dstate=None):
         """Gradients for a forward(training=True): returns (dx, dstate0, dparams), dx shaped as x,
