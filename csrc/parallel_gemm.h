@@ -21,10 +21,10 @@ constexpr int64_t kMinBlockEdge = 128;
 constexpr int64_t kMaxBlocks = 64;
 constexpr int64_t kAlign = 16;  // block edges on 64-byte boundaries of float rows
 
-// OpenBLAS must not start threads of its own under ours (see thread_pool.h).
+// OpenBLAS must not start threads of its own under ours (see thread_pool.h). Checked at every
+// product: another library in the process (threadpoolctl, say) may have set it since.
 inline void make_blas_single_threaded() {
-  static const bool once = (scipy_openblas_set_num_threads(1), true);
-  (void)once;
+  if (scipy_openblas_get_num_threads() != 1) scipy_openblas_set_num_threads(1);
 }
 
 // Edges of `blocks` near-equal parts of [0, extent), each a multiple of kAlign but the last.
