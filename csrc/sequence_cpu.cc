@@ -9,6 +9,7 @@
 #include "cells_cpu.h"
 #include "fusedrnn/rnn.h"
 #include "rnn_common.h"
+#include "workspace.h"
 
 namespace fusedrnn {
 namespace {
@@ -24,11 +25,6 @@ using detail::StepPlan;
 template <typename T>
 std::unique_ptr<T[]> uninitialized(int64_t n) {
   return std::unique_ptr<T[]>(new T[static_cast<std::size_t>(n)]);
-}
-
-template <typename T>
-std::unique_ptr<T[]> zeros(int64_t n) {
-  return std::unique_ptr<T[]>(new T[static_cast<std::size_t>(n)]());
 }
 
 // memmove: a caller may pass the same array as source and destination.
@@ -124,24 +120,26 @@ void forward(const ForwardArgs<Real>& a) {
   const int64_t T = d.T, B = d.B, H = d.H, G = gate_count(a.cell), GH = G * H, BH = B * H;
   const bool training = a.tape != nullptr;
 
-  auto xproj = uninitialized<Real>(T * B * GH);
-  cpu::parallel_gemm(Op::N, Op::T, T * B, GH, d.I, Real(1), a.x, d.I, a.weights.w_ih, d.I, Real(0),
-                     xproj.get(), GH);
-  auto rec = uninitialized<Real>(B * GH);
-  std::unique_ptr<Real[]> no_bias = a.weights.b_ih ? nullptr : zeros<Real>(GH);
-  const Real* b_ih = a.weights.b_ih ? a.weights.b_ih : no_bias.get();
-  const Real* b_hh = a.weights.b_hh ? a.weights.b_hh : no_bias.get();
-
   // Training walks the tape's state slots; inference alternates between two scratch slots (a
   // step never writes the slot it reads, which the restrict row loops rely on).
   const int64_t width = tape_gate_width(a.cell) * H;
-  std::unique_ptr<Real[]> scratch_gates, scratch_states;
-  if (!training) {
-    if (a.cell == Cell::GRU_RESET_BEFORE) scratch_gates = uninitialized<Real>(B * width);
-    scratch_states = uninitialized<Real>((has_c ? 4 : 2) * BH);
-  }
-  Real* hs = training ? a.tape->h_states() : scratch_states.get();
-  Real* cs = training ? a.tape->c_states() : has_c ? scratch_states.get() + 2 * BH : nullptr;
+  const int64_t gates_scratch = !training && a.cell == Cell::GRU_RESET_BEFORE ? B * width : 0;
+  const int64_t states_scratch = training ? 0 : (has_c ? 4 : 2) * BH;
+  cpu::Workspace ws(cpu::Workspace::bytes_for<Real>(
+      {T * B * GH, B * GH, a.weights.b_ih ? 0 : GH, gates_scratch, states_scratch}));
+  Real* xproj = ws.take<Real>(T * B * GH);
+  Real* rec = ws.take<Real>(B * GH);
+  Real* no_bias = a.weights.b_ih ? nullptr : ws.take<Real>(GH);
+  if (no_bias) std::fill(no_bias, no_bias + GH, Real(0));
+  Real* scratch_gates = ws.take<Real>(gates_scratch);
+  Real* scratch_states = ws.take<Real>(states_scratch);
+
+  cpu::parallel_gemm(Op::N, Op::T, T * B, GH, d.I, Real(1), a.x, d.I, a.weights.w_ih, d.I, Real(0),
+                     xproj, GH);
+  const Real* b_ih = a.weights.b_ih ? a.weights.b_ih : no_bias;
+  const Real* b_hh = a.weights.b_hh ? a.weights.b_hh : no_bias;
+  Real* hs = training ? a.tape->h_states() : scratch_states;
+  Real* cs = training ? a.tape->c_states() : has_c ? scratch_states + 2 * BH : nullptr;
   const auto slots = [&](int64_t s) {
     const StepPlan p(s, T, a.reverse);
     return training ? p : StepPlan{p.t, s % 2, (s + 1) % 2};
@@ -151,11 +149,11 @@ void forward(const ForwardArgs<Real>& a) {
 
   for (int64_t s = 0; s < T; ++s) {
     const StepPlan p = slots(s);
-    cpu::StepIO<Real> io{B, H, p.t, a.lengths, xproj.get() + p.t * B * GH, a.weights.w_hh, b_ih,
+    cpu::StepIO<Real> io{B, H, p.t, a.lengths, xproj + p.t * B * GH, a.weights.w_hh, b_ih,
                       b_hh, hs + p.read * BH, has_c ? cs + p.read * BH : nullptr, hs + p.write * BH,
                       has_c ? cs + p.write * BH : nullptr,
-                      training ? a.tape->gates() + p.t * B * width : scratch_gates.get(),
-                      a.y + p.t * B * a.ldy, a.ldy, rec.get()};
+                      training ? a.tape->gates() + p.t * B * width : scratch_gates,
+                      a.y + p.t * B * a.ldy, a.ldy, rec};
     step_forward(a.cell, io, training);
   }
 
@@ -174,13 +172,15 @@ void backward(const BackwardArgs<Real>& a) {
 
   const int64_t T = d.T, B = d.B, I = d.I, H = d.H, G = gate_count(cell), GH = G * H, BH = B * H;
   const int64_t width = tape_gate_width(cell) * H;
-  auto dgx = uninitialized<Real>(T * B * GH);
-  std::unique_ptr<Real[]> dgh_own;
-  if (cell == Cell::GRU) dgh_own = uninitialized<Real>(T * B * GH);
-  Real* dgh = dgh_own ? dgh_own.get() : dgx.get();
-  auto scratch = uninitialized<Real>(BH);
+  // GRU's recurrent gate gradients differ from the input side's (n's reset); the others share.
+  const int64_t own_dgh = cell == Cell::GRU ? T * B * GH : 0;
+  cpu::Workspace ws(cpu::Workspace::bytes_for<Real>({T * B * GH, own_dgh, BH, a.dy ? 0 : BH}));
+  Real* dgx = ws.take<Real>(T * B * GH);
+  Real* dgh = own_dgh ? ws.take<Real>(own_dgh) : dgx;
+  Real* scratch = ws.take<Real>(BH);
   // No dy means zeros: one zero row block read at every step keeps the row loops branch-free.
-  std::unique_ptr<Real[]> no_dy = a.dy ? nullptr : zeros<Real>(BH);
+  Real* no_dy = a.dy ? nullptr : ws.take<Real>(BH);
+  if (no_dy) std::fill(no_dy, no_dy + BH, Real(0));
   copy_or_zero(a.dh0, a.dh_n, BH);  // dh0/dc0 carry the running gradient through the walk
   if (has_c) copy_or_zero(a.dc0, a.dc_n, BH);
 
@@ -192,9 +192,9 @@ void backward(const BackwardArgs<Real>& a) {
                           has_c ? cs + p.read * BH : nullptr, hs + p.write * BH,
                           has_c ? cs + p.write * BH : nullptr,
                           width ? tape.gates() + p.t * B * width : nullptr,
-                          a.dy ? a.dy + p.t * B * a.lddy : no_dy.get(), a.dy ? a.lddy : H, a.dh0,
-                          has_c ? a.dc0 : nullptr, dgx.get() + p.t * B * GH,
-                          dgh + p.t * B * GH, scratch.get()};
+                          a.dy ? a.dy + p.t * B * a.lddy : no_dy, a.dy ? a.lddy : H, a.dh0,
+                          has_c ? a.dc0 : nullptr, dgx + p.t * B * GH,
+                          dgh + p.t * B * GH, scratch};
     step_backward(cell, io);
   }
 
@@ -202,7 +202,7 @@ void backward(const BackwardArgs<Real>& a) {
   // (forward) or t+1 (reverse), so the T slots that were read are contiguous.
   const int64_t TB = T * B;
   const Real* h_read = hs + (tape.reverse() ? BH : 0);
-  cpu::parallel_gemm(Op::T, Op::N, GH, I, TB, Real(1), dgx.get(), GH, a.x, I, Real(0), a.dw_ih, I);
+  cpu::parallel_gemm(Op::T, Op::N, GH, I, TB, Real(1), dgx, GH, a.x, I, Real(0), a.dw_ih, I);
   if (cell == Cell::GRU_RESET_BEFORE) {
     // n's recurrent product reads r⊙h (the tape's fourth block), not h.
     cpu::parallel_gemm(Op::T, Op::N, 2 * H, H, TB, Real(1), dgh, GH, h_read, H, Real(0), a.dw_hh, H);
@@ -212,12 +212,12 @@ void backward(const BackwardArgs<Real>& a) {
     cpu::parallel_gemm(Op::T, Op::N, GH, H, TB, Real(1), dgh, GH, h_read, H, Real(0), a.dw_hh, H);
   }
   if (has_bias) {
-    column_sums(dgx.get(), TB, GH, a.db_ih);
+    column_sums(dgx, TB, GH, a.db_ih);
     // Both biases enter the same pre-activation except in GRU's n gate (dgh is then its own).
-    if (dgh == dgx.get()) std::memcpy(a.db_hh, a.db_ih, sizeof(Real) * GH);
+    if (dgh == dgx) std::memcpy(a.db_hh, a.db_ih, sizeof(Real) * GH);
     else column_sums(dgh, TB, GH, a.db_hh);
   }
-  cpu::parallel_gemm(Op::N, Op::N, TB, I, GH, Real(1), dgx.get(), GH, a.weights.w_ih, I, Real(0),
+  cpu::parallel_gemm(Op::N, Op::N, TB, I, GH, Real(1), dgx, GH, a.weights.w_ih, I, Real(0),
                      a.dx, I);
 }
 

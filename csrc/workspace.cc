@@ -1,0 +1,52 @@
+#include "workspace.h"
+
+#include <cstdint>
+
+namespace fusedrnn {
+namespace cpu {
+namespace {
+
+struct ThreadBlock {
+  std::unique_ptr<unsigned char[]> data;
+  std::size_t size = 0;
+  bool in_use = false;
+};
+
+thread_local ThreadBlock thread_block;
+
+unsigned char* aligned(unsigned char* p) {
+  const auto address = reinterpret_cast<std::uintptr_t>(p);
+  return p + (Workspace::kAlignment - address % Workspace::kAlignment) % Workspace::kAlignment;
+}
+
+}  // namespace
+
+Workspace::Workspace(std::size_t bytes) {
+  ThreadBlock& block = thread_block;
+  if (block.in_use) {  // not expected (the drivers do not nest), but never share a block
+    own_.reset(new unsigned char[bytes]);
+    next_ = aligned(own_.get());
+    return;
+  }
+  if (block.size < bytes) {
+    block.data.reset();  // free before allocating: never hold both
+    block.data.reset(new unsigned char[bytes]);
+    block.size = bytes;
+  }
+  block.in_use = true;
+  uses_thread_block_ = true;
+  next_ = aligned(block.data.get());
+}
+
+Workspace::~Workspace() {
+  if (!uses_thread_block_) return;
+  ThreadBlock& block = thread_block;
+  block.in_use = false;
+  if (block.size > kMaxRetainedBytes) {
+    block.data.reset();
+    block.size = 0;
+  }
+}
+
+}  // namespace cpu
+}  // namespace fusedrnn
