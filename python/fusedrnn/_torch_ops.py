@@ -54,12 +54,9 @@ def forward_shapes(cell, reset_after, x, w_hh, keep_tape):
     """Shapes of layer_forward's six outputs; the real and the fake implementation share them."""
     T, B, _ = x.shape
     H = w_hh.shape[1]
-    kcell = ops.kernel_cell(cell, reset_after)
-    has_c, has_gates = kcell == "lstm", ops.GATES[kcell] > 1
-    state = (T + 1, B, H)
-    return ((T, B, H), (B, H), (B, H) if has_c else (0,),
-            state if keep_tape else (0,), state if keep_tape and has_c else (0,),
-            (T, B, 4 * H) if keep_tape and has_gates else (0,))
+    tape = ops.tape_shapes(cell, T, B, H, reset_after) if keep_tape else (None,) * 3
+    c_n = (B, H) if ops.kernel_cell(cell, reset_after) == "lstm" else None
+    return tuple((0,) if shape is None else shape for shape in ((T, B, H), (B, H), c_n) + tape)
 
 
 @torch.library.custom_op("fusedrnn::layer_forward", mutates_args=())

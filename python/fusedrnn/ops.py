@@ -120,6 +120,16 @@ def forward(cell, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, leng
     return ForwardResult(y, h_n, c_n, tape)
 
 
+def tape_shapes(cell, T, B, H, reset_after=True):
+    """Shapes of the arrays :func:`tape_arrays` gives for a layer of `cell`: (h_states,
+    c_states, gates), None for those the cell does not keep. Frameworks need them before the
+    kernels run (torch's fake tensors, JAX's callbacks)."""
+    kcell = kernel_cell(cell, reset_after)
+    state = (T + 1, B, H)
+    return (state, state if kcell == "lstm" else None,
+            (T, B, 4 * H) if GATES[kcell] > 1 else None)
+
+
 def tape_arrays(tape):
     """The arrays a compiled-kernel tape keeps, as views of it: ``(h_states, c_states, gates)``,
     h_states and c_states (T+1, B, H) (c_states None unless LSTM), gates (T, B, 4*H) (None for
