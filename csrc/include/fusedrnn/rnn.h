@@ -11,7 +11,22 @@
 //   starts at its last valid step.
 //
 // Every entry point validates its arguments and throws std::invalid_argument with a message
-// naming the argument; nothing is written before validation succeeds.
+// naming the argument; nothing is written before validation succeeds. All pointers are to
+// contiguous host memory the caller owns; the functions keep none of them after returning.
+//
+// Use (examples/cpp/lstm_example.cpp is a complete program):
+//
+//   fusedrnn::ForwardArgs<float> f;             // fill dims, x, weights, y/ldy, h_n (and c_n)
+//   fusedrnn::Tape<float> tape(f.cell, f.dims, f.reverse, f.lengths);
+//   f.tape = &tape;                             // training; leave nullptr for inference
+//   fusedrnn::forward(f);
+//   fusedrnn::BackwardArgs<float> b;            // tape, the same x and weights, dy, outputs
+//   b.tape = &tape;
+//   fusedrnn::backward(b);
+//
+// Installed as a CMake package: find_package(fusedrnn) and
+// target_link_libraries(app fusedrnn::fusedrnn) (C++17, links OpenBLAS from scipy-openblas32).
+// set_blas_threads sets the BLAS thread count for the whole process.
 #pragma once
 
 #include <cstddef>
