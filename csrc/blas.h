@@ -26,4 +26,17 @@ inline void gemm(Op ta, Op tb, int64_t m, int64_t n, int64_t k, double alpha, co
                     alpha, a, blasint(lda), b, blasint(ldb), beta, c, blasint(ldc));
 }
 
+// y = alpha · op(A) · x + beta · y for a row-major A[rows, cols] (op(A) is A or Aᵀ).
+inline void gemv(Op ta, int64_t rows, int64_t cols, float alpha, const float* a, int64_t lda,
+                 const float* x, int64_t incx, float beta, float* y, int64_t incy) {
+  scipy_cblas_sgemv(CblasRowMajor, to_cblas(ta), blasint(rows), blasint(cols), alpha, a,
+                    blasint(lda), x, blasint(incx), beta, y, blasint(incy));
+}
+
+inline void gemv(Op ta, int64_t rows, int64_t cols, double alpha, const double* a, int64_t lda,
+                 const double* x, int64_t incx, double beta, double* y, int64_t incy) {
+  scipy_cblas_dgemv(CblasRowMajor, to_cblas(ta), blasint(rows), blasint(cols), alpha, a,
+                    blasint(lda), x, blasint(incx), beta, y, blasint(incy));
+}
+
 }  // namespace fusedrnn

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "blas.h"
+#include "parallel_gemm.h"
 #include "fusedrnn/cell_math.h"
 #include "fusedrnn/rnn.h"
 
@@ -16,17 +16,21 @@ namespace cpu {
 // The per-row loops over hidden units take their arrays as restrict parameters: without that
 // promise GCC gives up vectorising them (too many possible overlaps to check at run time). They
 // are kept out of line because GCC drops the promise when it inlines them into the row loop.
+// On x86-64 each is compiled twice, for the baseline (SSE2) and for AVX2, and the loader picks one
+// by the CPU it runs on (an ifunc), so one wheel runs on any x86-64 and uses 8-wide code where
+// the CPU has it. The clone names ISA flags, not an -march: GCC will not inline cell_math.h's
+// functions into a clone of another -march, and a call in the loop stops vectorisation. The
+// build turns off FMA contraction (-ffp-contract=off): with it, each clone and instantiation
+// rounded a*b+c its own way, and inference stopped matching training bit for bit. Without it
+// every clone computes the same bits on every CPU.
 #define FR_R __restrict
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FR_ROW __attribute__((noinline, target_clones("avx2", "default")))
+#else
 #define FR_ROW __attribute__((noinline))
+#endif
 // The gate loops must be unrolled before the vectoriser sees the loop over hidden units.
 #define FR_UNROLL _Pragma("GCC unroll 4")
-
-// The pointwise pass runs on the calling thread: OpenMP workers spinning between passes took
-// the cores from OpenBLAS's own threads during the GEMMs (5x slower steps on 2 cores).
-template <typename F>
-void for_each_row(int64_t B, F&& row) {
-  for (int64_t b = 0; b < B; ++b) row(b);
-}
 
 inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
   return lengths == nullptr || t < lengths[b];
@@ -85,16 +89,16 @@ template <typename T>
 void recurrent_product(const StepIO<T>& s, int64_t G, const T* h, int64_t ldh, int64_t first,
                        int64_t count) {
   const int64_t GH = G * s.H;
-  gemm(Op::N, Op::T, s.B, count, s.H, T(1), h, ldh, s.w_hh + first * s.H, s.H, T(0),
-       s.rec + first, GH);
+  parallel_gemm(Op::N, Op::T, s.B, count, s.H, T(1), h, ldh, s.w_hh + first * s.H, s.H, T(0),
+                s.rec + first, GH);
 }
 
 // dh += dg[:, rows] · W_hh[rows], the gradient reaching h_prev through the recurrent product.
 template <typename T>
 void recurrent_product_backward(const BackStepIO<T>& s, int64_t G, const T* dg, int64_t first,
                                 int64_t count, T* out, T beta) {
-  gemm(Op::N, Op::N, s.B, s.H, count, T(1), dg + first, G * s.H, s.w_hh + first * s.H, s.H, beta,
-       out, s.H);
+  parallel_gemm(Op::N, Op::N, s.B, s.H, count, T(1), dg + first, G * s.H, s.w_hh + first * s.H,
+                s.H, beta, out, s.H);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -116,7 +120,7 @@ struct LstmStep {
   static void forward(const StepIO<T>& s) {
     const int64_t H = s.H, GH = G * H;
     recurrent_product(s, G, s.h_prev, H, 0, GH);
-    for_each_row(s.B, [&](int64_t b) {
+    parallel_rows(s.B, G * s.H, [&](int64_t b) {
       if (!row_active(s.lengths, b, s.t)) return carry_row(s, b, true);
       forward_row(H, s.xproj + b * GH, s.rec + b * GH, s.b_ih, s.b_hh, s.c_prev + b * H,
                   s.c_new + b * H, s.h_new + b * H, s.y + b * s.ldy,
@@ -137,7 +141,7 @@ struct LstmStep {
   }
   static void backward(const BackStepIO<T>& s) {
     const int64_t H = s.H, GH = G * H;
-    for_each_row(s.B, [&](int64_t b) {
+    parallel_rows(s.B, G * s.H, [&](int64_t b) {
       T* dg = s.dgx + b * GH;
       if (!row_active(s.lengths, b, s.t)) return (void)std::memset(dg, 0, sizeof(T) * GH);
       backward_row(H, s.gates + b * GH, s.c_prev + b * H, s.c_new + b * H,
@@ -171,7 +175,7 @@ struct GruStep {
   static void forward(const StepIO<T>& s) {
     const int64_t H = s.H, GH = G * H;
     recurrent_product(s, G, s.h_prev, H, 0, GH);
-    for_each_row(s.B, [&](int64_t b) {
+    parallel_rows(s.B, G * s.H, [&](int64_t b) {
       if (!row_active(s.lengths, b, s.t)) return carry_row(s, b, false);
       forward_row(H, s.xproj + b * GH, s.rec + b * GH, s.b_ih, s.b_hh, s.h_prev + b * H,
                   s.h_new + b * H, s.y + b * s.ldy, Training ? s.gates + b * 4 * H : nullptr);
@@ -192,7 +196,7 @@ struct GruStep {
   }
   static void backward(const BackStepIO<T>& s) {
     const int64_t H = s.H, GH = G * H;
-    for_each_row(s.B, [&](int64_t b) {
+    parallel_rows(s.B, G * s.H, [&](int64_t b) {
       T* dgx = s.dgx + b * GH;
       T* dgh = s.dgh + b * GH;
       if (!row_active(s.lengths, b, s.t)) {
@@ -234,12 +238,12 @@ struct GruResetBeforeStep {
     const int64_t H = s.H, GH = G * H, W = 4 * H;
     recurrent_product(s, G, s.h_prev, H, 0, 2 * H);
     // Every row, active or not, gets a finite r⊙h: backward multiplies it by zero gradients.
-    for_each_row(s.B, [&](int64_t b) {
+    parallel_rows(s.B, G * s.H, [&](int64_t b) {
       forward_rz_row(H, s.xproj + b * GH, s.rec + b * GH, s.b_ih, s.b_hh, s.h_prev + b * H,
                      s.gates + b * W);
     });
     recurrent_product(s, G, s.gates + 3 * H, W, 2 * H, H);
-    for_each_row(s.B, [&](int64_t b) {
+    parallel_rows(s.B, G * s.H, [&](int64_t b) {
       if (!row_active(s.lengths, b, s.t)) return carry_row(s, b, false);
       forward_n_row(H, s.xproj + b * GH, s.rec + b * GH, s.b_ih, s.b_hh, s.h_prev + b * H,
                     s.gates + b * W, s.h_new + b * H, s.y + b * s.ldy);
@@ -262,7 +266,7 @@ struct GruResetBeforeStep {
   }
   static void backward(const BackStepIO<T>& s) {
     const int64_t H = s.H, GH = G * H, W = 4 * H;
-    for_each_row(s.B, [&](int64_t b) {
+    parallel_rows(s.B, G * s.H, [&](int64_t b) {
       T* dg = s.dgx + b * GH;
       if (!row_active(s.lengths, b, s.t)) return (void)std::memset(dg, 0, sizeof(T) * GH);
       backward_zn_row(H, s.gates + b * W, s.h_prev + b * H, s.dy + b * s.lddy,
@@ -270,7 +274,7 @@ struct GruResetBeforeStep {
     });
     // scratch = dpre_n · W_hn: the gradient reaching r⊙h (zero on inactive rows).
     recurrent_product_backward(s, G, s.dgx, 2 * H, H, s.scratch, T(0));
-    for_each_row(s.B, [&](int64_t b) {
+    parallel_rows(s.B, G * s.H, [&](int64_t b) {
       if (!row_active(s.lengths, b, s.t)) return;
       backward_r_row(H, s.gates + b * W, s.h_prev + b * H, s.scratch + b * H, s.dh + b * H,
                      s.dgx + b * GH);
@@ -294,7 +298,7 @@ struct RnnStep {
   static void forward(const StepIO<T>& s) {
     const int64_t H = s.H;
     recurrent_product(s, G, s.h_prev, H, 0, H);
-    for_each_row(s.B, [&](int64_t b) {
+    parallel_rows(s.B, G * s.H, [&](int64_t b) {
       if (!row_active(s.lengths, b, s.t)) return carry_row(s, b, false);
       forward_row(H, s.xproj + b * H, s.rec + b * H, s.b_ih, s.b_hh, s.h_new + b * H,
                   s.y + b * s.ldy);
@@ -310,7 +314,7 @@ struct RnnStep {
   }
   static void backward(const BackStepIO<T>& s) {
     const int64_t H = s.H;
-    for_each_row(s.B, [&](int64_t b) {
+    parallel_rows(s.B, G * s.H, [&](int64_t b) {
       T* dg = s.dgx + b * H;
       if (!row_active(s.lengths, b, s.t)) return (void)std::memset(dg, 0, sizeof(T) * H);
       backward_row(H, s.h_new + b * H, s.dy + b * s.lddy, s.dh + b * H, dg);

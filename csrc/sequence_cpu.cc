@@ -38,12 +38,20 @@ void copy_or_zero(T* dst, const T* src, int64_t n) {
   else std::memset(dst, 0, sizeof(T) * n);
 }
 
-// db[k] = Σ_rows dg[row, k]
+// db[k] = Σ_rows dg[row, k], in blocks of columns (each summed in row order, whatever the
+// threads).
 template <typename T>
 void column_sums(const T* dg, int64_t rows, int64_t cols, T* db) {
-  std::fill(db, db + cols, T(0));
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t k = 0; k < cols; ++k) db[k] += dg[r * cols + k];
+  const cpu::Split blocks(cols, std::max<int64_t>(1, cols / 256));
+  cpu::parallel_for(blocks.count, [&](int64_t i) {
+    T* FR_R out = db + blocks.begin(i);
+    const int64_t width = blocks.size(i);
+    std::fill(out, out + width, T(0));
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* FR_R in = dg + r * cols + blocks.begin(i);
+      for (int64_t k = 0; k < width; ++k) out[k] += in[k];
+    }
+  });
 }
 
 template <template <typename, bool> class Step, typename T>
@@ -138,7 +146,8 @@ void forward(const ForwardArgs<Real>& a) {
   const bool training = a.tape != nullptr;
 
   auto xproj = uninitialized<Real>(T * B * GH);
-  gemm(Op::N, Op::T, T * B, GH, d.I, Real(1), a.x, d.I, a.weights.w_ih, d.I, Real(0), xproj.get(), GH);
+  cpu::parallel_gemm(Op::N, Op::T, T * B, GH, d.I, Real(1), a.x, d.I, a.weights.w_ih, d.I, Real(0),
+                     xproj.get(), GH);
   auto rec = uninitialized<Real>(B * GH);
   std::unique_ptr<Real[]> no_bias = a.weights.b_ih ? nullptr : zeros<Real>(GH);
   const Real* b_ih = a.weights.b_ih ? a.weights.b_ih : no_bias.get();
@@ -214,20 +223,21 @@ void backward(const BackwardArgs<Real>& a) {
   // (forward) or t+1 (reverse), so the T slots that were read are contiguous.
   const int64_t TB = T * B;
   const Real* h_read = hs + (tape.reverse() ? BH : 0);
-  gemm(Op::T, Op::N, GH, I, TB, Real(1), dgx.get(), GH, a.x, I, Real(0), a.dw_ih, I);
+  cpu::parallel_gemm(Op::T, Op::N, GH, I, TB, Real(1), dgx.get(), GH, a.x, I, Real(0), a.dw_ih, I);
   if (cell == Cell::GRU_RESET_BEFORE) {
     // n's recurrent product reads r⊙h (the tape's fourth block), not h.
-    gemm(Op::T, Op::N, 2 * H, H, TB, Real(1), dgh, GH, h_read, H, Real(0), a.dw_hh, H);
-    gemm(Op::T, Op::N, H, H, TB, Real(1), dgh + 2 * H, GH, tape.gates() + 3 * H, width, Real(0),
-         a.dw_hh + 2 * H * H, H);
+    cpu::parallel_gemm(Op::T, Op::N, 2 * H, H, TB, Real(1), dgh, GH, h_read, H, Real(0), a.dw_hh, H);
+    cpu::parallel_gemm(Op::T, Op::N, H, H, TB, Real(1), dgh + 2 * H, GH, tape.gates() + 3 * H, width,
+                       Real(0), a.dw_hh + 2 * H * H, H);
   } else {
-    gemm(Op::T, Op::N, GH, H, TB, Real(1), dgh, GH, h_read, H, Real(0), a.dw_hh, H);
+    cpu::parallel_gemm(Op::T, Op::N, GH, H, TB, Real(1), dgh, GH, h_read, H, Real(0), a.dw_hh, H);
   }
   if (has_bias) {
     column_sums(dgx.get(), TB, GH, a.db_ih);
     column_sums(dgh, TB, GH, a.db_hh);
   }
-  gemm(Op::N, Op::N, TB, I, GH, Real(1), dgx.get(), GH, a.weights.w_ih, I, Real(0), a.dx, I);
+  cpu::parallel_gemm(Op::N, Op::N, TB, I, GH, Real(1), dgx.get(), GH, a.weights.w_ih, I, Real(0),
+                     a.dx, I);
 }
 
 BuildInfo build_info() {
@@ -239,24 +249,22 @@ BuildInfo build_info() {
 #else
   info.compiler = "unknown";
 #endif
-#if defined(__AVX512F__)
-  info.simd = "avx512f";
-#elif defined(__AVX2__)
-  info.simd = "avx2";
+  // What the pointwise rows run (cells_cpu.h's FR_ROW clones, chosen by the loader).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  info.simd = __builtin_cpu_supports("avx2")
+                  ? "avx2 (chosen at run time over the sse2 baseline)"
+                  : "sse2 (x86-64 baseline; this CPU lacks avx2)";
 #elif defined(__SSE2__)
   info.simd = "sse2 (x86-64 baseline)";
 #else
-  info.simd = "none";
+  info.simd = "compiler default";
 #endif
   info.blas = scipy_openblas_get_config();
-  info.blas_threads = scipy_openblas_get_num_threads();
+  info.threads = cpu::pool_threads();
   return info;
 }
 
-void set_blas_threads(int threads) {
-  if (threads < 1) fail("threads: expected >= 1, got " + std::to_string(threads));
-  scipy_openblas_set_num_threads(threads);
-}
+void set_num_threads(int threads) { cpu::set_pool_threads(threads); }
 
 template class Tape<float>;
 template class Tape<double>;

@@ -364,10 +364,22 @@ PYBIND11_MODULE(_core, m) {
     d["compiler"] = info.compiler;
     d["simd"] = info.simd;
     d["blas"] = info.blas;
-    d["blas_threads"] = info.blas_threads;
+    d["threads"] = info.threads;
     d["cuda"] = false;
     return d;
   });
-  m.def("set_num_threads", &fusedrnn::set_blas_threads, py::arg("threads"),
-        "Threads for BLAS (the pointwise passes run on the calling thread).");
+  m.def("gemm_gflops",
+        [](const py::object& dtype, int64_t n, int repeats) {
+          const py::dtype dt = py::dtype::from_args(dtype);
+          if (!dt.equal(py::dtype::of<float>()) && !dt.equal(py::dtype::of<double>()))
+            throw py::type_error("dtype: expected float32 or float64, got " +
+                                 std::string(py::str(dt)));
+          const bool f64 = dt.equal(py::dtype::of<double>());
+          py::gil_scoped_release release;
+          return fusedrnn::gemm_gflops(f64, n, repeats);
+        },
+        py::arg("dtype"), py::arg("n") = 2048, py::arg("repeats") = 5,
+        "Median GFLOP/s of n×n×n GEMMs through the kernels' BLAS: the bench's ceiling.");
+  m.def("set_num_threads", &fusedrnn::set_num_threads, py::arg("threads"),
+        "Threads for the kernels (GEMM blocks and pointwise rows); results do not depend on it.");
 }

@@ -1,11 +1,15 @@
 """The C++ kernels (backend "cpu") against the NumPy reference (backend "numpy"): the functional
 ops for one layer and direction, then the stacked layers built on them."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 from conftest import KERNEL_CELLS, LAYERS, layer_arrays, random_state, rel_err, run_layer
 
+import fusedrnn as fr
 from fusedrnn import ops
+from fusedrnn._backend import _core
 
 # float64: both sides do the same arithmetic and only the summation order differs (BLAS versus
 # NumPy), so they agree to a few ulps (~1e-16) times the accumulation depth.
@@ -66,8 +70,8 @@ def test_op_matches_reference(kcell, dtype, reverse, lengths, bias, state, which
 
 
 # Sizes of 1, sizes that are not multiples of a SIMD width, and more rows than hidden units.
-@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 1, 2, 3), (4, 2, 9, 13), (2, 40, 5, 33)],
-                         ids=lambda s: "T{}B{}I{}H{}".format(*s))
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 1, 2, 3), (5, 3, 4, 1), (4, 2, 9, 13),
+                                   (2, 40, 5, 33)], ids=lambda s: "T{}B{}I{}H{}".format(*s))
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kcell", KERNEL_CELLS)
@@ -130,6 +134,52 @@ def test_op_is_deterministic(kcell, dtype):
                      for _ in range(2))
     for name, value in first.items():
         np.testing.assert_array_equal(second[name], value, err_msg=name)
+
+
+def large_enough_to_split(kcell, dtype):
+    """Arrays, lengths and output gradients big enough that every GEMM and pointwise pass is
+    cut into several blocks for the kernels' threads."""
+    rng = np.random.default_rng(5)
+    t, b, i, h = 5, 64, 80, 128
+    arrays = layer_arrays(rng, kcell, dtype, t, b, i, h)
+    lengths = rng.integers(1, t + 1, b)
+    grads = dict(dy=rng.uniform(-1, 1, (t, b, h)).astype(dtype),
+                 dh_n=rng.uniform(-1, 1, (b, h)).astype(dtype),
+                 dc_n=rng.uniform(-1, 1, (b, h)).astype(dtype) if kcell == "lstm" else None)
+    return arrays, lengths, grads
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kcell", KERNEL_CELLS)
+def test_thread_count_does_not_change_results(kcell, dtype):
+    """The kernels cut work into blocks by size alone: any thread count gives the same bits."""
+    arrays, lengths, grads = large_enough_to_split(kcell, dtype)
+    before = _core.build_info()["threads"]
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            fr.set_num_threads(threads)
+            results.append(forward_backward("cpu", kcell, arrays, grads, lengths))
+    finally:
+        fr.set_num_threads(before)
+    for other in results[1:]:
+        for name, value in results[0].items():
+            np.testing.assert_array_equal(other[name], value, err_msg=name)
+
+
+@pytest.mark.parametrize("kcell", ["lstm", "gru_reset_before"])
+def test_concurrent_calls_equal_serial_calls(kcell):
+    """Python threads calling the kernels at once (the GIL is released) share the kernels'
+    threads: a call that finds them busy runs alone, with the same blocks and the same bits."""
+    arrays, lengths, grads = large_enough_to_split(kcell, np.float32)
+    serial = forward_backward("cpu", kcell, arrays, grads, lengths)
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(forward_backward, "cpu", kcell, arrays, grads, lengths)
+                   for _ in range(8)]
+        concurrent = [f.result() for f in futures]
+    for result in concurrent:
+        for name, value in serial.items():
+            np.testing.assert_array_equal(result[name], value, err_msg=name)
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])

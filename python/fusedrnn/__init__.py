@@ -22,7 +22,9 @@ def backends():
 
 
 def set_num_threads(threads):
-    """Threads used by BLAS for the kernels' matrix products."""
+    """Threads for the kernels (GEMM blocks and pointwise rows), the caller's included.
+
+    Results do not depend on it: work is cut into blocks by size alone."""
     if _core is None:
         raise ValueError(f"set_num_threads: the compiled extension is not loaded ({CORE_ERROR})")
     _core.set_num_threads(threads)

@@ -1,8 +1,20 @@
 """Benchmarks: the same work through fusedrnn and its peers (torch.nn when installed, the NumPy
-reference on request), interleaved in one process after a warm-up, median of the timed runs."""
+reference on request), interleaved in one process after a warm-up, median of the timed runs.
 
+Each case is also measured against this machine's GEMM ceiling (what the kernels' own BLAS
+reaches on a large square product, measured at start): its *floor* is the time its GEMM flops
+would take at that ceiling, so ``x floor`` says how far a case is from the best a GEMM-based
+RNN could do. Peak memory of a training step is measured in a fresh child process per
+implementation (``--memory``), so that neither library's caches or the other's allocations
+count.
+"""
+
+import itertools
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -20,6 +32,19 @@ QUICK_CASES = [
     dict(cell="lstm", T=20, B=1, I=20, H=20, layers=2, bidirectional=False, mode="train"),
     dict(cell="lstm", T=50, B=16, I=128, H=128, layers=2, bidirectional=True, mode="infer"),
 ]
+
+
+def sweep_cases():
+    """The CPU performance sweep of issue 3: cells × T × B × H (I = H), train and infer, plus
+    stacked and bidirectional LSTMs at H = 128 and 512."""
+    cases = [dict(cell=cell, T=T, B=B, I=H, H=H, layers=1, bidirectional=False, mode=mode)
+             for cell, T, B, H, mode in itertools.product(
+                 ("lstm", "gru", "rnn_tanh"), (20, 200), (1, 16, 128), (32, 128, 512, 1024),
+                 ("train", "infer"))]
+    cases += [dict(cell="lstm", T=200, B=B, I=H, H=H, layers=L, bidirectional=bi, mode=mode)
+              for H, B, (L, bi), mode in itertools.product(
+                  (128, 512), (16, 128), ((2, False), (1, True)), ("train", "infer"))]
+    return cases
 
 
 @dataclass
@@ -101,6 +126,17 @@ def _torch_runner(case, fused):
     return train if case.mode == "train" else infer
 
 
+def _runners(case, with_numpy):
+    fused, fused_fn = _fusedrnn_runner(case, "auto")
+    impls = {"fusedrnn": fused_fn}
+    torch_fn = _torch_runner(case, fused)
+    if torch_fn is not None:
+        impls["torch"] = torch_fn
+    if with_numpy:
+        impls["numpy"] = _fusedrnn_runner(case, "numpy")[1]
+    return impls
+
+
 def _time(fn):
     start = time.perf_counter()
     fn()
@@ -119,19 +155,22 @@ def _set_threads(threads):
     return threads
 
 
-def run_case(case, runs=7, with_numpy=False):
+def gemm_ceiling(dtype="float32", threads=None):
+    """GFLOP/s of a 2048² GEMM through the kernels' BLAS (median of 5), or None without it."""
+    if _core is None:
+        return None
+    _set_threads(threads)
+    return _core.gemm_gflops(dtype, 2048, 5)
+
+
+def run_case(case, runs=7, with_numpy=False, ceiling=None, memory=False, budget_s=20.0):
     """Median seconds of each implementation, the runs interleaved so that drift in the
-    machine's speed hits every implementation alike."""
+    machine's speed hits every implementation alike. Cases whose warm-up shows that `runs`
+    runs would take longer than `budget_s` get fewer runs (never fewer than 3)."""
     threads = _set_threads(case.threads)
-    fused, fused_fn = _fusedrnn_runner(case, "auto")
-    impls = {"fusedrnn": fused_fn}
-    torch_fn = _torch_runner(case, fused)
-    if torch_fn is not None:
-        impls["torch"] = torch_fn
-    if with_numpy:
-        impls["numpy"] = _fusedrnn_runner(case, "numpy")[1]
-    for fn in impls.values():  # warm-up: allocations, thread pools, lazy init
-        fn()
+    impls = _runners(case, with_numpy)
+    warm = sum(_time(fn) for fn in impls.values())  # allocations, thread pools, lazy init
+    runs = max(3, min(runs, int(budget_s / max(warm, 1e-9))))
     times = {name: [] for name in impls}
     order = list(impls)
     for r in range(runs):
@@ -143,37 +182,147 @@ def run_case(case, runs=7, with_numpy=False):
                   gflops_fusedrnn=case.flops() / medians["fusedrnn"] / 1e9)
     if "torch" in medians:
         result["ratio_torch_over_fusedrnn"] = medians["torch"] / medians["fusedrnn"]
+    if ceiling:
+        result["floor_ms"] = case.flops() / (ceiling * 1e9) * 1e3
+        result["x_floor"] = result["median_ms"]["fusedrnn"] / result["floor_ms"]
+    if memory and case.mode == "train":
+        result["peak_mb"] = {name: peak_step_memory(case, name) for name in impls
+                             if name != "numpy"}
     return result
 
 
-def run_cases(cases, runs=7, with_numpy=False, progress=None):
-    header = (f"{'case':<58} {'fusedrnn ms':>11} {'torch ms':>9} {'torch/fused':>11} "
-              f"{'GFLOP/s':>8}" + (f" {'numpy ms':>9}" if with_numpy else ""))
-    print(header)
-    print("-" * len(header))
+# --- peak memory of one training step, each implementation in a fresh child process ---------
+
+def _rss_peak_reset():
+    """Resets the kernel's record of this process's peak RSS (Linux); False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def _child_peak_mb(case_dict, impl):
+    """In a fresh process: warm the implementation up on a tiny case (libraries, thread pools,
+    BLAS buffers), set the real case up, then the peak RSS above the resting RSS during one
+    training step."""
+    case = Case(**case_dict)
+    tiny = Case(**{**case_dict, "T": 2, "B": 1, "I": 2, "H": 2, "layers": 1})
+    _set_threads(case.threads)
+    _runners(tiny, False)[impl]()
+    step = _runners(case, False)[impl]
+    resting = _status_kb("VmRSS")
+    if not _rss_peak_reset():
+        raise OSError("cannot reset the peak RSS (/proc/self/clear_refs)")
+    step()
+    return (_status_kb("VmHWM") - resting) / 1024
+
+
+def peak_step_memory(case, impl):
+    """MB one training step of `impl` ("fusedrnn" or "torch") needs above its resting memory,
+    or None where this platform cannot tell (no /proc)."""
+    code = ("import json, sys; from fusedrnn import bench; "
+            "print(bench._child_peak_mb(json.loads(sys.argv[1]), sys.argv[2]))")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(case)), impl],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        return None
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+# --- the table ----------------------------------------------------------------------------
+
+def _columns(with_numpy, memory, ceiling):
+    cols = [("case", 58), ("fusedrnn ms", 11), ("torch ms", 9), ("torch/fused", 11),
+            ("GFLOP/s", 8)]
+    if ceiling:
+        cols += [("% ceiling", 9), ("x floor", 7)]
+    if memory:
+        cols += [("MB fused", 8), ("MB torch", 8)]
+    if with_numpy:
+        cols += [("numpy ms", 9)]
+    return cols
+
+
+def _row(r, label, cols):
+    ms, peak = r["median_ms"], r.get("peak_mb", {})
+    ratio = r.get("ratio_torch_over_fusedrnn")
+    cells = {
+        "case": label,
+        "fusedrnn ms": f"{ms['fusedrnn']:.2f}",
+        "torch ms": f"{ms['torch']:.2f}" if "torch" in ms else "-",
+        "torch/fused": f"{ratio:.2f}x" if ratio else "-",
+        "GFLOP/s": f"{r['gflops_fusedrnn']:.1f}",
+        "% ceiling": f"{100 / r['x_floor']:.0f}%" if "x_floor" in r else "-",
+        "x floor": f"{r['x_floor']:.2f}" if "x_floor" in r else "-",
+        "MB fused": f"{peak['fusedrnn']:.1f}" if peak.get("fusedrnn") is not None else "-",
+        "MB torch": f"{peak['torch']:.1f}" if peak.get("torch") is not None else "-",
+        "numpy ms": f"{ms['numpy']:.1f}" if "numpy" in ms else "-",
+    }
+    return " ".join(f"{cells[name]:<{w}}" if name == "case" else f"{cells[name]:>{w}}"
+                    for name, w in cols)
+
+
+def summarize(results):
+    """Minimum and geometric-mean torch/fusedrnn ratios, and the worst distance from the GEMM
+    floor among cases whose floor is at least 5 ms (where the floor is a fair yardstick)."""
+    out = {}
+    ratios = [r["ratio_torch_over_fusedrnn"] for r in results if "ratio_torch_over_fusedrnn" in r]
+    if ratios:
+        out.update(ratio_min=min(ratios), ratio_geomean=float(np.exp(np.mean(np.log(ratios)))),
+                   cases_compared=len(ratios))
+    heavy = [r for r in results if r.get("floor_ms", 0) >= 5]
+    if heavy:
+        worst = max(heavy, key=lambda r: r["x_floor"])
+        out.update(worst_x_floor=worst["x_floor"], worst_x_floor_case=Case(**worst["case"]).label)
+    memory = [r["peak_mb"] for r in results
+              if r.get("peak_mb", {}).get("fusedrnn") and r["peak_mb"].get("torch")]
+    if memory:
+        out["memory_ratio_max"] = max(m["fusedrnn"] / m["torch"] for m in memory)
+    return out
+
+
+def run_cases(cases, runs=7, with_numpy=False, memory=False, progress=None, out=sys.stdout):
+    """Runs and prints every case; returns {"ceiling_gflops", "results", "summary"}."""
+    dtype = cases[0].dtype if cases else "float32"
+    ceiling = gemm_ceiling(dtype, cases[0].threads if cases else None)
+    if ceiling:
+        print(f"GEMM ceiling ({dtype}, 2048², the kernels' BLAS): {ceiling:.1f} GFLOP/s", file=out)
+    cols = _columns(with_numpy, memory, ceiling)
+    header = " ".join(f"{n:<{w}}" if n == "case" else f"{n:>{w}}" for n, w in cols)
+    print(header, file=out)
+    print("-" * len(header), file=out)
     results = []
     for i, case in enumerate(cases):
         if progress is not None:
             progress.write(f"\r[{i + 1}/{len(cases)}] {case.label} ...")
             progress.flush()
-        r = run_case(case, runs, with_numpy)
+        r = run_case(case, runs, with_numpy, ceiling, memory)
         if progress is not None:
             progress.write("\r" + " " * 100 + "\r")
-        ms = r["median_ms"]
-        torch_ms = f"{ms['torch']:9.2f}" if "torch" in ms else f"{'-':>9}"
-        ratio = r.get("ratio_torch_over_fusedrnn")
-        ratio_s = f"{ratio:10.2f}x" if ratio else f"{'-':>11}"
-        line = (f"{case.label:<58} {ms['fusedrnn']:11.2f} {torch_ms} {ratio_s} "
-                f"{r['gflops_fusedrnn']:8.1f}")
-        if with_numpy:
-            line += f" {ms['numpy']:9.1f}"
-        print(line, flush=True)
+        print(_row(r, case.label, cols), file=out, flush=True)
         results.append(r)
-    ratios = [r["ratio_torch_over_fusedrnn"] for r in results if "ratio_torch_over_fusedrnn" in r]
-    if ratios:
-        geo = float(np.exp(np.mean(np.log(ratios))))
-        print(f"torch/fusedrnn: min {min(ratios):.2f}x, geometric mean {geo:.2f}x "
-              f"over {len(ratios)} cases (median of {runs} interleaved runs each)")
+    summary = summarize(results)
+    if "ratio_min" in summary:
+        print(f"torch/fusedrnn: min {summary['ratio_min']:.2f}x, geometric mean "
+              f"{summary['ratio_geomean']:.2f}x over {summary['cases_compared']} cases "
+              f"(median of interleaved runs)", file=out)
     else:
-        print("torch is not installed: fusedrnn timings only (pip install torch to compare)")
-    return results
+        print("torch is not installed: fusedrnn timings only (pip install torch to compare)",
+              file=out)
+    if "worst_x_floor" in summary:
+        print(f"farthest from the GEMM floor (floor >= 5 ms): {summary['worst_x_floor']:.2f}x "
+              f"({summary['worst_x_floor_case']})", file=out)
+    if "memory_ratio_max" in summary:
+        print(f"training peak memory fusedrnn/torch: at most {summary['memory_ratio_max']:.2f}",
+              file=out)
+    return dict(ceiling_gflops=ceiling, results=results, summary=summary)

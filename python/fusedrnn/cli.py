@@ -3,13 +3,14 @@ torch.nn on the same work, interleaved in one process)."""
 
 import argparse
 import json
+import os
 import platform
 import sys
 
 import numpy as np
 
 from . import __version__, _backend
-from .bench import QUICK_CASES, Case, run_cases
+from .bench import QUICK_CASES, Case, run_cases, sweep_cases
 
 
 def info(_args):
@@ -22,7 +23,8 @@ def info(_args):
     print("compiled backends: cpu")
     print(f"  compiler:       {b['compiler']}")
     print(f"  SIMD:           {b['simd']}")
-    print(f"  BLAS:           {b['blas']}, {b['blas_threads']} threads")
+    print(f"  BLAS:           {b['blas']}")
+    print(f"  threads:        {b['threads']} (fusedrnn's own; OpenBLAS single-threaded)")
     print(f"  CPU:            {_cpu_model()}")
     print("  CUDA:           not built (this version has CPU kernels only)")
     return 0
@@ -40,8 +42,9 @@ def _cpu_model():
 
 
 def bench(args):
-    if args.quick:
-        cases = [Case(**c, threads=args.threads, dtype=args.dtype) for c in QUICK_CASES]
+    if args.quick or args.sweep:
+        chosen = QUICK_CASES if args.quick else sweep_cases()
+        cases = [Case(**c, threads=args.threads, dtype=args.dtype) for c in chosen]
     else:
         cases = [Case(cell=args.cell, T=args.T, B=args.B, I=args.I or args.H, H=args.H,
                       layers=args.layers, bidirectional=args.bidirectional, mode=mode,
@@ -49,11 +52,28 @@ def bench(args):
                  for mode in (["train", "infer"] if args.mode == "both" else [args.mode])]
     # The progress line redraws itself with '\r': only where a terminal shows it, not in CI logs.
     progress = sys.stderr if sys.stderr.isatty() else None
-    results = run_cases(cases, runs=args.runs, with_numpy=args.numpy, progress=progress)
+    report = run_cases(cases, runs=args.runs, with_numpy=args.numpy, memory=args.memory,
+                       progress=progress)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+            json.dump(dict(machine=_machine(), **report), f, indent=1)
     return 0
+
+
+def _machine():
+    core = _backend._core
+    return dict(cpu=_cpu_model(), cores=os.cpu_count(), python=platform.python_version(),
+                numpy=np.__version__, fusedrnn=__version__,
+                build=core.build_info() if core is not None else None,
+                torch=_torch_version())
+
+
+def _torch_version():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.__version__
 
 
 def main(argv=None):
@@ -61,7 +81,10 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="version, compiled backends, BLAS, threads, CPU")
     b = sub.add_parser("bench", help="time fusedrnn against torch.nn on the same work")
-    b.add_argument("--quick", action="store_true", help="a few representative cases (~30 s)")
+    which = b.add_mutually_exclusive_group()
+    which.add_argument("--quick", action="store_true", help="a few representative cases (~30 s)")
+    which.add_argument("--sweep", action="store_true",
+                       help="the full CPU sweep: cells x T x B x H, train and infer (long)")
     b.add_argument("--cell", default="lstm", choices=["lstm", "gru", "rnn_tanh", "rnn_relu"])
     b.add_argument("--T", type=int, default=100, help="sequence length")
     b.add_argument("--B", type=int, default=64, help="batch size")
@@ -75,6 +98,8 @@ def main(argv=None):
     b.add_argument("--threads", type=int, default=None, help="default: all cores")
     b.add_argument("--runs", type=int, default=7, help="timed runs per case (median reported)")
     b.add_argument("--numpy", action="store_true", help="also time the NumPy reference")
+    b.add_argument("--memory", action="store_true",
+                   help="also measure peak memory of a training step (a child process each)")
     b.add_argument("--json", metavar="FILE", help="write the results as JSON")
     args = parser.parse_args(argv)
     return {"info": info, "bench": bench}[args.command](args)

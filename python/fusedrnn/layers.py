@@ -173,6 +173,7 @@ class RNNBase:
                                  f"{type_name(lengths)}")
             lengths = lengths_array(lengths, B, T)
         x = np.require(x, requirements=("C", "A"))  # once, rather than in each direction's op
+        backend = _backend.resolve(self.backend)
         D, H = self.num_directions, self.hidden_size
         h_n = np.empty((self.num_layers * D, B, H), self.dtype)
         c_n = np.empty_like(h_n) if c0 is not None else None
@@ -182,11 +183,11 @@ class RNNBase:
             outs, tapes = [], []
             for d in range(D):
                 k = layer * D + d
-                res = ops.forward(self._cell, inp, *self._layer_weights(layer, d), h0[k],
-                                  None if c0 is None else c0[k], lengths=lengths,
-                                  reverse=bool(d), training=training,
-                                  reset_after=getattr(self, "reset_after", True),
-                                  backend=self.backend)
+                # The parameters were checked when set and x and the state above: no checks
+                # per direction (the C++ glue still checks what it gets).
+                res = ops.run_forward(self._kernel_cell, backend, inp,
+                                      *self._layer_weights(layer, d), h0[k],
+                                      None if c0 is None else c0[k], lengths, bool(d), training)
                 outs.append(res.y)
                 tapes.append(res.tape)
                 h_n[k] = res.h_n
@@ -238,10 +239,11 @@ class RNNBase:
             dx = None
             for d in range(D):
                 k = layer * D + d
-                dy_d = dy if D == 1 else np.ascontiguousarray(dy[:, :, d * H:(d + 1) * H])
-                g = ops.backward(tape.op_tapes[layer][d], dy_d,
-                                 None if dh_n is None else dh_n[k],
-                                 None if dc_n is None else dc_n[k])
+                dy_d = np.require(dy if D == 1 else dy[:, :, d * H:(d + 1) * H],
+                                  requirements=("C", "A"))
+                g = ops.run_backward(tape.op_tapes[layer][d], dy_d,
+                                     None if dh_n is None else dh_n[k],
+                                     None if dc_n is None else dc_n[k])
                 with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, as in the kernels
                     dx = g.dx if dx is None else dx + g.dx
                 dh0[k] = g.dh0
@@ -307,7 +309,7 @@ class RNNBase:
             arr = float_array(value, label, self.dtype)
             if arr.shape != want:
                 raise ValueError(f"{label}: expected shape {want}, got {arr.shape}")
-            out.append(np.ascontiguousarray(arr.reshape(shape)))
+            out.append(np.require(arr.reshape(shape), requirements=("C", "A")))
         return out[0], (out[1] if is_lstm else None)
 
     @staticmethod

@@ -105,18 +105,28 @@ def forward(cell, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, leng
     check_memory(forward_nbytes(dtype, T, B, I, H, G, training),
                  f"x: shape {x.shape} with H={H}: forward(training={training})")
     x, w_ih, w_hh, b_ih, b_hh, h0, c0 = map(contiguous, (x, w_ih, w_hh, b_ih, b_hh, h0, c0))
+    return run_forward(kcell, backend, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse,
+                       training)
 
+
+def run_forward(kcell, backend, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, training):
+    """:func:`forward` on arguments already checked and made contiguous (a kernel cell name, a
+    resolved backend): what the layers call for their own, already checked, parameters. The C++
+    glue checks again regardless."""
+    T, B, I = x.shape
+    H = w_hh.shape[1]
     if backend == "numpy":
-        h0 = np.zeros((B, H), dtype) if h0 is None else h0
+        h0 = np.zeros((B, H), x.dtype) if h0 is None else h0
         if kcell == "lstm" and c0 is None:
-            c0 = np.zeros((B, H), dtype)
+            c0 = np.zeros((B, H), x.dtype)
         with np.errstate(all="ignore"):  # inf and overflow give NaN silently, as the kernels do
             y, h_n, c_n, impl = reference.forward(kcell, x, h0, c0, w_ih, w_hh, b_ih, b_hh,
                                                   lengths, reverse)
     else:
         y, h_n, c_n, impl = _backend._core.forward(_KERNEL_CELLS.index(kcell), x, h0, c0, w_ih,
                                                    w_hh, b_ih, b_hh, lengths, reverse, training)
-    tape = Tape(backend, cell, (T, B, I, H), dtype, impl) if training else None
+    public = "gru" if kcell == "gru_reset_before" else kcell
+    tape = Tape(backend, public, (T, B, I, H), x.dtype, impl) if training else None
     return ForwardResult(y, h_n, c_n, tape)
 
 
@@ -181,6 +191,11 @@ def backward(tape, dy=None, dh_n=None, dc_n=None):
         raise ValueError(f"dc_n: expected None for cell {tape.cell!r}, got {type_name(dc_n)}")
     dc_n = None if dc_n is None else shaped(dc_n, "dc_n", tape.dtype, (B, H), src)
     dy, dh_n, dc_n = map(contiguous, (dy, dh_n, dc_n))
+    return run_backward(tape, dy, dh_n, dc_n)
+
+
+def run_backward(tape, dy, dh_n, dc_n):
+    """:func:`backward` on arguments already checked and made contiguous."""
     if tape.backend == "numpy":
         with np.errstate(all="ignore"):
             grads = reference.backward(tape._impl, dy, dh_n, dc_n)

@@ -25,8 +25,8 @@
 //   fusedrnn::backward(b);
 //
 // Installed as a CMake package: find_package(fusedrnn) and
-// target_link_libraries(app fusedrnn::fusedrnn) (C++17, links OpenBLAS from scipy-openblas32).
-// set_blas_threads sets the BLAS thread count for the whole process.
+// target_link_libraries(app fusedrnn::fusedrnn) (C++17, links OpenBLAS from scipy-openblas32
+// and the platform's threads). set_num_threads sets the kernels' threads for the whole process.
 #pragma once
 
 #include <cstddef>
@@ -157,11 +157,18 @@ void backward(const BackwardArgs<T>& args);
 // Description of the compiled library, for `fusedrnn info`.
 struct BuildInfo {
   const char* compiler;
-  const char* simd;       // SIMD extensions the kernels were compiled for
-  const char* blas;       // BLAS configuration string
-  int blas_threads;
+  const char* simd;       // SIMD code the pointwise passes run on this CPU
+  const char* blas;       // BLAS configuration string (OpenBLAS runs single-threaded)
+  int threads;            // the kernels' threads (set_num_threads)
 };
 BuildInfo build_info();
-void set_blas_threads(int threads);
+// Threads for the kernels' GEMMs and pointwise passes, the caller's included; results do not
+// depend on it. Default: the cores this process may use.
+void set_num_threads(int threads);
+
+// The GEMM ceiling of this machine as the kernels' BLAS reaches it, with its current threads:
+// the median GFLOP/s of `repeats` products of two n×n matrices (after one warm-up product).
+// What `fusedrnn bench` measures every case against.
+double gemm_gflops(bool double_precision, int64_t n, int repeats);
 
 }  // namespace fusedrnn

@@ -1,0 +1,115 @@
+"""Turns the JSON of `fusedrnn bench --json FILE` into a Markdown table and a PNG plot of the
+torch/fusedrnn ratio against each case's GEMM work.
+
+    fusedrnn bench --sweep --memory --json benchmarks/cpu_sweep.json
+    python benchmarks/report.py benchmarks/cpu_sweep.json      # writes cpu_sweep.md and .png
+
+The plot needs matplotlib (pip install matplotlib); without it only the table is written.
+"""
+
+import argparse
+import json
+import math
+import pathlib
+import sys
+
+from fusedrnn.bench import Case
+
+
+def label(case):
+    return Case(**case).label
+
+
+def gemm_flops(case):
+    return Case(**case).flops()
+
+
+def table(report, command):
+    m, s = report["machine"], report["summary"]
+    lines = [
+        "# CPU sweep: fusedrnn against torch.nn",
+        "",
+        f"Made with `{command}` on {m['cpu']} ({m['cores']} cores), fusedrnn {m['fusedrnn']}, "
+        f"torch {m['torch']}, NumPy {m['numpy']}, Python {m['python']}. GEMM ceiling "
+        f"{report['ceiling_gflops']:.1f} GFLOP/s (float32, measured by the tool at start).",
+        "Times are medians of interleaved runs in one process; ratio = torch ms / fusedrnn ms; "
+        "x floor = fusedrnn ms / (the case's GEMM flops at the ceiling); MB = peak memory of "
+        "one training step above resting, each in a fresh process.",
+        "",
+    ]
+    if "ratio_min" in s:
+        lines.append(f"**Minimum ratio {s['ratio_min']:.2f}x, geometric mean "
+                     f"{s['ratio_geomean']:.2f}x over {s['cases_compared']} cases.**")
+    if "worst_x_floor" in s:
+        lines.append(f"Farthest from the floor among cases with a floor of at least 5 ms: "
+                     f"{s['worst_x_floor']:.2f}x ({s['worst_x_floor_case']}).")
+    if "memory_ratio_max" in s:
+        lines.append(f"Training peak memory fusedrnn/torch: at most {s['memory_ratio_max']:.2f}.")
+    lines += ["", "| case | fusedrnn ms | torch ms | ratio | GFLOP/s | x floor | MB fused | MB torch |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in report["results"]:
+        ms, peak = r["median_ms"], r.get("peak_mb") or {}
+
+        def num(value, fmt):
+            return "-" if value is None else format(value, fmt)
+
+        lines.append(
+            f"| {label(r['case'])} | {ms['fusedrnn']:.2f} | {num(ms.get('torch'), '.2f')} | "
+            f"{num(r.get('ratio_torch_over_fusedrnn'), '.2f')} | {r['gflops_fusedrnn']:.1f} | "
+            f"{num(r.get('x_floor'), '.2f')} | {num(peak.get('fusedrnn'), '.1f')} | "
+            f"{num(peak.get('torch'), '.1f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
+        return False
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    colors = {"lstm": "tab:blue", "gru": "tab:orange", "rnn_tanh": "tab:green",
+              "rnn_relu": "tab:red"}
+    for mode, marker in (("train", "o"), ("infer", "^")):
+        for cell, color in colors.items():
+            pts = [(gemm_flops(r["case"]), r["ratio_torch_over_fusedrnn"])
+                   for r in report["results"]
+                   if r["case"]["mode"] == mode and r["case"]["cell"] == cell
+                   and "ratio_torch_over_fusedrnn" in r]
+            if pts:
+                ax.scatter(*zip(*pts), c=color, marker=marker, alpha=0.8,
+                           label=f"{cell} {mode}")
+    ax.axhline(1.0, color="black", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("GEMM work of the case (flops)")
+    ax.set_ylabel("torch.nn time / fusedrnn time")
+    ax.set_title("fusedrnn vs torch.nn on the CPU (above 1: fusedrnn faster)")
+    ax.legend(fontsize=8, ncol=2)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("json", type=pathlib.Path, help="output of fusedrnn bench --json")
+    parser.add_argument("--command", default="fusedrnn bench --sweep --memory --json "
+                        "benchmarks/cpu_sweep.json", help="the command that made the JSON")
+    args = parser.parse_args(argv)
+    report = json.loads(args.json.read_text())
+    if not math.isfinite(report.get("ceiling_gflops") or float("nan")):
+        raise SystemExit(f"{args.json}: no GEMM ceiling (was fusedrnn built?)")
+    md = args.json.with_suffix(".md")
+    md.write_text(table(report, args.command))
+    print(f"wrote {md}")
+    png = args.json.with_suffix(".png")
+    if plot(report, png):
+        print(f"wrote {png}")
+
+
+if __name__ == "__main__":
+    main()

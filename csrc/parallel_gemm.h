@@ -1,0 +1,94 @@
+// GEMMs and row loops spread over the kernels' threads (thread_pool.h). A product is cut into
+// blocks of C's rows or columns, each one single-threaded OpenBLAS call; the cut depends on the
+// sizes only, so every element of C is computed by the same call whatever the thread count.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "blas.h"
+#include "thread_pool.h"
+
+namespace fusedrnn {
+namespace cpu {
+
+// A block of ~2 MFLOP takes ~25 µs on one core: enough to amortise handing it out. Each block
+// is its own BLAS call and packs the operand it shares with the other blocks again, which costs
+// about 1/(2·edge) of the block's work per element: blocks at least 128 wide keep that to a few
+// percent (16-row blocks spent a third of a training step packing).
+constexpr double kBlockFlops = 2e6;
+constexpr int64_t kMinBlockEdge = 128;
+constexpr int64_t kMaxBlocks = 64;
+constexpr int64_t kAlign = 16;  // block edges on 64-byte boundaries of float rows
+
+// OpenBLAS must not start threads of its own under ours (see thread_pool.h).
+inline void make_blas_single_threaded() {
+  static const bool once = (scipy_openblas_set_num_threads(1), true);
+  (void)once;
+}
+
+// Edges of `blocks` near-equal parts of [0, extent), each a multiple of kAlign but the last.
+struct Split {
+  int64_t extent, step, count;
+  Split(int64_t extent_, int64_t blocks) : extent(extent_) {
+    step = (extent + blocks - 1) / blocks;
+    step = std::min(extent, (step + kAlign - 1) / kAlign * kAlign);
+    count = (extent + step - 1) / step;
+  }
+  int64_t begin(int64_t i) const { return i * step; }
+  int64_t size(int64_t i) const { return std::min(step, extent - i * step); }
+};
+
+inline int64_t block_count(double flops, int64_t extent) {
+  const auto wanted = static_cast<int64_t>(flops / kBlockFlops);
+  return std::max<int64_t>(1, std::min({wanted, kMaxBlocks, extent / kMinBlockEdge}));
+}
+
+// One block: a GEMM, or for a single row of C (a batch of one) the matrix-vector product, which
+// OpenBLAS's GEMM would run after packing the whole weight matrix at every step.
+template <typename T>
+void gemm_block(Op ta, Op tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
+                const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  if (m != 1) return gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  const int64_t inc_a = ta == Op::N ? 1 : lda;  // the row of op(A)
+  if (tb == Op::T) gemv(Op::N, n, k, alpha, b, ldb, a, inc_a, beta, c, 1);  // B is [n, k]
+  else gemv(Op::T, k, n, alpha, b, ldb, a, inc_a, beta, c, 1);              // B is [k, n]
+}
+
+// C[m, n] = alpha · op(A) · op(B) + beta · C, as blas.h's gemm, in blocks of C's rows (when C
+// is at least as tall as it is wide) or columns.
+template <typename T>
+void parallel_gemm(Op ta, Op tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
+                   int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  make_blas_single_threaded();
+  const double flops = 2.0 * double(m) * double(n) * double(k);
+  if (m >= n) {
+    const Split rows(m, block_count(flops, m));
+    parallel_for(rows.count, [&](int64_t i) {
+      const int64_t r = rows.begin(i);
+      gemm_block(ta, tb, rows.size(i), n, k, alpha, a + (ta == Op::N ? r * lda : r), lda, b, ldb,
+                 beta, c + r * ldc, ldc);
+    });
+  } else {
+    const Split cols(n, block_count(flops, n));
+    parallel_for(cols.count, [&](int64_t i) {
+      const int64_t col = cols.begin(i);
+      gemm_block(ta, tb, m, cols.size(i), k, alpha, a, lda, b + (tb == Op::N ? col : col * ldb),
+                 ldb, beta, c + col, ldc);
+    });
+  }
+}
+
+// row(b) for b in [0, rows), in blocks of rows holding at least ~16K values of `row_width`.
+template <typename F>
+void parallel_rows(int64_t rows, int64_t row_width, const F& row) {
+  const int64_t per_block = std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(1, row_width));
+  const int64_t blocks = (rows + per_block - 1) / per_block;
+  parallel_for(blocks, [&](int64_t i) {
+    const int64_t end = std::min(rows, (i + 1) * per_block);
+    for (int64_t r = i * per_block; r < end; ++r) row(r);
+  });
+}
+
+}  // namespace cpu
+}  // namespace fusedrnn

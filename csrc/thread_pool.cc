@@ -1,0 +1,192 @@
+// See thread_pool.h for why the kernels have their own threads.
+//
+// One job is in flight at a time. Its chunks are claimed through one 64-bit word, `claim_`:
+// the job's sequence number in the high half, the next unclaimed chunk in the low half. A
+// thread claims chunk i with a compare-and-swap that also proves the job is still the one it
+// read the fields of, so a worker that wakes late can never run a chunk of a finished job. The
+// caller waits only for chunks that were claimed, never for workers that are asleep or
+// descheduled. All atomics are sequentially consistent: a few per chunk, each chunk tens of
+// microseconds or more.
+#include "thread_pool.h"
+
+#include <pthread.h>
+#include <sched.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "rnn_common.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define FR_CPU_RELAX() _mm_pause()
+#else
+#define FR_CPU_RELAX() std::this_thread::yield()
+#endif
+
+namespace fusedrnn {
+namespace cpu {
+namespace {
+
+constexpr uint64_t kClosed = 0xFFFFFFFFu;  // low half of claim_: no chunk may be claimed
+// How long an idle worker spins before sleeping: long enough to catch the next step of a
+// sequence (microseconds away), short enough not to burn a core between calls.
+constexpr int kSpinsBeforeSleep = 20000;
+constexpr int kSpinsBeforeYield = 2000;
+
+thread_local bool inside_chunk = false;  // nested loops run on the calling thread
+std::atomic<bool> forked_child{false};   // a fork()ed child has no workers: run inline
+
+int available_cores() {
+#if defined(__linux__)
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set);
+#endif
+  const unsigned n = std::thread::hardware_concurrency();
+  return n ? static_cast<int>(n) : 1;
+}
+
+class Pool {
+ public:
+  Pool() : threads_(available_cores()) {
+    pthread_atfork(nullptr, nullptr, [] { forked_child = true; });
+  }
+
+  int threads() const { return threads_; }
+
+  void set_threads(int threads) {
+    std::lock_guard<std::mutex> lock(busy_);
+    stop_workers();
+    threads_ = threads;
+  }
+
+  void run(int64_t chunks, ChunkFn fn, const void* ctx) {
+    if (chunks <= 0) return;
+    std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
+    if (inside_chunk || threads_ == 1 || forked_child || !lock.owns_lock()) {
+      for (int64_t i = 0; i < chunks; ++i) fn(ctx, i);
+      return;
+    }
+    if (workers_.empty()) start_workers();
+    // Publish: close claiming, write the job, reopen claiming under the next sequence number.
+    const uint64_t seq = (claim_.load() >> 32) + 1;
+    claim_.store(seq << 32 | kClosed);
+    fn_.store(fn);
+    ctx_.store(ctx);
+    chunks_.store(chunks);
+    done_.store(0);
+    claim_.store(seq << 32);
+    generation_.fetch_add(1);
+    if (sleepers_.load() > 0) {
+      std::lock_guard<std::mutex> sleep_lock(sleep_mutex_);
+      wake_.notify_all();
+    }
+    work_on(seq);
+    for (int spins = 0; done_.load() < chunks; ++spins) {
+      if (spins < kSpinsBeforeYield) FR_CPU_RELAX();
+      else std::this_thread::yield();
+    }
+  }
+
+ private:
+  // Claims and runs chunks of job `seq` until none is left (or the job is not `seq` any more).
+  void work_on(uint64_t seq) {
+    const ChunkFn fn = fn_.load();
+    const void* ctx = ctx_.load();
+    const int64_t chunks = chunks_.load();
+    uint64_t claim = claim_.load();
+    for (;;) {
+      if (claim >> 32 != seq) return;
+      const uint64_t next = claim & 0xFFFFFFFFu;
+      if (next == kClosed || static_cast<int64_t>(next) >= chunks) return;
+      if (!claim_.compare_exchange_weak(claim, claim + 1)) continue;  // claim was reloaded
+      inside_chunk = true;
+      fn(ctx, static_cast<int64_t>(next));
+      inside_chunk = false;
+      done_.fetch_add(1);
+      claim = claim_.load();
+    }
+  }
+
+  void worker_loop() {
+    uint64_t seen = generation_.load();
+    for (;;) {
+      uint64_t now = generation_.load();
+      for (int spins = 0; now == seen && spins < kSpinsBeforeSleep && !stop_.load(); ++spins) {
+        FR_CPU_RELAX();
+        now = generation_.load();
+      }
+      if (now == seen) {
+        std::unique_lock<std::mutex> sleep_lock(sleep_mutex_);
+        sleepers_.fetch_add(1);
+        wake_.wait(sleep_lock, [&] { return generation_.load() != seen || stop_.load(); });
+        sleepers_.fetch_sub(1);
+        now = generation_.load();
+      }
+      if (stop_.load()) return;
+      seen = now;
+      // The fields read in work_on belong to the sequence number read here, or the
+      // compare-and-swap fails: claim_ changes before any field does.
+      work_on(claim_.load() >> 32);
+    }
+  }
+
+  void start_workers() {
+    stop_ = false;
+    for (int i = 1; i < threads_; ++i) workers_.emplace_back([this] { worker_loop(); });
+  }
+
+  void stop_workers() {
+    {
+      std::lock_guard<std::mutex> sleep_lock(sleep_mutex_);
+      stop_ = true;
+      wake_.notify_all();
+    }
+    for (auto& w : workers_) w.join();
+    workers_.clear();
+  }
+
+  std::mutex busy_;  // held by the one caller whose job is in flight
+  int threads_;
+  std::vector<std::thread> workers_;
+  std::atomic<uint64_t> claim_{0};
+  std::atomic<ChunkFn> fn_{nullptr};
+  std::atomic<const void*> ctx_{nullptr};
+  std::atomic<int64_t> chunks_{0};
+  std::atomic<int64_t> done_{0};
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> sleepers_{0};
+  std::atomic<bool> stop_{false};
+  std::mutex sleep_mutex_;
+  std::condition_variable wake_;
+};
+
+// Never destroyed: workers may be parked when the process exits, and joining them from a
+// static destructor (after the interpreter has torn down) can hang. The OS reclaims them.
+Pool& pool() {
+  static Pool* p = new Pool();
+  return *p;
+}
+
+}  // namespace
+
+int pool_threads() { return pool().threads(); }
+
+void set_pool_threads(int threads) {
+  if (threads < 1 || threads > 1024)
+    detail::fail("threads: expected 1..1024, got " + std::to_string(threads));
+  pool().set_threads(threads);
+}
+
+void parallel_for_chunks(int64_t chunks, ChunkFn fn, const void* ctx) {
+  if (chunks >= static_cast<int64_t>(kClosed))
+    detail::fail("parallel_for: expected fewer than 2^32-1 chunks, got " + std::to_string(chunks));
+  pool().run(chunks, fn, ctx);
+}
+
+}  // namespace cpu
+}  // namespace fusedrnn

@@ -1,0 +1,40 @@
+// The threads of the CPU kernels. OpenBLAS runs single-threaded; every parallel loop (GEMM
+// blocks, pointwise rows) goes through parallel_for here, which hands out fixed chunks one at a
+// time to whichever thread asks first, the calling thread included.
+//
+// Why not OpenBLAS's own threads: a recurrent step is a small GEMM, and OpenBLAS's fork-join
+// waits for every worker. When another process holds a core, a descheduled worker stalls each
+// step for a whole scheduler time slice (seen here: a GRU step 100x slower on a loaded 2-core
+// machine). Here the caller takes every chunk nobody else has claimed, so a missing worker
+// slows a step down to one thread's speed, not to a time slice.
+//
+// Chunk boundaries depend on the problem's sizes only, never on the thread count or on which
+// thread runs a chunk, so results are bitwise identical whatever the threads.
+#pragma once
+
+#include <cstdint>
+
+namespace fusedrnn {
+namespace cpu {
+
+// Threads that run parallel loops, the caller included (>= 1). Defaults to the cores this
+// process may use.
+int pool_threads();
+void set_pool_threads(int threads);
+
+using ChunkFn = void (*)(const void* ctx, int64_t chunk);
+
+// Runs fn(ctx, i) once for every i in [0, chunks) and returns when all have run. Safe to call
+// from several threads at once (a call that finds the pool busy runs its chunks itself) and
+// from inside a chunk (the inner loop runs on the calling thread).
+void parallel_for_chunks(int64_t chunks, ChunkFn fn, const void* ctx);
+
+template <typename F>
+void parallel_for(int64_t chunks, const F& body) {
+  if (chunks == 1) return body(int64_t{0});
+  parallel_for_chunks(
+      chunks, [](const void* ctx, int64_t i) { (*static_cast<const F*>(ctx))(i); }, &body);
+}
+
+}  // namespace cpu
+}  // namespace fusedrnn
