@@ -95,10 +95,31 @@ Tape<T>::Tape(Cell cell, const Dims& dims, bool reverse, const int64_t* lengths)
   check_lengths(lengths, dims);
   if (lengths) lengths_.assign(lengths, lengths + dims.B);
   const int64_t slots = (dims.T + 1) * dims.B * dims.H;
-  h_states_ = uninitialized<T>(slots);
-  if (has_cell_state(cell)) c_states_ = uninitialized<T>(slots);
-  const int64_t width = tape_gate_width(cell);
-  if (width) gates_ = uninitialized<T>(dims.T * dims.B * width * dims.H);
+  const int64_t c_slots = has_cell_state(cell) ? slots : 0;
+  const int64_t gate_values = dims.T * dims.B * tape_gate_width(cell) * dims.H;
+  owned_ = uninitialized<T>(slots + c_slots + gate_values);
+  buffers_.h_states = owned_.get();
+  buffers_.c_states = c_slots ? owned_.get() + slots : nullptr;
+  buffers_.gates = gate_values ? owned_.get() + slots + c_slots : nullptr;
+}
+
+template <typename T>
+Tape<T>::Tape(Cell cell, const Dims& dims, bool reverse, const int64_t* lengths,
+              const TapeBuffers<T>& buffers)
+    : cell_(cell), dims_(dims), reverse_(reverse), buffers_(buffers) {
+  check_cell(cell);
+  check_dims(cell, dims);
+  check_lengths(lengths, dims);
+  if (lengths) lengths_.assign(lengths, lengths + dims.B);
+  if (!buffers.h_states) fail("h_states: expected a [T+1, B, H] buffer, got null");
+  if (has_cell_state(cell) != (buffers.c_states != nullptr))
+    fail(std::string("c_states: expected ") +
+         (has_cell_state(cell) ? "a [T+1, B, H] buffer for LSTM, got null"
+                               : "null for a cell without c state, got a buffer"));
+  if ((tape_gate_width(cell) != 0) != (buffers.gates != nullptr))
+    fail(std::string("gates: expected ") +
+         (tape_gate_width(cell) ? "a [T, B, 4H] buffer for this cell, got null"
+                                : "null for an RNN cell, got a buffer"));
 }
 
 template <typename T>

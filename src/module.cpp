@@ -64,7 +64,8 @@ T* mptr(py::array& a) {
   return static_cast<T*>(a.mutable_data());
 }
 
-// A forward's tape plus the arrays backward needs again, kept alive with it.
+// A forward's tape plus the arrays backward needs again, kept alive with it. A tape rebuilt from
+// arrays (tape_from_arrays) views them and keeps them alive too.
 class PyTape {
  public:
   std::variant<std::unique_ptr<fusedrnn::Tape<float>>, std::unique_ptr<fusedrnn::Tape<double>>>
@@ -72,6 +73,7 @@ class PyTape {
   py::array x, w_ih, w_hh;
   std::optional<py::array> b_ih, b_hh;
   py::dtype dtype;
+  std::vector<py::array> viewed;  // the buffers a rebuilt tape views
 
   const fusedrnn::Dims& dims() const {
     return std::visit([](const auto& t) -> const fusedrnn::Dims& { return t->dims(); }, tape);
@@ -261,6 +263,72 @@ py::tuple backward(const py::object& tape_obj, const py::object& dy, const py::o
       [&](const auto& t) { return backward_typed(pt, *t, dy_a, dh_a, dc_a); }, pt.tape);
 }
 
+// The tape's buffers as arrays that view it (and keep it alive): h_states (T+1, B, H),
+// c_states (T+1, B, H) or None, gates (T, B, W*H) or None.
+py::tuple tape_arrays(const py::object& self) {
+  const PyTape& pt = self.cast<const PyTape&>();
+  const auto& d = pt.dims();
+  const int64_t width = fusedrnn::tape_gate_width(pt.cell());
+  return std::visit([&](const auto& t) {
+    const auto view = [&](auto* data, std::vector<py::ssize_t> shape) -> py::object {
+      if (!data) return py::none();
+      return py::array(pt.dtype, shape, data, self);
+    };
+    return py::make_tuple(view(t->h_states(), {d.T + 1, d.B, d.H}),
+                          view(t->c_states(), {d.T + 1, d.B, d.H}),
+                          view(t->gates(), {d.T, d.B, width * d.H}));
+  }, pt.tape);
+}
+
+template <typename T>
+std::unique_ptr<fusedrnn::Tape<T>> tape_view(const Inputs& in, bool reverse, const py::array& h,
+                                             const std::optional<py::array>& c,
+                                             const std::optional<py::array>& g) {
+  // backward only reads a tape, and this one is only ever handed to backward (held const), so
+  // the arrays may be read-only ones: the const_casts below never lead to a write.
+  const auto ptr = [](const std::optional<py::array>& a) {
+    return a ? const_cast<T*>(static_cast<const T*>(a->data())) : nullptr;
+  };
+  fusedrnn::TapeBuffers<T> buffers{ptr(h), ptr(c), ptr(g)};
+  // std::invalid_argument from its checks reaches Python as ValueError (pybind11's translation).
+  return std::make_unique<fusedrnn::Tape<T>>(in.cell, in.dims, reverse, cptr<int64_t>(in.lengths),
+                                              buffers);
+}
+
+// A tape rebuilt from the arrays tape_arrays gave (or copies of them, e.g. a framework's tensors)
+// and the forward's inputs, for backward. It views the arrays: no copy.
+py::object tape_from_arrays(int cell, const py::object& x, const py::object& w_ih,
+                            const py::object& w_hh, const py::object& b_ih, const py::object& b_hh,
+                            const py::object& lengths, bool reverse, const py::object& h_states,
+                            const py::object& c_states, const py::object& gates) {
+  Inputs in = check_inputs(cell, x, py::none(), py::none(), w_ih, w_hh, b_ih, b_hh, lengths);
+  const auto& d = in.dims;
+  const int64_t width = fusedrnn::tape_gate_width(in.cell);
+  const py::array h = checked(h_states, "h_states", in.dtype, {d.T + 1, d.B, d.H});
+  std::optional<py::array> c, g;
+  if (fusedrnn::has_cell_state(in.cell)) c = checked(c_states, "c_states", in.dtype, {d.T + 1, d.B, d.H});
+  else if (!c_states.is_none())
+    throw py::value_error("c_states: expected None for a cell without c state, got " +
+                          std::string(py::str(py::type::of(c_states).attr("__name__"))));
+  if (width) g = checked(gates, "gates", in.dtype, {d.T, d.B, width * d.H});
+  else if (!gates.is_none())
+    throw py::value_error("gates: expected None for an RNN cell, got " +
+                          std::string(py::str(py::type::of(gates).attr("__name__"))));
+  auto t = std::make_unique<PyTape>();
+  if (in.dtype.equal(py::dtype::of<float>())) t->tape = tape_view<float>(in, reverse, h, c, g);
+  else t->tape = tape_view<double>(in, reverse, h, c, g);
+  t->x = in.x;
+  t->w_ih = in.w_ih;
+  t->w_hh = in.w_hh;
+  t->b_ih = in.b_ih;
+  t->b_hh = in.b_hh;
+  t->dtype = in.dtype;
+  t->viewed.push_back(h);
+  if (c) t->viewed.push_back(*c);
+  if (g) t->viewed.push_back(*g);
+  return py::cast(std::move(t));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -276,7 +344,9 @@ PYBIND11_MODULE(_core, m) {
         const auto& d = t.dims();
         return py::make_tuple(d.T, d.B, d.I, d.H);
       }, "(T, B, I, H)")
-      .def_property_readonly("nbytes", &PyTape::bytes, "bytes the tape holds (see rnn.h)");
+      .def_property_readonly("nbytes", &PyTape::bytes, "bytes the tape holds (see rnn.h)")
+      .def("arrays", &tape_arrays,
+           "(h_states, c_states or None, gates or None): views of the tape's buffers.");
 
   m.def("forward", &forward, py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"),
         py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"),
@@ -284,6 +354,10 @@ PYBIND11_MODULE(_core, m) {
         "One layer, one direction. Returns (y, h_n, c_n or None, tape or None).");
   m.def("backward", &backward, py::arg("tape"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
         "Returns (dx, dh0, dc0 or None, dw_ih, dw_hh, db_ih or None, db_hh or None).");
+  m.def("tape_from_arrays", &tape_from_arrays, py::arg("cell"), py::arg("x"), py::arg("w_ih"),
+        py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"),
+        py::arg("h_states"), py::arg("c_states"), py::arg("gates"),
+        "A tape for backward that views the arrays Tape.arrays() gave and the forward's inputs.");
   m.def("build_info", []() {
     const auto info = fusedrnn::build_info();
     py::dict d;

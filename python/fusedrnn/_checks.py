@@ -49,12 +49,19 @@ def flag(value, name):
 
 
 def as_array(value, name, what="an array"):
-    """np.asarray(value), with numpy's (and __array__'s) failures turned into a TypeError that
-    names the argument: ragged nested lists, tensors that cannot be viewed, and the like."""
+    """value as an ndarray: a view of any CPU array exposing ``__dlpack__`` (torch, JAX, CuPy on
+    the host...) without a copy, else np.asarray(value), with numpy's (and __array__'s) failures
+    turned into a TypeError that names the argument: ragged nested lists, tensors that cannot be
+    viewed, and the like."""
     if value is None:
         raise TypeError(f"{name}: expected {what}, got None")
     if isinstance(value, np.ndarray):
         return value
+    if hasattr(value, "__dlpack__"):
+        try:
+            return np.from_dlpack(value)
+        except (TypeError, ValueError, RuntimeError, BufferError):
+            pass  # a device array, a dtype DLPack lacks...: np.asarray says what is wrong
     try:
         return np.asarray(value)
     except (TypeError, ValueError, RuntimeError, AttributeError) as exc:

@@ -130,6 +130,50 @@ def run_forward(kcell, backend, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reve
     return ForwardResult(y, h_n, c_n, tape)
 
 
+def tape_shapes(cell, T, B, H, reset_after=True):
+    """Shapes of the arrays :func:`tape_arrays` gives for a layer of `cell`: (h_states,
+    c_states, gates), None for those the cell does not keep. Frameworks need them before the
+    kernels run (torch's fake tensors, JAX's callbacks)."""
+    kcell = kernel_cell(cell, reset_after)
+    state = (T + 1, B, H)
+    return (state, state if kcell == "lstm" else None,
+            (T, B, 4 * H) if GATES[kcell] > 1 else None)
+
+
+def tape_arrays(tape):
+    """The arrays a compiled-kernel tape keeps, as views of it: ``(h_states, c_states, gates)``,
+    h_states and c_states (T+1, B, H) (c_states None unless LSTM), gates (T, B, 4*H) (None for
+    RNN). For frameworks that must carry a forward's residuals as arrays of their own (torch.library
+    ops, jax.custom_vjp); :func:`tape_from_arrays` turns them, with the forward's inputs, back into
+    a tape."""
+    if not isinstance(tape, Tape):
+        raise TypeError(f"tape: expected a fusedrnn.ops.Tape, got {type_name(tape)}")
+    if tape.backend != "cpu":
+        raise ValueError(f"tape: expected a tape of the compiled kernels (backend 'cpu'), got "
+                         f"one of backend {tape.backend!r}, whose tape is not arrays")
+    return tape._impl.arrays()
+
+
+def tape_from_arrays(cell, x, w_ih, w_hh, b_ih, b_hh, h_states, c_states, gates, *, lengths=None,
+                     reverse=False, reset_after=True):
+    """A tape for :func:`backward` made of a forward's inputs (as given to :func:`forward`, h0
+    and c0 aside) and the arrays :func:`tape_arrays` gave, or copies of them. It views the arrays
+    without copying them; they must stay unchanged until backward."""
+    kcell = kernel_cell(cell, reset_after)
+    _backend.resolve("cpu")  # the NumPy reference's tape is not made of arrays
+    reverse = flag(reverse, "reverse")
+    x = float_array(x, "x", ndim=3)
+    names = ("w_ih", "w_hh", "b_ih", "b_hh", "h_states", "c_states", "gates")
+    arrays = [None if a is None else float_array(a, name, x.dtype, source="x's")
+              for a, name in zip((w_ih, w_hh, b_ih, b_hh, h_states, c_states, gates), names)]
+    lengths = None if lengths is None else lengths_array(lengths, x.shape[1], x.shape[0])
+    x, w_ih, w_hh, b_ih, b_hh, h_states, c_states, gates = map(contiguous, [x] + arrays)
+    impl = _backend._core.tape_from_arrays(_KERNEL_CELLS.index(kcell), x, w_ih, w_hh, b_ih, b_hh,
+                                           lengths, reverse, h_states, c_states, gates)
+    T, B, I = x.shape
+    return Tape("cpu", cell, (T, B, I, w_hh.shape[1]), x.dtype, impl)
+
+
 def backward(tape, dy=None, dh_n=None, dc_n=None):
     """Backpropagation through time for a :func:`forward` run with ``training=True``.
 

@@ -11,7 +11,22 @@
 //   starts at its last valid step.
 //
 // Every entry point validates its arguments and throws std::invalid_argument with a message
-// naming the argument; nothing is written before validation succeeds.
+// naming the argument; nothing is written before validation succeeds. All pointers are to
+// contiguous host memory the caller owns; the functions keep none of them after returning.
+//
+// Use (examples/cpp/lstm_example.cpp is a complete program):
+//
+//   fusedrnn::ForwardArgs<float> f;             // fill dims, x, weights, y/ldy, h_n (and c_n)
+//   fusedrnn::Tape<float> tape(f.cell, f.dims, f.reverse, f.lengths);
+//   f.tape = &tape;                             // training; leave nullptr for inference
+//   fusedrnn::forward(f);
+//   fusedrnn::BackwardArgs<float> b;            // tape, the same x and weights, dy, outputs
+//   b.tape = &tape;
+//   fusedrnn::backward(b);
+//
+// Installed as a CMake package: find_package(fusedrnn) and
+// target_link_libraries(app fusedrnn::fusedrnn) (C++17, links OpenBLAS from scipy-openblas32
+// and the platform's threads). set_num_threads sets the kernels' threads for the whole process.
 #pragma once
 
 #include <cstddef>
@@ -55,10 +70,25 @@ struct Weights {
 // t+1 and writes slot t. c_states likewise for LSTM. gates holds [T, B, tape_gate_width*H]:
 //   LSTM (i, f, g, o) activated; GRU (r, z, n) activated and hn = W_hn·h + b_hn;
 //   GRU_RESET_BEFORE (r, z, n) activated and r⊙h; RNN nothing (h_states suffices).
+//
+// A tape either owns its buffers or views buffers its caller owns: a framework binding keeps
+// them as the framework's own arrays between forward and backward (TapeBuffers).
+template <typename T>
+struct TapeBuffers {
+  T* h_states = nullptr;  // [T+1, B, H]
+  T* c_states = nullptr;  // [T+1, B, H] for LSTM, else nullptr
+  T* gates = nullptr;     // [T, B, tape_gate_width*H], nullptr when that width is 0
+};
+
 template <typename T>
 class Tape {
  public:
+  // Allocates its own buffers.
   Tape(Cell cell, const Dims& dims, bool reverse, const int64_t* lengths);
+  // Views `buffers`, which must outlive the tape; throws std::invalid_argument when a buffer
+  // the cell needs is null or one it does not use is given. lengths are copied.
+  Tape(Cell cell, const Dims& dims, bool reverse, const int64_t* lengths,
+       const TapeBuffers<T>& buffers);
 
   Cell cell() const { return cell_; }
   const Dims& dims() const { return dims_; }
@@ -67,19 +97,20 @@ class Tape {
   std::size_t bytes() const;
   static std::size_t bytes_for(Cell cell, const Dims& dims, bool with_lengths);
 
-  T* h_states() { return h_states_.get(); }
-  T* c_states() { return c_states_.get(); }
-  T* gates() { return gates_.get(); }
-  const T* h_states() const { return h_states_.get(); }
-  const T* c_states() const { return c_states_.get(); }
-  const T* gates() const { return gates_.get(); }
+  T* h_states() { return buffers_.h_states; }
+  T* c_states() { return buffers_.c_states; }
+  T* gates() { return buffers_.gates; }
+  const T* h_states() const { return buffers_.h_states; }
+  const T* c_states() const { return buffers_.c_states; }
+  const T* gates() const { return buffers_.gates; }
 
  private:
   Cell cell_;
   Dims dims_;
   bool reverse_;
   std::vector<int64_t> lengths_;
-  std::unique_ptr<T[]> h_states_, c_states_, gates_;
+  std::unique_ptr<T[]> owned_;  // the buffers, when the tape allocated them (one block)
+  TapeBuffers<T> buffers_;
 };
 
 template <typename T>
