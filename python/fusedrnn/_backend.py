@@ -10,11 +10,24 @@ except ImportError as exc:  # a source tree without a build, or a broken BLAS in
 else:
     CORE_ERROR = None
 
-BACKENDS = ("auto", "cpu", "numpy")
+try:
+    from . import _cuda
+except ModuleNotFoundError as exc:
+    _cuda = None
+    CUDA_ERROR = ("not built (this install was built without a CUDA compiler or cuBLAS)"
+                  if exc.name == f"{__package__}._cuda" else f"{type(exc).__name__}: {exc}")
+except ImportError as exc:  # built, but libcublas could not be loaded
+    _cuda = None
+    CUDA_ERROR = f"{type(exc).__name__}: {exc}"
+else:
+    CUDA_ERROR = None
+
+BACKENDS = ("auto", "cpu", "cuda", "numpy")
 
 
 def resolve(backend):
-    """Maps a backend name to "cpu" or "numpy"; "auto" prefers the compiled kernels."""
+    """Maps a backend name to "cpu", "cuda" or "numpy"; "auto" prefers the compiled CPU kernels
+    (arrays on a CUDA device go to "cuda" before this is asked, see ops.forward)."""
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
@@ -22,4 +35,13 @@ def resolve(backend):
     if backend == "cpu" and _core is None:
         raise ValueError(f"backend: 'cpu' needs the compiled extension, which failed to load "
                          f"({CORE_ERROR}); use backend='numpy'")
+    if backend == "cuda" and _cuda is None:
+        raise ValueError(f"backend: 'cuda' needs the CUDA extension, which is {CUDA_ERROR}")
     return backend
+
+
+def cuda_status():
+    """(ok, reason): whether the CUDA kernels can run here, and why not (or which device)."""
+    if _cuda is None:
+        return False, f"the CUDA extension is {CUDA_ERROR}"
+    return _cuda.availability()

@@ -14,6 +14,9 @@ from ._checks import (check_memory, as_dtype, flag, float_array, lengths_array, 
                       type_name)
 
 
+LAYER_BACKENDS = ("auto", "cpu", "numpy")
+
+
 class Tape:
     """What :meth:`RNNBase.forward` with ``training=True`` keeps for :meth:`RNNBase.backward`."""
 
@@ -56,6 +59,9 @@ class RNNBase:
                             f"{seed!r}")
         if seed is not None and seed < 0:
             raise ValueError(f"seed: expected None or a non-negative int, got {seed}")
+        if backend == "cuda":  # a layer's device says where it runs
+            raise ValueError(f"backend: expected one of {LAYER_BACKENDS}, got 'cuda' (a layer "
+                             "runs on the GPU with device='cuda')")
         _backend.resolve(backend)
         self.backend = backend
         # Before the parameters are drawn (uniform() draws float64, then casts).
