@@ -5,6 +5,7 @@
 // CUDA's default, so memory is not held back from other libraries), and forward()/backward()
 // free their workspaces after their final synchronization: a call reuses what the previous one
 // freed without mapping memory afresh.
+#include <atomic>
 #include <string>
 #include <utility>
 
@@ -14,6 +15,8 @@
 namespace fusedrnn {
 namespace cuda {
 namespace {
+
+std::atomic<bool> poison_allocations{false};
 
 // Allocates from the pool; when the device is out of memory, gives the pool's cached blocks
 // back to the driver and tries once more before failing.
@@ -48,7 +51,16 @@ DeviceMemory::DeviceMemory(std::size_t bytes) : bytes_(bytes) {
   FR_CUDA_CHECK(cudaGetDevice(&device_));
   if (bytes == 0) return;
   ptr_ = allocate(bytes, device_);
+  if (poison_allocations.load(std::memory_order_relaxed)) {
+    const cudaError_t err = cudaMemsetAsync(ptr_, 0xFF, bytes, 0);
+    if (err != cudaSuccess) {
+      release();
+      throw_cuda_error(err, "cudaMemsetAsync (poison)", __FILE__, __LINE__);
+    }
+  }
 }
+
+void set_poison_allocations(bool on) { poison_allocations.store(on); }
 
 DeviceMemory DeviceMemory::from_host(const void* src, std::size_t bytes) {
   DeviceMemory memory(bytes);

@@ -515,6 +515,8 @@ PYBIND11_MODULE(_cuda, m) {
         "One layer, one direction. Returns (y, h_n, c_n or None, tape or None) as DeviceArrays.");
   m.def("backward", &backward, py::arg("tape"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
         "Returns (dx, dh0, dc0 or None, dw_ih, dw_hh, db_ih or None, db_hh or None).");
+  m.def("set_poison_allocations", &frc::set_poison_allocations, py::arg("on"),
+        "Tests: fill every new device allocation with NaN bytes (catches unwritten elements).");
   m.def("availability", []() {
     const auto a = frc::availability();
     return py::make_tuple(a.ok, a.reason);

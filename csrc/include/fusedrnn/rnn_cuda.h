@@ -134,6 +134,11 @@ void backward(const BackwardArgs<T>& args);
 
 int current_device();  // throws std::runtime_error when there is no usable device
 
+// Tests: when on, every DeviceMemory allocation (workspaces, tapes, results) is filled with
+// all-one bytes, a NaN in float and double, so that an element a kernel forgets to write shows
+// up as NaN in the results.
+void set_poison_allocations(bool on);
+
 struct DeviceInfo {
   int device;
   std::string name;
