@@ -3,8 +3,13 @@
 # backend when a CUDA compiler and cuBLAS are found and says why not otherwise; ON fails instead.
 set(FUSEDRNN_CUDA_ARCHITECTURES "80;90" CACHE STRING
     "GPU architectures of the CUDA backend (CMAKE_CUDA_ARCHITECTURES syntax); default A100, H100")
-set(FUSEDRNN_CUBLAS_ROOT "$ENV{FUSEDRNN_CUBLAS_ROOT}" CACHE PATH
+set(FUSEDRNN_CUBLAS_ROOT "" CACHE PATH
     "cuBLAS to link: a folder with include/cublas_v2.h and lib/libcublas.so*; empty: search")
+# The environment variable is read at every configure (a cached value would outlive it).
+set(_fr_cublas_root "${FUSEDRNN_CUBLAS_ROOT}")
+if(NOT _fr_cublas_root)
+  set(_fr_cublas_root "$ENV{FUSEDRNN_CUBLAS_ROOT}")
+endif()
 
 macro(_fr_cuda_not_built reason)
   if(_fr_cuda STREQUAL "ON")
@@ -25,22 +30,22 @@ if(NOT CMAKE_CUDA_COMPILER)
   _fr_cuda_not_built("no CUDA compiler was found (put nvcc on PATH or set CUDACXX)")
 endif()
 
-# cuBLAS, in this order: FUSEDRNN_CUBLAS_ROOT; the nvidia-cublas wheel of the Python that builds
+# cuBLAS, in this order: FUSEDRNN_CUBLAS_ROOT (CMake variable or environment variable); the nvidia-cublas wheel of the Python that builds
 # (pip install nvidia-cublas; with pip's build isolation pass its folder as FUSEDRNN_CUBLAS_ROOT);
 # the CUDA toolkit's own.
 set(_fr_cublas_include "")
 set(_fr_cublas_library "")
-if(FUSEDRNN_CUBLAS_ROOT)
-  if(EXISTS "${FUSEDRNN_CUBLAS_ROOT}/include/cublas_v2.h")
-    set(_fr_cublas_include "${FUSEDRNN_CUBLAS_ROOT}/include")
+if(_fr_cublas_root)
+  if(EXISTS "${_fr_cublas_root}/include/cublas_v2.h")
+    set(_fr_cublas_include "${_fr_cublas_root}/include")
   endif()
-  file(GLOB _fr_cublas_candidates "${FUSEDRNN_CUBLAS_ROOT}/lib/libcublas.so*"
-       "${FUSEDRNN_CUBLAS_ROOT}/lib64/libcublas.so*")
+  file(GLOB _fr_cublas_candidates "${_fr_cublas_root}/lib/libcublas.so*"
+       "${_fr_cublas_root}/lib64/libcublas.so*")
   if(_fr_cublas_candidates)
     list(GET _fr_cublas_candidates 0 _fr_cublas_library)
   endif()
   if(NOT _fr_cublas_include OR NOT _fr_cublas_library)
-    _fr_cuda_not_built("FUSEDRNN_CUBLAS_ROOT=${FUSEDRNN_CUBLAS_ROOT} has no "
+    _fr_cuda_not_built("FUSEDRNN_CUBLAS_ROOT=${_fr_cublas_root} has no "
                        "include/cublas_v2.h and lib/libcublas.so*")
   endif()
 else()

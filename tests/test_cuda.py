@@ -13,7 +13,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import KERNEL_CELLS, layer_arrays, rel_err
+from conftest import KERNEL_CELLS, LAYERS, layer_arrays, leaves, random_state, rel_err, run_layer
 from test_kernels import LENGTHS, RTOL, B, H, I, T, output_grads
 
 from fusedrnn import ops
@@ -274,6 +274,64 @@ def test_op_matches_torch_cudnn(kcell, dtype, lengths, monkeypatch):
                  RTOL[dtype])
 
 
+# -- layers on the GPU (device="cuda") -----------------------------------------------------------
+
+def cupy_or_skip():
+    return pytest.importorskip("cupy", reason="CuPy is not installed (a layer with device='cuda' "
+                                              "keeps its parameters in CuPy arrays)")
+
+
+def state_to_gpu(state):
+    return tuple(map(to_gpu, state)) if isinstance(state, tuple) else to_gpu(state)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lengths", [None, LENGTHS["mixed"]], ids=["no_lengths", "lengths"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time_major", "batch_first"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("num_layers", [1, 3])
+@pytest.mark.parametrize("kind", LAYERS)
+def test_layer_on_gpu_matches_cpu(kind, num_layers, bidirectional, batch_first, lengths, dtype):
+    """Layers, directions, dropout between layers (the same seed draws the same parameters and
+    masks on both devices), batch_first, lengths and states: torch CUDA tensors in and out."""
+    cupy_or_skip()
+    kw = dict(num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
+              dropout=0.5 if num_layers > 1 else 0.0, dtype=dtype, seed=7)
+    cpu = LAYERS[kind](I, H, backend="cpu", **kw)
+    gpu = LAYERS[kind](I, H, device="cuda", **kw)
+    for name, p in cpu.state_dict().items():
+        np.testing.assert_array_equal(gpu.state_dict()[name], p, err_msg=name)
+    rng = np.random.default_rng(4)
+    x_shape = (B, T, I) if batch_first else (T, B, I)
+    x = rng.uniform(-1, 1, x_shape).astype(dtype)
+    state, dstate = random_state(rng, cpu, B), random_state(rng, cpu, B)
+    dy = rng.uniform(-1, 1, x_shape[:-1] + (cpu.num_directions * H,)).astype(dtype)
+    want = run_layer(cpu, x, state, lengths, dy, dstate)
+    got = run_layer(gpu, to_gpu(x), state_to_gpu(state), lengths, to_gpu(dy),
+                    state_to_gpu(dstate))
+    assert got.keys() == want.keys()
+    assert_close({k: to_host(v) for k, v in got.items()}, want, RTOL[dtype])
+
+
+@needs_gpu
+def test_layer_on_gpu_takes_host_arrays_and_keeps_host_state_dict():
+    cupy = cupy_or_skip()
+    gpu = LAYERS["lstm"](I, H, num_layers=2, device="cuda", seed=1)
+    cpu = LAYERS["lstm"](I, H, num_layers=2, backend="cpu", seed=1)
+    assert all(isinstance(p, np.ndarray) for p in gpu.state_dict().values())
+    assert all(isinstance(p, cupy.ndarray) for p in gpu._params.values())
+    x = np.random.default_rng(0).uniform(-1, 1, (T, B, I)).astype(np.float32)
+    (y, (h, c)), (y_cpu, (h_cpu, c_cpu)) = gpu(x), cpu(x)
+    assert isinstance(y, np.ndarray) and isinstance(h, np.ndarray)
+    for got, want in ((y, y_cpu), (h, h_cpu), (c, c_cpu)):
+        assert rel_err(got, want) < RTOL[np.float32]
+    # Parameters from torch CUDA tensors load as they would from NumPy.
+    gpu.load_state_dict({k: to_gpu(v * 2) for k, v in cpu.state_dict().items()})
+    for name, p in cpu.state_dict().items():
+        np.testing.assert_array_equal(gpu.state_dict()[name], p * 2, err_msg=name)
+
+
 # -- compute-sanitizer ----------------------------------------------------------------------------
 
 SANITIZER = shutil.which("compute-sanitizer") or os.path.join(
@@ -331,6 +389,17 @@ def test_backend_cuda_rejects_host_arrays():
 def test_glue_rejects_host_arrays(x, exc, match):
     with pytest.raises(exc, match=match):
         _cuda.forward(0, x, None, None, None, None, None, None, None, False, False, False)
+
+
+@pytest.mark.skipif(_cuda is None, reason="the CUDA extension is not built")
+def test_cpu_layer_refuses_gpu_arrays_by_name():
+    class OnGpu:  # what a CUDA array says about itself
+        def __dlpack_device__(self):
+            return (2, 0)
+    with pytest.raises(ValueError, match=r"x: expected a host array for a layer on the CPU, got "
+                                         r"a .*OnGpu on CUDA device 0 \(build the layer with "
+                                         r"device='cuda'\)"):
+        LAYERS["gru"](I, H, backend="cpu")(OnGpu())
 
 
 @pytest.mark.skipif(_cuda is not None, reason="the CUDA extension is built")

@@ -9,7 +9,7 @@ NumPy references and torch.nn-compatible layers.
 """
 
 from . import ops, reference
-from ._backend import CORE_ERROR, _core
+from ._backend import CORE_ERROR, _core, cuda_status
 from .layers import GRU, LSTM, RNN
 
 __version__ = "0.1.0"
@@ -17,8 +17,10 @@ __all__ = ["LSTM", "GRU", "RNN", "ops", "reference", "backends", "set_num_thread
 
 
 def backends():
-    """The backends this install can run: 'cpu' (compiled kernels) when built, and 'numpy'."""
-    return (("cpu",) if _core is not None else ()) + ("numpy",)
+    """The backends this install can run: 'cpu' (compiled kernels) when built, 'cuda' when built
+    and a usable GPU is present, and 'numpy'."""
+    return ((("cpu",) if _core is not None else ()) + (("cuda",) if cuda_status()[0] else ())
+            + ("numpy",))
 
 
 def set_num_threads(threads):

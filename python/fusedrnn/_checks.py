@@ -53,8 +53,8 @@ def as_array(value, name, what="an array"):
     names the argument: ragged nested lists, tensors that cannot be viewed, and the like."""
     if value is None:
         raise TypeError(f"{name}: expected {what}, got None")
-    if isinstance(value, np.ndarray):
-        return value
+    if isinstance(value, np.ndarray) or type(value).__module__.startswith("cupy"):
+        return value  # CuPy: the arrays of a layer on the GPU, checked as NumPy's
     try:
         return np.asarray(value)
     except (TypeError, ValueError, RuntimeError, AttributeError) as exc:

@@ -19,13 +19,31 @@ def info(_args):
         print(f"compiled backends: none ({_backend.CORE_ERROR}); using the NumPy reference")
         return 0
     b = core.build_info()
-    print("compiled backends: cpu")
+    print("compiled backends: cpu" + (", cuda" if _backend._cuda is not None else ""))
     print(f"  compiler:       {b['compiler']}")
     print(f"  SIMD:           {b['simd']}")
     print(f"  BLAS:           {b['blas']}, {b['blas_threads']} threads")
     print(f"  CPU:            {_cpu_model()}")
-    print("  CUDA:           not built (this version has CPU kernels only)")
+    for line in _cuda_lines():
+        print(line)
     return 0
+
+
+def _cuda_lines():
+    cuda = _backend._cuda
+    if cuda is None:
+        return [f"  CUDA:           {_backend.CUDA_ERROR}"]
+    b = cuda.build_info()
+    ok, reason = cuda.availability()
+    return [f"  CUDA:           built with CUDA {_version(b['cuda_version'], 1000, 10)}, cuBLAS "
+            f"{_version(b['cublas_version'], 10000, 100)}, for compute capabilities "
+            f"{b['architectures']}",
+            f"  GPU:            {reason}"]
+
+
+def _version(code, major, minor):
+    """CUDA's and cuBLAS's integer versions (13000, 131000) as text (13.0, 13.10)."""
+    return f"{code // major}.{code % major // minor}"
 
 
 def _cpu_model():
