@@ -1,5 +1,6 @@
 """Prints the include directory and library file of the nvidia-cublas wheel that this Python
-sees, one per line; exits 1 when there is none. Used by cmake/cuda.cmake."""
+sees, one per line (with --root: the folder holding both, for FUSEDRNN_CUBLAS_ROOT); exits 1
+when there is none. Used by cmake/cuda.cmake and .ci/run."""
 
 import importlib.metadata
 import sys
@@ -16,5 +17,8 @@ for f in files:
         library = f.locate()
 if include is None or library is None:
     sys.exit(1)
-print(include)
-print(library)
+if sys.argv[1:] == ["--root"]:
+    print(include.parent)
+else:
+    print(include)
+    print(library)

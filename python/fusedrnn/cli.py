@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 from . import __version__, _backend
-from .bench import QUICK_CASES, Case, run_cases
+from .bench import CUDA_CASES, QUICK_CASES, Case, run_cases
 
 
 def info(_args):
@@ -58,12 +58,18 @@ def _cpu_model():
 
 
 def bench(args):
+    if args.device == "cuda":
+        error = _cuda_bench_error(args)
+        if error:
+            print(f"fusedrnn bench --device cuda: {error}", file=sys.stderr)
+            return 2
+    common = dict(threads=args.threads, dtype=args.dtype, device=args.device, tf32=args.tf32)
     if args.quick:
-        cases = [Case(**c, threads=args.threads, dtype=args.dtype) for c in QUICK_CASES]
+        grid = CUDA_CASES if args.device == "cuda" else QUICK_CASES
+        cases = [Case(**c, **common) for c in grid]
     else:
         cases = [Case(cell=args.cell, T=args.T, B=args.B, I=args.I or args.H, H=args.H,
-                      layers=args.layers, bidirectional=args.bidirectional, mode=mode,
-                      dtype=args.dtype, threads=args.threads)
+                      layers=args.layers, bidirectional=args.bidirectional, mode=mode, **common)
                  for mode in (["train", "infer"] if args.mode == "both" else [args.mode])]
     # The progress line redraws itself with '\r': only where a terminal shows it, not in CI logs.
     progress = sys.stderr if sys.stderr.isatty() else None
@@ -74,12 +80,37 @@ def bench(args):
     return 0
 
 
+def _cuda_bench_error(args):
+    """Why a GPU benchmark cannot run here, or None."""
+    ok, reason = _backend.cuda_status()
+    if not ok:
+        return reason
+    try:
+        import cupy  # noqa: F401  (the GPU layers keep their parameters in CuPy)
+        import torch
+    except ImportError as exc:
+        return f"needs CuPy and torch with CUDA ({exc})"
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device"
+    if args.numpy:
+        return "--numpy times the CPU reference; leave it out on the GPU"
+    if args.tf32 and args.dtype != "float32":
+        return "--tf32 applies to float32 only"
+    return None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fusedrnn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="version, compiled backends, BLAS, threads, CPU")
     b = sub.add_parser("bench", help="time fusedrnn against torch.nn on the same work")
-    b.add_argument("--quick", action="store_true", help="a few representative cases (~30 s)")
+    b.add_argument("--quick", action="store_true",
+                   help="a few representative cases (~30 s); with --device cuda the GPU table: "
+                        "LSTM and GRU, T=100, B in 1, 16, 64, 256, H in 256, 1024")
+    b.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cuda: fusedrnn's GPU layers against torch.nn on CUDA (cuDNN)")
+    b.add_argument("--tf32", action="store_true",
+                   help="cuda, float32: allow TF32 tensor cores in both fusedrnn and cuDNN")
     b.add_argument("--cell", default="lstm", choices=["lstm", "gru", "rnn_tanh", "rnn_relu"])
     b.add_argument("--T", type=int, default=100, help="sequence length")
     b.add_argument("--B", type=int, default=64, help="batch size")
@@ -90,7 +121,7 @@ def main(argv=None):
     b.add_argument("--mode", default="both", choices=["train", "infer", "both"],
                    help="train = forward + backward")
     b.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    b.add_argument("--threads", type=int, default=None, help="default: all cores")
+    b.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     b.add_argument("--runs", type=int, default=7, help="timed runs per case (median reported)")
     b.add_argument("--numpy", action="store_true", help="also time the NumPy reference")
     b.add_argument("--json", metavar="FILE", help="write the results as JSON")

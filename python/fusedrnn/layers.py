@@ -7,7 +7,8 @@ once for every cell.
 ``device="cuda"`` keeps the parameters on the GPU as CuPy arrays (``pip install
 "fusedrnn[cuda]"``) and composes the layers there with CuPy; the inputs may be arrays of any
 library on the GPU (taken without a copy through DLPack) or host arrays (copied over), and the
-results come back as arrays of the input's library (NumPy for host input).
+results come back as arrays of the input's library (NumPy for host input). ``tf32=True`` (GPU,
+float32) lets the matrix products use TF32 tensor cores (see :func:`fusedrnn.ops.forward`).
 """
 
 import numbers
@@ -55,7 +56,7 @@ class RNNBase:
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, dtype="float32", seed=None, *, backend="auto",
-                 device="cpu"):
+                 device="cpu", tf32=False):
         if self._cell is None:
             raise TypeError(f"{type(self).__name__}: expected one of LSTM, GRU or RNN (RNNBase is "
                             "their shared base), got a direct instantiation")
@@ -88,6 +89,10 @@ class RNNBase:
                 raise ValueError(f"backend: expected 'auto' for a layer with device='cuda', got "
                                  f"{backend!r}")
             _backend.resolve("cuda")
+        self.tf32 = flag(tf32, "tf32")
+        if self.tf32 and device != "cuda":
+            raise ValueError("tf32: expected False for a layer on the CPU (TF32 is a GPU option), "
+                             "got True")
         self._xp = _cupy(device) if device == "cuda" else np  # where the arrays live
         self.backend = backend
         self.device = device
@@ -226,7 +231,7 @@ class RNNBase:
                                   None if c0 is None else c0[k], lengths=lengths,
                                   reverse=bool(d), training=training,
                                   reset_after=getattr(self, "reset_after", True),
-                                  backend=self.backend)
+                                  backend=self.backend, tf32=self.tf32)
                 outs.append(res.y)
                 tapes.append(res.tape)
                 h_n[k] = res.h_n
@@ -393,7 +398,8 @@ class RNNBase:
                 f"dtype='{self.dtype.name}'{extra})")
 
     def _repr_extra(self):
-        return {"device": self.device} if self.device != "cpu" else {}
+        extra = {"device": self.device} if self.device != "cpu" else {}
+        return {**extra, "tf32": True} if self.tf32 else extra
 
 
 class LSTM(RNNBase):
