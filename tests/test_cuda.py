@@ -17,9 +17,10 @@ from conftest import KERNEL_CELLS, LAYERS, layer_arrays, leaves, random_state, r
 from test_kernels import LENGTHS, RTOL, B, H, I, T, output_grads
 
 from fusedrnn import ops
-from fusedrnn._backend import _cuda, cuda_status
+from fusedrnn._backend import cuda_module, cuda_status
 
 torch = pytest.importorskip("torch", reason="the CUDA tests make their device arrays with torch")
+_cuda = cuda_module()
 
 CUDA_OK, CUDA_WHY = cuda_status()
 if not CUDA_OK:

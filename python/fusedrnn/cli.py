@@ -19,7 +19,7 @@ def info(_args):
         print(f"compiled backends: none ({_backend.CORE_ERROR}); using the NumPy reference")
         return 0
     b = core.build_info()
-    print("compiled backends: cpu" + (", cuda" if _backend._cuda is not None else ""))
+    print("compiled backends: cpu" + (", cuda" if _backend.cuda_module() is not None else ""))
     print(f"  compiler:       {b['compiler']}")
     print(f"  SIMD:           {b['simd']}")
     print(f"  BLAS:           {b['blas']}, {b['blas_threads']} threads")
@@ -30,9 +30,9 @@ def info(_args):
 
 
 def _cuda_lines():
-    cuda = _backend._cuda
+    cuda = _backend.cuda_module()
     if cuda is None:
-        return [f"  CUDA:           {_backend.CUDA_ERROR}"]
+        return [f"  CUDA:           {_backend.cuda_error()}"]
     b = cuda.build_info()
     ok, reason = cuda.availability()
     return [f"  CUDA:           built with CUDA {_version(b['cuda_version'], 1000, 10)}, cuBLAS "

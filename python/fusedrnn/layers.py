@@ -273,7 +273,9 @@ class RNNBase:
             raise ValueError(f"dy: expected shape {expect} (as y), got {dy.shape}")
         dh_n, dc_n = (None, None) if dstate is None else self._initial_state(
             dstate, B, unbatched, name="dstate")
-        dy = self._time_major(dy, layout=tape.layout)[0]
+        # Contiguous once here: a batch_first dy is a transposed view, and the GPU ops take
+        # C-contiguous arrays only.
+        dy = self._xp.ascontiguousarray(self._time_major(dy, layout=tape.layout)[0])
         dparams = {}
         xp = self._xp
         dh0 = xp.empty((L * D, B, H), self.dtype)

@@ -153,8 +153,9 @@ def _forward_cuda(kcell, cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, rever
         if len(shape) != 3:
             raise ValueError(f"x: expected a 3-d array (T, B, I), got shape {shape}")
         lengths = lengths_array(lengths, int(shape[1]), int(shape[0]))
-    y, h_n, c_n, impl = _backend._cuda.forward(_KERNEL_CELLS.index(kcell), x, h0, c0, w_ih, w_hh,
-                                               b_ih, b_hh, lengths, reverse, training, tf32)
+    y, h_n, c_n, impl = _backend.cuda_module().forward(
+        _KERNEL_CELLS.index(kcell), x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training,
+        tf32)
     wrap = _device.importer(x)
     tape = Tape("cuda", cell, impl.shape, np.dtype(impl.dtype), impl, wrap) if training else None
     return ForwardResult(wrap(y), wrap(h_n), None if c_n is None else wrap(c_n), tape)
@@ -170,7 +171,7 @@ def backward(tape, dy=None, dh_n=None, dc_n=None):
         raise TypeError(f"tape: expected the fusedrnn.ops.Tape of a forward(training=True), "
                         f"got {type_name(tape)}")
     if tape.backend == "cuda":  # the C++ glue checks the device arrays
-        grads = _backend._cuda.backward(tape._impl, dy, dh_n, dc_n)
+        grads = _backend.cuda_module().backward(tape._impl, dy, dh_n, dc_n)
         return Gradients(*(None if g is None else tape._wrap(g) for g in grads))
     T, B, _, H = tape.shape
     src = "the forward's"
