@@ -151,6 +151,21 @@ def test_inference_equals_training(kcell, dtype):
             assert torch.equal(a, b), name
 
 
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kcell", KERNEL_CELLS)
+def test_op_is_deterministic(kcell, dtype):
+    """cuBLAS's default GEMMs and the one-thread-per-unit kernels give bitwise repeatable
+    results."""
+    rng = np.random.default_rng(2)
+    arrays = layer_arrays(rng, kcell, dtype, T, B, I, H)
+    grads = output_grads(rng, kcell, dtype, "both")
+    first, second = (forward_backward("cuda", kcell, arrays, grads, LENGTHS["mixed"])
+                     for _ in range(2))
+    for name, value in first.items():
+        np.testing.assert_array_equal(second[name], value, err_msg=name)
+
+
 # TF32 rounds the products' inputs to a 10-bit mantissa (relative 2^-11 ≈ 5e-4 each); summed over
 # I + H terms and carried through T steps the results drift by ~1e-3: 1e-2 leaves margin while
 # still catching a wrong formula (errors of order 1).
@@ -313,6 +328,22 @@ def test_layer_on_gpu_matches_cpu(kind, num_layers, bidirectional, batch_first, 
                     state_to_gpu(dstate))
     assert got.keys() == want.keys()
     assert_close({k: to_host(v) for k, v in got.items()}, want, RTOL[dtype])
+
+
+@needs_gpu
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("kind", LAYERS)
+def test_layer_on_gpu_unbatched_matches_cpu(kind, bidirectional):
+    cupy_or_skip()
+    kw = dict(num_layers=2, bidirectional=bidirectional, dtype=np.float64, seed=3)
+    cpu, gpu = LAYERS[kind](I, H, backend="cpu", **kw), LAYERS[kind](I, H, device="cuda", **kw)
+    rng = np.random.default_rng(6)
+    x = rng.uniform(-1, 1, (T, I))
+    state, dstate = random_state(rng, cpu, None), random_state(rng, cpu, None)
+    dy = rng.uniform(-1, 1, (T, cpu.num_directions * H))
+    want = run_layer(cpu, x, state, None, dy, dstate)
+    got = run_layer(gpu, to_gpu(x), state_to_gpu(state), None, to_gpu(dy), state_to_gpu(dstate))
+    assert_close({k: to_host(v) for k, v in got.items()}, want, RTOL[np.float64])
 
 
 @needs_gpu

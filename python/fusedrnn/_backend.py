@@ -1,6 +1,7 @@
 """Loads the compiled kernels if this install has them; the NumPy reference is the fallback."""
 
 import functools
+import importlib
 
 try:
     import scipy_openblas32  # noqa: F401  (loads libscipy_openblas, which _core links)
@@ -19,7 +20,8 @@ def _load_cuda():
     """(fusedrnn._cuda or None, why not). Imported on first use, not with the package: loading
     cuBLAS takes most of a second, which CPU work should not pay."""
     try:
-        from . import _cuda
+        # import_module, not "from . import": that raises a plain ImportError for a missing file
+        _cuda = importlib.import_module(f"{__package__}._cuda")
     except ModuleNotFoundError as exc:
         if exc.name == f"{__package__}._cuda":
             return None, "not built (this install was built without a CUDA compiler or cuBLAS)"
