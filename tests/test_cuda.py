@@ -230,13 +230,16 @@ def test_device_arrays_export_through_dlpack_without_a_copy():
     ("x", lambda a: a.transpose(0, 1).contiguous().transpose(0, 1), ValueError,
      r"x: expected a C-contiguous array"),
     ("b_ih", lambda a: None, ValueError, r"b_ih, b_hh: expected both or neither"),
+    ("lengths", lambda a: to_gpu(np.array([T, 1, 2, 3, 4])), TypeError,
+     r"lengths: expected a host array .* got a torch.Tensor on CUDA device"),
 ])
 def test_device_arrays_are_checked(name, change, exc, match):
     arrays = {k: to_gpu(a) for k, a in
               layer_arrays(np.random.default_rng(0), "lstm", np.float32, T, B, I, H).items()}
-    arrays[name] = change(arrays[name])
+    arrays[name] = change(arrays.get(name))
+    lengths = arrays.pop("lengths", None)
     with pytest.raises(exc, match=match):
-        ops.forward("lstm", **arrays)
+        ops.forward("lstm", **arrays, lengths=lengths)
 
 
 # -- torch.nn on CUDA (cuDNN) ---------------------------------------------------------------------
