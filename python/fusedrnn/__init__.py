@@ -13,7 +13,7 @@ pieces the examples train with (a linear head, losses, clipping, SGD, Adam).
 """
 
 from . import ops, reference, tbptt, train
-from ._backend import CORE_ERROR, _core
+from ._backend import CORE_ERROR, _core, cuda_status
 from .layers import GRU, LSTM, RNN
 
 __version__ = "0.1.0"
@@ -22,8 +22,10 @@ __all__ = ["LSTM", "GRU", "RNN", "ops", "reference", "tbptt", "train", "backends
 
 
 def backends():
-    """The backends this install can run: 'cpu' (compiled kernels) when built, and 'numpy'."""
-    return (("cpu",) if _core is not None else ()) + ("numpy",)
+    """The backends this install can run: 'cpu' (compiled kernels) when built, 'cuda' when built
+    and a usable GPU is present, and 'numpy'."""
+    return ((("cpu",) if _core is not None else ()) + (("cuda",) if cuda_status()[0] else ())
+            + ("numpy",))
 
 
 def set_num_threads(threads):

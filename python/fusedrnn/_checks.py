@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 
+from ._device import cuda_device
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -55,8 +57,8 @@ def as_array(value, name, what="an array"):
     viewed, and the like."""
     if value is None:
         raise TypeError(f"{name}: expected {what}, got None")
-    if isinstance(value, np.ndarray):
-        return value
+    if isinstance(value, np.ndarray) or type(value).__module__.startswith("cupy"):
+        return value  # CuPy: the arrays of a layer on the GPU, checked as NumPy's
     if hasattr(value, "__dlpack__"):
         try:
             return np.from_dlpack(value)
@@ -102,6 +104,10 @@ def contiguous(arr):
 
 def lengths_array(lengths, batch, steps):
     """lengths as int64 (B,), each in [1, T] (PackedSequence rules)."""
+    where = cuda_device(lengths)
+    if where is not None:
+        raise TypeError(f"lengths: expected a host array (lengths stay on the CPU, as for torch's "
+                        f"pack_padded_sequence), got a {type_name(lengths)} on CUDA device {where}")
     arr = as_array(lengths, "lengths", "an integer array")
     if arr.dtype.kind not in "iu":
         raise TypeError(f"lengths: expected an integer array, got dtype {arr.dtype.name}")

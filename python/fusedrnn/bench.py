@@ -1,10 +1,13 @@
 """Benchmarks: the same work through fusedrnn and its peers (torch.nn when installed, the NumPy
 reference on request), interleaved in one process after a warm-up, median of the timed runs.
 
-Each case is also measured against this machine's GEMM ceiling (what the kernels' own BLAS
-reaches on a large square product, measured at start): its *floor* is the time its GEMM flops
-would take at that ceiling, so ``x floor`` says how far a case is from the best a GEMM-based
-RNN could do. Peak memory of a training step is measured in a fresh child process per
+On the GPU (device "cuda") the peer is torch.nn on CUDA (cuDNN), both get torch CUDA tensors,
+and each run is timed with CUDA events on the default stream, where both libraries work.
+
+On the CPU each case is also measured against this machine's GEMM ceiling (what the kernels'
+own GEMM reaches on a large square product, measured at start): its *floor* is the time its
+GEMM flops would take at that ceiling, so ``x floor`` says how far a case is from the best a
+GEMM-based RNN could do. Peak memory of a training step is measured in a fresh child process per
 implementation (``--memory``), so that neither library's caches or the other's allocations
 count.
 """
@@ -33,6 +36,11 @@ QUICK_CASES = [
     dict(cell="lstm", T=50, B=16, I=128, H=128, layers=2, bidirectional=True, mode="infer"),
 ]
 
+# The GPU table: LSTM and GRU, T=100, B in {1, 16, 64, 256}, H in {256, 1024} (I = H).
+CUDA_CASES = [dict(cell=cell, T=100, B=b, I=h, H=h, layers=1, bidirectional=False, mode=mode)
+              for cell in ("lstm", "gru") for h in (256, 1024) for b in (1, 16, 64, 256)
+              for mode in ("train", "infer")]
+
 
 def sweep_cases():
     """The CPU performance sweep of issue 3: cells × T × B × H (I = H), train and infer, plus
@@ -59,12 +67,15 @@ class Case:
     mode: str = "train"
     dtype: str = "float32"
     threads: int = None
+    device: str = "cpu"
+    tf32: bool = False  # cuda, float32: both fusedrnn and cuDNN may use TF32 tensor cores
 
     @property
     def label(self):
         d = "bi" if self.bidirectional else "uni"
+        math = " tf32" if self.tf32 else ""
         return (f"{self.cell} {self.mode} T={self.T} B={self.B} I={self.I} H={self.H} "
-                f"L={self.layers} {d} {self.dtype}")
+                f"L={self.layers} {d} {self.dtype}{math}")
 
     def flops(self):
         """GEMM flops: forward 2·T·B·G·H·(I+H) per layer and direction; backward twice that
@@ -78,15 +89,28 @@ class Case:
         return total * (3 if self.mode == "train" else 1)
 
 
-def _fusedrnn_runner(case, backend):
-    cls = {"lstm": layers.LSTM, "gru": layers.GRU}.get(case.cell, layers.RNN)
-    kw = {"nonlinearity": case.cell[4:]} if case.cell.startswith("rnn") else {}
-    m = cls(case.I, case.H, num_layers=case.layers, bidirectional=case.bidirectional,
-            dtype=case.dtype, seed=0, backend=backend, **kw)
+def _inputs(case, as_torch=False):
+    """x and dy: NumPy arrays, or torch tensors (on the GPU for a GPU case)."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((case.T, case.B, case.I)).astype(case.dtype)
     D = 2 if case.bidirectional else 1
     dy = rng.standard_normal((case.T, case.B, D * case.H)).astype(case.dtype)
+    if as_torch or case.device == "cuda":
+        import torch
+        return (torch.from_numpy(x).to(case.device), torch.from_numpy(dy).to(case.device))
+    return x, dy
+
+
+def _fusedrnn_runner(case, backend):
+    cls = {"lstm": layers.LSTM, "gru": layers.GRU}.get(case.cell, layers.RNN)
+    kw = {"nonlinearity": case.cell[4:]} if case.cell.startswith("rnn") else {}
+    if case.device == "cuda":
+        kw.update(device="cuda", tf32=case.tf32)
+    else:
+        kw.update(backend=backend)
+    m = cls(case.I, case.H, num_layers=case.layers, bidirectional=case.bidirectional,
+            dtype=case.dtype, seed=0, **kw)
+    x, dy = _inputs(case)
 
     def train():
         _, _, tape = m.forward(x, training=True)
@@ -107,12 +131,13 @@ def _torch_runner(case, fused):
     kw = {"nonlinearity": case.cell[4:]} if case.cell.startswith("rnn") else {}
     tdt = getattr(torch, case.dtype)
     m = cls(case.I, case.H, num_layers=case.layers, bidirectional=case.bidirectional,
-            dtype=tdt, **kw)
+            dtype=tdt, device=case.device, **kw)
     m.load_state_dict({k: torch.from_numpy(v) for k, v in fused.state_dict().items()})
-    rng = np.random.default_rng(1)
-    x = torch.from_numpy(rng.standard_normal((case.T, case.B, case.I)).astype(case.dtype))
-    D = 2 if case.bidirectional else 1
-    dy = torch.from_numpy(rng.standard_normal((case.T, case.B, D * case.H)).astype(case.dtype))
+    if case.device == "cuda":
+        # cuDNN computes float32 with TF32 tensor cores by default; fusedrnn only with tf32=True.
+        torch.backends.cudnn.allow_tf32 = case.tf32
+        torch.backends.cuda.matmul.allow_tf32 = case.tf32
+    x, dy = _inputs(case, as_torch=True)
 
     def train():
         xg = x.detach().requires_grad_(True)
@@ -143,6 +168,19 @@ def _time(fn):
     return time.perf_counter() - start
 
 
+def _time_cuda(fn):
+    """Seconds between CUDA events around fn on the default stream (fusedrnn's kernels and
+    torch's run there), after the work queued before has finished."""
+    import torch
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
 def _set_threads(threads):
     threads = threads or os.cpu_count()
     if _core is not None:
@@ -169,15 +207,16 @@ def run_case(case, runs=7, with_numpy=False, ceiling=None, memory=False, budget_
     runs would take longer than `budget_s` get fewer runs (never fewer than 3)."""
     threads = _set_threads(case.threads)
     impls = _runners(case, with_numpy)
-    warm = sum(_time(fn) for fn in impls.values())  # allocations, thread pools, lazy init
+    timer = _time_cuda if case.device == "cuda" else _time
+    warm = sum(timer(fn) for fn in impls.values())  # allocations, thread pools, lazy init
     runs = max(3, min(runs, int(budget_s / max(warm, 1e-9))))
     times = {name: [] for name in impls}
     order = list(impls)
     for r in range(runs):
         for name in (order if r % 2 == 0 else order[::-1]):
-            times[name].append(_time(impls[name]))
+            times[name].append(timer(impls[name]))
     medians = {name: statistics.median(t) for name, t in times.items()}
-    result = dict(case=asdict(case), threads=threads, runs=runs,
+    result = dict(case=asdict(case), threads=threads, runs=runs, device=_device_name(case),
                   median_ms={k: v * 1e3 for k, v in medians.items()},
                   gflops_fusedrnn=case.flops() / medians["fusedrnn"] / 1e9)
     if "torch" in medians:
@@ -291,10 +330,22 @@ def summarize(results):
     return out
 
 
+def _device_name(case):
+    if case.device != "cuda":
+        return "cpu"
+    import torch
+    return torch.cuda.get_device_name()
+
+
 def run_cases(cases, runs=7, with_numpy=False, memory=False, progress=None, out=sys.stdout):
-    """Runs and prints every case; returns {"ceiling_gflops", "results", "summary"}."""
+    """Runs and prints every case; returns {"ceiling_gflops", "results", "summary"}. The GEMM
+    ceiling (and each case's floor) is the CPU's: GPU cases are reported without it."""
     dtype = cases[0].dtype if cases else "float32"
-    ceiling = gemm_ceiling(dtype, cases[0].threads if cases else None)
+    on_gpu = bool(cases) and cases[0].device == "cuda"
+    ceiling = None if on_gpu else gemm_ceiling(dtype, cases[0].threads if cases else None)
+    if on_gpu:
+        print(f"device: {_device_name(cases[0])}; peer: torch.nn on CUDA (cuDNN); CUDA events",
+              file=out)
     if ceiling:
         print(f"GEMM ceiling ({dtype}, 2048², the kernels' BLAS): {ceiling:.1f} GFLOP/s", file=out)
     cols = _columns(with_numpy, memory, ceiling)

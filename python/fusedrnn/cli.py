@@ -10,7 +10,7 @@ import sys
 import numpy as np
 
 from . import __version__, _backend
-from .bench import QUICK_CASES, Case, run_cases, sweep_cases
+from .bench import CUDA_CASES, QUICK_CASES, Case, run_cases, sweep_cases
 
 
 def info(_args):
@@ -20,14 +20,32 @@ def info(_args):
         print(f"compiled backends: none ({_backend.CORE_ERROR}); using the NumPy reference")
         return 0
     b = core.build_info()
-    print("compiled backends: cpu")
+    print("compiled backends: cpu" + (", cuda" if _backend.cuda_module() is not None else ""))
     print(f"  compiler:       {b['compiler']}")
     print(f"  SIMD:           {b['simd']}")
     print(f"  BLAS:           {b['blas']}")
     print(f"  threads:        {b['threads']} (fusedrnn's own; OpenBLAS single-threaded)")
     print(f"  CPU:            {_cpu_model()}")
-    print("  CUDA:           not built (this version has CPU kernels only)")
+    for line in _cuda_lines():
+        print(line)
     return 0
+
+
+def _cuda_lines():
+    cuda = _backend.cuda_module()
+    if cuda is None:
+        return [f"  CUDA:           {_backend.cuda_error()}"]
+    b = cuda.build_info()
+    ok, reason = cuda.availability()
+    return [f"  CUDA:           built with CUDA {_version(b['cuda_version'], 1000, 10)}, cuBLAS "
+            f"{_version(b['cublas_version'], 10000, 100)}, for compute capabilities "
+            f"{b['architectures']}",
+            f"  GPU:            {reason}"]
+
+
+def _version(code, major, minor):
+    """CUDA's and cuBLAS's integer versions (13000, 131000) as text (13.0, 13.10)."""
+    return f"{code // major}.{code % major // minor}"
 
 
 def _cpu_model():
@@ -42,13 +60,18 @@ def _cpu_model():
 
 
 def bench(args):
+    if args.device == "cuda":
+        error = _cuda_bench_error(args)
+        if error:
+            print(f"fusedrnn bench --device cuda: {error}", file=sys.stderr)
+            return 2
+    common = dict(threads=args.threads, dtype=args.dtype, device=args.device, tf32=args.tf32)
     if args.quick or args.sweep:
-        chosen = QUICK_CASES if args.quick else sweep_cases()
-        cases = [Case(**c, threads=args.threads, dtype=args.dtype) for c in chosen]
+        grid = (CUDA_CASES if args.device == "cuda" else QUICK_CASES) if args.quick else sweep_cases()
+        cases = [Case(**c, **common) for c in grid]
     else:
         cases = [Case(cell=args.cell, T=args.T, B=args.B, I=args.I or args.H, H=args.H,
-                      layers=args.layers, bidirectional=args.bidirectional, mode=mode,
-                      dtype=args.dtype, threads=args.threads)
+                      layers=args.layers, bidirectional=args.bidirectional, mode=mode, **common)
                  for mode in (["train", "infer"] if args.mode == "both" else [args.mode])]
     # The progress line redraws itself with '\r': only where a terminal shows it, not in CI logs.
     progress = sys.stderr if sys.stderr.isatty() else None
@@ -76,15 +99,40 @@ def _torch_version():
     return torch.__version__
 
 
+def _cuda_bench_error(args):
+    """Why a GPU benchmark cannot run here, or None."""
+    ok, reason = _backend.cuda_status()
+    if not ok:
+        return reason
+    try:
+        import cupy  # noqa: F401  (the GPU layers keep their parameters in CuPy)
+        import torch
+    except ImportError as exc:
+        return f"needs CuPy and torch with CUDA ({exc})"
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device"
+    if args.numpy:
+        return "--numpy times the CPU reference; leave it out on the GPU"
+    if args.tf32 and args.dtype != "float32":
+        return "--tf32 applies to float32 only"
+    return None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fusedrnn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="version, compiled backends, BLAS, threads, CPU")
     b = sub.add_parser("bench", help="time fusedrnn against torch.nn on the same work")
     which = b.add_mutually_exclusive_group()
-    which.add_argument("--quick", action="store_true", help="a few representative cases (~30 s)")
+    which.add_argument("--quick", action="store_true",
+                       help="a few representative cases (~30 s); with --device cuda the GPU "
+                            "table: LSTM and GRU, T=100, B in 1, 16, 64, 256, H in 256, 1024")
     which.add_argument("--sweep", action="store_true",
                        help="the full CPU sweep: cells x T x B x H, train and infer (long)")
+    b.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cuda: fusedrnn's GPU layers against torch.nn on CUDA (cuDNN)")
+    b.add_argument("--tf32", action="store_true",
+                   help="cuda, float32: allow TF32 tensor cores in both fusedrnn and cuDNN")
     b.add_argument("--cell", default="lstm", choices=["lstm", "gru", "rnn_tanh", "rnn_relu"])
     b.add_argument("--T", type=int, default=100, help="sequence length")
     b.add_argument("--B", type=int, default=64, help="batch size")
@@ -95,7 +143,7 @@ def main(argv=None):
     b.add_argument("--mode", default="both", choices=["train", "infer", "both"],
                    help="train = forward + backward")
     b.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    b.add_argument("--threads", type=int, default=None, help="default: all cores")
+    b.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     b.add_argument("--runs", type=int, default=7, help="timed runs per case (median reported)")
     b.add_argument("--numpy", action="store_true", help="also time the NumPy reference")
     b.add_argument("--memory", action="store_true",

@@ -3,27 +3,48 @@
 A layer stacks :func:`fusedrnn.ops.forward` over layers and directions; stacking,
 bidirectionality, dropout between layers and the batch_first/unbatched forms are handled here,
 once for every cell.
+
+``device="cuda"`` keeps the parameters on the GPU as CuPy arrays (``pip install
+"fusedrnn[cuda]"``) and composes the layers there with CuPy; the inputs may be arrays of any
+library on the GPU (taken without a copy through DLPack) or host arrays (copied over), and the
+results come back as arrays of the input's library (NumPy for host input). ``tf32=True`` (GPU,
+float32) lets the matrix products use TF32 tensor cores (see :func:`fusedrnn.ops.forward`).
 """
 
 import numbers
 
 import numpy as np
 
-from . import _backend, ops
-from ._checks import (check_memory, as_dtype, flag, float_array, lengths_array, positive_int,
-                      type_name)
+from . import _backend, _device, ops
+from ._checks import (as_array, as_dtype, check_memory, flag, float_array, lengths_array,
+                      positive_int, type_name)
+
+
+LAYER_BACKENDS = ("auto", "cpu", "numpy")
+DEVICES = ("cpu", "cuda")
+
+
+def _cupy(device):
+    """CuPy, which holds a GPU layer's parameters, or a ValueError saying how to get it."""
+    try:
+        import cupy
+    except ImportError as exc:
+        raise ValueError(f"device: {device!r} keeps the parameters in CuPy arrays, and CuPy is "
+                         f"not installed ({exc}); pip install 'fusedrnn[cuda]'") from exc
+    return cupy
 
 
 class Tape:
     """What :meth:`RNNBase.forward` with ``training=True`` keeps for :meth:`RNNBase.backward`."""
 
-    __slots__ = ("owner", "op_tapes", "masks", "layout", "nbytes")
+    __slots__ = ("owner", "op_tapes", "masks", "layout", "wrap", "nbytes")
 
-    def __init__(self, owner, op_tapes, masks, layout):
+    def __init__(self, owner, op_tapes, masks, layout, wrap):
         self.owner = owner        # the layer that made it; backward refuses other layers' tapes
         self.op_tapes = op_tapes  # [layer][direction] -> ops.Tape
         self.masks = masks        # [layer] -> dropout mask applied to that layer's output, or None
         self.layout = layout      # (batch_first, unbatched, T, B)
+        self.wrap = wrap          # turns results into arrays of the forward input's library
         self.nbytes = sum((t.nbytes or 0) for row in op_tapes for t in row) + sum(
             m.nbytes for m in masks if m is not None)
 
@@ -34,7 +55,8 @@ class RNNBase:
     _cell = None  # the ops cell name
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, dtype="float32", seed=None, *, backend="auto"):
+                 dropout=0.0, bidirectional=False, dtype="float32", seed=None, *, backend="auto",
+                 device="cpu", tf32=False):
         if self._cell is None:
             raise TypeError(f"{type(self).__name__}: expected one of LSTM, GRU or RNN (RNNBase is "
                             "their shared base), got a direct instantiation")
@@ -56,8 +78,24 @@ class RNNBase:
                             f"{seed!r}")
         if seed is not None and seed < 0:
             raise ValueError(f"seed: expected None or a non-negative int, got {seed}")
+        if backend == "cuda":  # a layer's device says where it runs
+            raise ValueError(f"backend: expected one of {LAYER_BACKENDS}, got 'cuda' (a layer "
+                             "runs on the GPU with device='cuda')")
         _backend.resolve(backend)
+        if not isinstance(device, str) or device not in DEVICES:
+            raise ValueError(f"device: expected one of {DEVICES}, got {device!r}")
+        if device == "cuda":
+            if backend != "auto":
+                raise ValueError(f"backend: expected 'auto' for a layer with device='cuda', got "
+                                 f"{backend!r}")
+            _backend.resolve("cuda")
+        self.tf32 = flag(tf32, "tf32")
+        if self.tf32 and device != "cuda":
+            raise ValueError("tf32: expected False for a layer on the CPU (TF32 is a GPU option), "
+                             "got True")
+        self._xp = _cupy(device) if device == "cuda" else np  # where the arrays live
         self.backend = backend
+        self.device = device
         # Before the parameters are drawn (uniform() draws float64, then casts).
         check_memory((8 + self.dtype.itemsize) * self._param_count(),
                      f"input_size={self.input_size}, hidden_size={self.hidden_size}, "
@@ -110,11 +148,14 @@ class RNNBase:
     def _init_params(self):
         # torch.nn's initialisation: every parameter uniform in ±1/√H.
         bound = 1.0 / np.sqrt(self.hidden_size)
-        return {name: self._rng.uniform(-bound, bound, shape).astype(self.dtype)
+        return {name: self._xp.asarray(self._rng.uniform(-bound, bound, shape).astype(self.dtype))
                 for name, shape in self._shapes().items()}
 
     def state_dict(self):
-        """Copies of the parameters, keyed and shaped as torch.nn's state_dict()."""
+        """Copies of the parameters as host NumPy arrays, keyed and shaped as torch.nn's
+        state_dict()."""
+        if self.device == "cuda":
+            return {name: self._xp.asnumpy(p) for name, p in self._params.items()}
         return {name: p.copy() for name, p in self._params.items()}
 
     def load_state_dict(self, state_dict):
@@ -137,11 +178,13 @@ class RNNBase:
                 except (TypeError, RuntimeError) as exc:  # bfloat16 and the like
                     raise TypeError(f"{label}: expected a float32 or float64 array, got a "
                                     f"{type_name(value)} NumPy cannot hold ({exc})") from exc
+            elif _device.cuda_device(value) is not None:  # CuPy, JAX, ... on a GPU
+                value = _cupy("cuda").asnumpy(_cupy("cuda").from_dlpack(value))
             arr = float_array(value, label)
             if arr.shape != shape:
                 raise ValueError(f"state_dict[{name!r}]: expected shape {shape}, got {arr.shape}")
             new[name] = np.array(arr, dtype=self.dtype, order="C", copy=True)
-        self._params = new
+        self._params = {name: self._xp.asarray(p) for name, p in new.items()}
 
     def _layer_weights(self, layer, direction):
         s = f"l{layer}{'_reverse' if direction else ''}"
@@ -159,7 +202,8 @@ class RNNBase:
         """Returns (y, state, tape); tape is None unless ``training``. Dropout between layers
         acts only in training."""
         training = flag(training, "training")
-        x, layout = self._time_major(x)
+        wrap = self._results_like(x)
+        x, layout = self._time_major(self._on_device(x, "x"))
         batch_first, unbatched, T, B = layout
         # All of it up front, before the zero state: a failure after the first layer would have
         # drawn dropout masks.
@@ -172,39 +216,50 @@ class RNNBase:
                 raise ValueError("lengths: expected None for unbatched (T, I) input, got "
                                  f"{type_name(lengths)}")
             lengths = lengths_array(lengths, B, T)
-        x = np.require(x, requirements=("C", "A"))  # once, rather than in each direction's op
-        backend = _backend.resolve(self.backend)
+        xp = self._xp
+        # Once, rather than in each direction's op; aligned too on the CPU (the kernels need it).
+        x = np.require(x, requirements=("C", "A")) if xp is np else xp.ascontiguousarray(x)
+        backend = None if self.device == "cuda" else _backend.resolve(self.backend)
         D, H = self.num_directions, self.hidden_size
-        h_n = np.empty((self.num_layers * D, B, H), self.dtype)
-        c_n = np.empty_like(h_n) if c0 is not None else None
+        h_n = xp.empty((self.num_layers * D, B, H), self.dtype)
+        c_n = xp.empty_like(h_n) if c0 is not None else None
         op_tapes, masks = [], []
         inp = x
         for layer in range(self.num_layers):
             outs, tapes = [], []
             for d in range(D):
                 k = layer * D + d
-                # The parameters were checked when set and x and the state above: no checks
-                # per direction (the C++ glue still checks what it gets).
-                res = ops.run_forward(self._kernel_cell, backend, inp,
-                                      *self._layer_weights(layer, d), h0[k],
-                                      None if c0 is None else c0[k], lengths, bool(d), training)
+                if backend is None:
+                    res = ops.forward(self._cell, inp, *self._layer_weights(layer, d), h0[k],
+                                      None if c0 is None else c0[k], lengths=lengths,
+                                      reverse=bool(d), training=training,
+                                      reset_after=getattr(self, "reset_after", True),
+                                      backend="cuda", tf32=self.tf32)
+                else:
+                    # The parameters were checked when set, x and the state above: no checks
+                    # per direction (the C++ glue still checks what it gets).
+                    res = ops.run_forward(self._kernel_cell, backend, inp,
+                                          *self._layer_weights(layer, d), h0[k],
+                                          None if c0 is None else c0[k], lengths, bool(d),
+                                          training)
                 outs.append(res.y)
                 tapes.append(res.tape)
                 h_n[k] = res.h_n
                 if c_n is not None:
                     c_n[k] = res.c_n
-            inp = outs[0] if D == 1 else np.concatenate(outs, axis=2)
+            inp = outs[0] if D == 1 else xp.concatenate(outs, axis=2)
             mask = None
             if training and self.dropout > 0 and layer < self.num_layers - 1:
                 keep = self._rng.random(inp.shape) >= self.dropout
-                mask = keep.astype(self.dtype) / self.dtype.type(1.0 - self.dropout)
+                # Drawn on the host: the same seed gives the same masks on every device.
+                mask = xp.asarray(keep.astype(self.dtype) / self.dtype.type(1.0 - self.dropout))
                 with np.errstate(invalid="ignore"):  # inf * 0: NaN, silently, as in the kernels
                     inp = inp * mask
             op_tapes.append(tapes)
             masks.append(mask)
-        y = self._from_time_major(inp, layout)
-        state_out = self._final_state(h_n, c_n, unbatched)
-        tape = Tape(self, op_tapes, masks, layout) if training else None
+        y = wrap(self._from_time_major(inp, layout))
+        state_out = self._final_state(wrap(h_n), None if c_n is None else wrap(c_n), unbatched)
+        tape = Tape(self, op_tapes, masks, layout, wrap) if training else None
         return y, state_out, tape
 
     def step(self, x, state=None):
@@ -239,16 +294,19 @@ class RNNBase:
         D, H, L = self.num_directions, self.hidden_size, self.num_layers
         if dy is None:
             raise TypeError("dy: expected an array shaped as y, got None")
-        dy = float_array(dy, "dy", self.dtype)
+        dy = float_array(self._on_device(dy, "dy"), "dy", self.dtype)
         expect = (T, D * H) if unbatched else (B, T, D * H) if batch_first else (T, B, D * H)
         if dy.shape != expect:
             raise ValueError(f"dy: expected shape {expect} (as y), got {dy.shape}")
         dh_n, dc_n = (None, None) if dstate is None else self._initial_state(
             dstate, B, unbatched, name="dstate")
-        dy = self._time_major(dy, layout=tape.layout)[0]
+        # Contiguous once here: a batch_first dy is a transposed view, and the GPU ops take
+        # C-contiguous arrays only.
+        dy = self._xp.ascontiguousarray(self._time_major(dy, layout=tape.layout)[0])
         dparams = {}
-        dh0 = np.empty((L * D, B, H), self.dtype)
-        dc0 = np.empty_like(dh0) if self._cell == "lstm" else None
+        xp = self._xp
+        dh0 = xp.empty((L * D, B, H), self.dtype)
+        dc0 = xp.empty_like(dh0) if self._cell == "lstm" else None
         for layer in reversed(range(L)):
             if tape.masks[layer] is not None:
                 with np.errstate(invalid="ignore"):
@@ -256,11 +314,15 @@ class RNNBase:
             dx = None
             for d in range(D):
                 k = layer * D + d
-                dy_d = np.require(dy if D == 1 else dy[:, :, d * H:(d + 1) * H],
-                                  requirements=("C", "A"))
-                g = ops.run_backward(tape.op_tapes[layer][d], dy_d,
-                                     None if dh_n is None else dh_n[k],
-                                     None if dc_n is None else dc_n[k])
+                dy_d = dy if D == 1 else dy[:, :, d * H:(d + 1) * H]
+                dh_k = None if dh_n is None else dh_n[k]
+                dc_k = None if dc_n is None else dc_n[k]
+                op_tape = tape.op_tapes[layer][d]
+                if self.device == "cuda":
+                    g = ops.backward(op_tape, xp.ascontiguousarray(dy_d), dh_k, dc_k)
+                else:
+                    g = ops.run_backward(op_tape, np.require(dy_d, requirements=("C", "A")),
+                                         dh_k, dc_k)
                 with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, as in the kernels
                     dx = g.dx if dx is None else dx + g.dx
                 dh0[k] = g.dh0
@@ -271,9 +333,36 @@ class RNNBase:
                 if self.bias:
                     dparams[f"bias_ih_{s}"], dparams[f"bias_hh_{s}"] = g.db_ih, g.db_hh
             dy = dx
-        dparams = {name: dparams[name] for name in self._shapes()}  # state_dict's order
-        return (self._from_time_major(dy, tape.layout),
-                self._final_state(dh0, dc0, unbatched), dparams)
+        wrap = tape.wrap
+        dparams = {name: wrap(dparams[name]) for name in self._shapes()}  # state_dict's order
+        return (wrap(self._from_time_major(dy, tape.layout)),
+                self._final_state(wrap(dh0), None if dc0 is None else wrap(dc0), unbatched),
+                dparams)
+
+    # -- devices ----------------------------------------------------------------------------
+    def _on_device(self, value, name):
+        """value where this layer computes: as given on the CPU (the checks follow); on the GPU a
+        CuPy array, taken over without a copy from any library's CUDA array, else copied from
+        the host."""
+        where = _device.cuda_device(value)
+        if self.device == "cpu":
+            if where is not None:
+                raise ValueError(f"{name}: expected a host array for a layer on the CPU, got a "
+                                 f"{type_name(value)} on CUDA device {where} (build the layer "
+                                 "with device='cuda')")
+            return value
+        if where is not None:
+            return self._xp.from_dlpack(value)
+        return self._xp.asarray(as_array(value, name))
+
+    def _results_like(self, x):
+        """How results are handed back: as computed on the CPU; on the GPU as arrays of x's
+        library (zero-copy), or as NumPy arrays when x was a host array."""
+        if self.device == "cpu":
+            return _same
+        if _device.cuda_device(x) is not None:
+            return _device.importer(x)
+        return self._xp.asnumpy
 
     # -- layouts ----------------------------------------------------------------------------
     def _time_major(self, x, layout=None):
@@ -296,12 +385,11 @@ class RNNBase:
         T, B = x.shape[:2]
         return x, (self.batch_first, unbatched, T, B)
 
-    @staticmethod
-    def _from_time_major(y, layout):
+    def _from_time_major(self, y, layout):
         batch_first, unbatched, _, _ = layout
         if unbatched:
             return y[:, 0, :]
-        return np.ascontiguousarray(y.transpose(1, 0, 2)) if batch_first else y
+        return self._xp.ascontiguousarray(y.transpose(1, 0, 2)) if batch_first else y
 
     def _initial_state(self, state, B, unbatched, name="state"):
         """(h0, c0) as (L*D, B, H) arrays (c0 None unless LSTM); zeros for None."""
@@ -309,7 +397,7 @@ class RNNBase:
         want = shape[::2] if unbatched else shape
         is_lstm = self._cell == "lstm"
         if state is None:
-            zeros = np.zeros(shape, self.dtype)
+            zeros = self._xp.zeros(shape, self.dtype)
             return zeros, (zeros.copy() if is_lstm else None)
         if is_lstm:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
@@ -323,10 +411,12 @@ class RNNBase:
             parts = [(state, name)]
         out = []
         for value, label in parts:
-            arr = float_array(value, label, self.dtype)
+            arr = float_array(self._on_device(value, label), label, self.dtype)
             if arr.shape != want:
                 raise ValueError(f"{label}: expected shape {want}, got {arr.shape}")
-            out.append(np.require(arr.reshape(shape), requirements=("C", "A")))
+            arr = arr.reshape(shape)
+            out.append(np.require(arr, requirements=("C", "A")) if self._xp is np
+                       else self._xp.ascontiguousarray(arr))
         return out[0], (out[1] if is_lstm else None)
 
     @staticmethod
@@ -344,7 +434,8 @@ class RNNBase:
                 f"dtype='{self.dtype.name}'{extra})")
 
     def _repr_extra(self):
-        return {}
+        extra = {"device": self.device} if self.device != "cpu" else {}
+        return {**extra, "tf32": True} if self.tf32 else extra
 
 
 class LSTM(RNNBase):
@@ -366,7 +457,7 @@ class GRU(RNNBase):
         super().__init__(*args, **kwargs)
 
     def _repr_extra(self):
-        return {"reset_after": self.reset_after}
+        return {**super()._repr_extra(), "reset_after": self.reset_after}
 
 
 class RNN(RNNBase):
@@ -380,4 +471,8 @@ class RNN(RNNBase):
         super().__init__(*args, **kwargs)
 
     def _repr_extra(self):
-        return {"nonlinearity": self.nonlinearity}
+        return {**super()._repr_extra(), "nonlinearity": self.nonlinearity}
+
+
+def _same(result):
+    return result

@@ -14,13 +14,17 @@ G is 4 (LSTM), 3 (GRU) or 1 (RNN). Example::
 
     y, h_n, c_n, tape = fusedrnn.ops.forward("lstm", x, w_ih, w_hh, b_ih, b_hh, training=True)
     grads = fusedrnn.ops.backward(tape, dy)        # grads.dx, grads.dw_ih, ...
+
+Arrays on a CUDA device (torch.Tensor, cupy.ndarray, JAX arrays: anything with ``__dlpack__``)
+run on the CUDA backend without a copy, and the results come back as arrays of the same library.
+There every array must be C-contiguous and on x's device; lengths stay a host array.
 """
 
 from collections import namedtuple
 
 import numpy as np
 
-from . import _backend, reference
+from . import _backend, _device, reference
 from ._checks import (check_memory, contiguous, flag, float_array, lengths_array, shaped,
                       type_name)
 
@@ -38,15 +42,16 @@ class Tape:
     Its kernel part takes ``nbytes`` bytes: (T+1)·B·H·(1+[LSTM]) + T·B·H·W values, with W = 4 for
     LSTM and GRU and 0 for RNN (see csrc/include/fusedrnn/rnn.h)."""
 
-    __slots__ = ("backend", "cell", "shape", "dtype", "_impl")
+    __slots__ = ("backend", "cell", "shape", "dtype", "_impl", "_wrap")
 
-    def __init__(self, backend, cell, shape, dtype, impl):
+    def __init__(self, backend, cell, shape, dtype, impl, wrap=None):
         self.backend, self.cell, self.shape, self.dtype, self._impl = (backend, cell, shape,
                                                                         dtype, impl)
+        self._wrap = wrap  # cuda: turns results into arrays of the forward's library
 
     @property
     def nbytes(self):
-        return self._impl.nbytes if self.backend == "cpu" else None
+        return self._impl.nbytes if self.backend in ("cpu", "cuda") else None
 
     def __repr__(self):
         return f"<fusedrnn.ops.Tape {self.cell} {self.backend} (T, B, I, H)={self.shape}>"
@@ -71,13 +76,24 @@ def kernel_cell(cell, reset_after=True):
 
 
 def forward(cell, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, lengths=None,
-            reverse=False, training=False, reset_after=True, backend="auto"):
+            reverse=False, training=False, reset_after=True, backend="auto", tf32=False):
     """Runs one layer in one direction. Returns ``ForwardResult(y, h_n, c_n, tape)``: y (T, B, H)
     with zeros past each row's length, h_n and c_n (B, H) (c_n None unless LSTM), tape None
-    unless ``training``. ``reset_after=False`` selects the GRU of Cho et al. (2014)."""
+    unless ``training``. ``reset_after=False`` selects the GRU of Cho et al. (2014).
+
+    x on a CUDA device selects the "cuda" backend (``backend`` "auto" or "cuda"). ``tf32=True``
+    (cuda, float32 only) lets cuBLAS round the matrix products' inputs to TF32 on tensor cores:
+    faster, ~1e-3 relative error; it also applies to the tape's backward."""
     kcell = kernel_cell(cell, reset_after)
-    backend = _backend.resolve(backend)
     reverse, training = flag(reverse, "reverse"), flag(training, "training")
+    tf32 = flag(tf32, "tf32")
+    if backend == "cuda" or _device.cuda_device(x) is not None:
+        return _forward_cuda(kcell, cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse,
+                             training, backend, tf32)
+    backend = _backend.resolve(backend)
+    if tf32:
+        raise ValueError(f"tf32: expected False for the {backend!r} backend (TF32 is a "
+                         "cuda-backend option), got True")
     x = float_array(x, "x", ndim=3)
     dtype = x.dtype
     T, B, I = x.shape
@@ -174,6 +190,31 @@ def tape_from_arrays(cell, x, w_ih, w_hh, b_ih, b_hh, h_states, c_states, gates,
     return Tape("cpu", cell, (T, B, I, w_hh.shape[1]), x.dtype, impl)
 
 
+def _forward_cuda(kcell, cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, training,
+                  backend, tf32):
+    """ops.forward on the CUDA backend. The C++ glue checks the device arrays (device, dtype,
+    shape, contiguity) and names the argument; only lengths, a host array, is checked here."""
+    device = _device.cuda_device(x)
+    if backend not in ("auto", "cuda"):
+        raise ValueError(f"backend: x is on CUDA device {device}, expected 'auto' or 'cuda', "
+                         f"got {backend!r}")
+    _backend.resolve("cuda")
+    if device is None:
+        raise TypeError(f"x: backend 'cuda' expects an array on a CUDA device (a torch.Tensor or "
+                        f"cupy.ndarray there, say), got {type_name(x)}")
+    if lengths is not None:
+        shape = tuple(x.shape)
+        if len(shape) != 3:
+            raise ValueError(f"x: expected a 3-d array (T, B, I), got shape {shape}")
+        lengths = lengths_array(lengths, int(shape[1]), int(shape[0]))
+    y, h_n, c_n, impl = _backend.cuda_module().forward(
+        _KERNEL_CELLS.index(kcell), x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training,
+        tf32)
+    wrap = _device.importer(x)
+    tape = Tape("cuda", cell, impl.shape, np.dtype(impl.dtype), impl, wrap) if training else None
+    return ForwardResult(wrap(y), wrap(h_n), None if c_n is None else wrap(c_n), tape)
+
+
 def backward(tape, dy=None, dh_n=None, dc_n=None):
     """Backpropagation through time for a :func:`forward` run with ``training=True``.
 
@@ -183,6 +224,9 @@ def backward(tape, dy=None, dh_n=None, dc_n=None):
     if not isinstance(tape, Tape):
         raise TypeError(f"tape: expected the fusedrnn.ops.Tape of a forward(training=True), "
                         f"got {type_name(tape)}")
+    if tape.backend == "cuda":  # the C++ glue checks the device arrays
+        grads = _backend.cuda_module().backward(tape._impl, dy, dh_n, dc_n)
+        return Gradients(*(None if g is None else tape._wrap(g) for g in grads))
     T, B, _, H = tape.shape
     src = "the forward's"
     dy = None if dy is None else shaped(dy, "dy", tape.dtype, (T, B, H), src)
