@@ -10,9 +10,11 @@ NumPy references and torch.nn-compatible layers.
 
 from . import ops, reference
 from ._backend import CORE_ERROR, _core
+from ._checks import positive_int
 from .layers import GRU, LSTM, RNN
 
 __version__ = "0.1.0"
+_MAX_THREADS = 2**31 - 1
 __all__ = ["LSTM", "GRU", "RNN", "ops", "reference", "backends", "set_num_threads"]
 
 
@@ -23,6 +25,9 @@ def backends():
 
 def set_num_threads(threads):
     """Threads used by BLAS for the kernels' matrix products."""
+    threads = positive_int(threads, "threads")
+    if threads > _MAX_THREADS:  # the C++ side takes an int
+        raise ValueError(f"threads: expected a positive int up to {_MAX_THREADS}, got {threads}")
     if _core is None:
         raise ValueError(f"set_num_threads: the compiled extension is not loaded ({CORE_ERROR})")
     _core.set_num_threads(threads)
