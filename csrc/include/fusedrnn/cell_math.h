@@ -41,8 +41,10 @@ inline float exp_(float x) {
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
   // 2^n through the exponent bits. The clamp bounds n to [-126, 128]; scaling by two halves
-  // keeps each factor a normal float at both ends.
-  const int ni = static_cast<int>(n);
+  // keeps each factor a normal float at both ends. A NaN x leaves p NaN already; its n is
+  // replaced because converting NaN to int, and shifting what comes out, is undefined behaviour
+  // (UBSan flagged it).
+  const int ni = static_cast<int>(n == n ? n : 0.0f);
   const int half = ni >> 1;
   float a, b;
   const int a_bits = (half + 127) << 23, b_bits = (ni - half + 127) << 23;
