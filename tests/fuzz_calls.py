@@ -23,13 +23,12 @@ import re
 import sys
 
 import numpy as np
+from conftest import KERNEL_CELLS  # this script's folder is first on sys.path
 
 import fusedrnn as fr
-from fusedrnn import layers, ops
+from fusedrnn import ops
 from fusedrnn._backend import _core
 
-KERNEL_CELLS = {"lstm": ("lstm", True), "gru": ("gru", True), "gru_reset_before": ("gru", False),
-                "rnn_tanh": ("rnn_tanh", True), "rnn_relu": ("rnn_relu", True)}
 BAD_OBJECTS = [None, "x", b"x", 3, -1, 2.5, float("nan"), True, {}, [], (), object(), print,
                np.float32(1), np.array("text"), np.array([{}], dtype=object), slice(None),
                type, Ellipsis, 1j, 2**70]
@@ -41,7 +40,7 @@ HUGE_SIZES = [2**31, 2**31 + 7, 2**40, 10**12]  # also array dims: the product m
 MESSAGE = re.compile(r"^(?P<name>[A-Za-z_*][\w*]*)[^:]*: .*(expected|would need|missing keys)",
                      re.S)
 
-Case = collections.namedtuple("Case", "entry call args names model")
+Case = collections.namedtuple("Case", "entry call args model")  # model: None, or the layer
 
 
 # -- valid calls ---------------------------------------------------------------------------
@@ -61,6 +60,13 @@ def arrays(rng, kcell, dtype, T, B, I, H):
     return a
 
 
+def backward_args(rng, tape, kcell, dtype, T, B, H):
+    def u(*shape):
+        return rng.uniform(-1, 1, shape).astype(dtype)
+
+    return dict(tape=tape, dy=u(T, B, H), dh_n=u(B, H), dc_n=u(B, H) if kcell == "lstm" else None)
+
+
 def make_case(rng):
     kcell = str(rng.choice(list(KERNEL_CELLS)))
     cell, reset_after = KERNEL_CELLS[kcell]
@@ -73,27 +79,20 @@ def make_case(rng):
         args = dict(cell=cell, **arrays(rng, kcell, dtype, T, B, I, H), reverse=bool(rng.random()
                     < 0.5), training=True, reset_after=reset_after, backend="cpu")
         if entry == "ops.forward":
-            return Case(entry, ops.forward, args, list(args), None)
-        tape = ops.forward(**args).tape
-        G = dict(tape=tape, dy=rng.uniform(-1, 1, (T, B, H)).astype(dtype),
-                 dh_n=rng.uniform(-1, 1, (B, H)).astype(dtype),
-                 dc_n=rng.uniform(-1, 1, (B, H)).astype(dtype) if kcell == "lstm" else None)
-        return Case(entry, ops.backward, G, list(G), None)
+            return Case(entry, ops.forward, args, None)
+        grads = backward_args(rng, ops.forward(**args).tape, kcell, dtype, T, B, H)
+        return Case(entry, ops.backward, grads, None)
     if entry in ("_core.forward", "_core.backward"):
         a = arrays(rng, kcell, dtype, T, B, I, H)
         args = dict(cell=list(KERNEL_CELLS).index(kcell), x=a["x"], h0=a.get("h0"),
                     c0=a.get("c0"), w_ih=a["w_ih"], w_hh=a["w_hh"], b_ih=a.get("b_ih"),
                     b_hh=a.get("b_hh"), lengths=a.get("lengths"), reverse=False, training=True)
         if entry == "_core.forward":
-            return Case(entry, _core.forward, args, list(args), None)
-        tape = _core.forward(**args)[3]
-        G = dict(tape=tape, dy=rng.uniform(-1, 1, (T, B, H)).astype(dtype),
-                 dh_n=rng.uniform(-1, 1, (B, H)).astype(dtype),
-                 dc_n=rng.uniform(-1, 1, (B, H)).astype(dtype) if kcell == "lstm" else None)
-        return Case(entry, _core.backward, G, list(G), None)
+            return Case(entry, _core.forward, args, None)
+        grads = backward_args(rng, _core.forward(**args)[3], kcell, dtype, T, B, H)
+        return Case(entry, _core.backward, grads, None)
     if entry == "set_num_threads":
-        return Case(entry, fr.set_num_threads, dict(threads=int(rng.integers(1, 3))),
-                    ["threads"], None)
+        return Case(entry, fr.set_num_threads, dict(threads=int(rng.integers(1, 3))), None)
 
     cls = {"lstm": fr.LSTM, "gru": fr.GRU, "gru_reset_before": fr.GRU, "rnn_tanh": fr.RNN,
            "rnn_relu": fr.RNN}[kcell]
@@ -106,7 +105,7 @@ def make_case(rng):
     if cls is fr.RNN:
         ctor["nonlinearity"] = kcell[4:]
     if entry == "Layer()":
-        return Case(entry, cls, ctor, list(ctor), None)
+        return Case(entry, cls, ctor, None)
     m = cls(**ctor)
     x_shape = (B, T, I) if m.batch_first else (T, B, I)
     x = rng.uniform(-1, 1, x_shape).astype(dtype)
@@ -118,20 +117,19 @@ def make_case(rng):
     lengths = rng.integers(1, T + 1, B) if rng.random() < 0.4 else None
     if entry == "layer.forward":
         args = dict(x=x, state=state, lengths=lengths, training=bool(rng.random() < 0.5))
-        return Case(entry, m.forward, args, list(args), m)
+        return Case(entry, m.forward, args, m)
     if entry == "layer.__call__":
         args = dict(x=x, state=state, lengths=lengths)
-        return Case(entry, m, args, list(args), m)
+        return Case(entry, m, args, m)
     if entry == "layer.backward":
         y, state_n, tape = m.forward(x, state, lengths, training=True)
         dstate = None
         if rng.random() < 0.5:
             dstate = tuple(np.ones_like(s) for s in state_n) if kcell == "lstm" else state_n * 0.5
         args = dict(tape=tape, dy=rng.uniform(-1, 1, y.shape).astype(dtype), dstate=dstate)
-        return Case(entry, m.backward, args, list(args), m)
-    other = cls(**ctor)  # same shapes, other values
-    other._params = {k: v * 2 for k, v in other._params.items()}
-    return Case(entry, m.load_state_dict, dict(state_dict=other.state_dict()), ["state_dict"], m)
+        return Case(entry, m.backward, args, m)
+    doubled = {k: v * 2 for k, v in m.state_dict().items()}  # same shapes, other values
+    return Case(entry, m.load_state_dict, dict(state_dict=doubled), m)
 
 
 # -- mutations -----------------------------------------------------------------------------
@@ -214,7 +212,7 @@ def mutate_int(rng, value):
 def mutate(rng, case):
     """A copy of case.args with one argument changed; returns (args, description, kept)."""
     args = dict(case.args)
-    name = str(rng.choice(case.names))
+    name = str(rng.choice(list(case.args)))
     value = args[name]
     if isinstance(value, np.ndarray) and value.dtype.kind in "fiu":
         new, kind, kept = mutate_array(rng, value)
@@ -291,27 +289,26 @@ def inputs_of(args):
 
 def run_case(rng, index):
     case = make_case(rng)
-    rng_state = snapshot(case.model)
+    initial = snapshot(case.model)
 
     def call(args):
         if case.model is not None:  # same dropout masks for the valid and the changed call
-            case.model._rng.bit_generator.state = rng_state[1]
+            case.model._rng.bit_generator.state = initial[1]
         return case.call(**args)
 
     valid = call(case.args)
     args, change, kept = mutate(rng, case)
     print(f"case {index}: {case.entry} {change}", flush=True)
-    before, given = snapshot(case.model), inputs_of(args)
     if case.model is not None:
-        case.model._rng.bit_generator.state = rng_state[1]
-        before = snapshot(case.model)
+        case.model._rng.bit_generator.state = initial[1]
+    before, given = snapshot(case.model), inputs_of(args)
     try:
         result = call(args)
     except (ValueError, TypeError) as exc:
         msg = str(exc)
         m = MESSAGE.match(msg)
         # T, B, I, H, "T*B", "sizes": the C++ size checks name the dimension they refuse.
-        known = set(case.names) | {"T*B", "sizes", "T", "B", "I", "H"}
+        known = set(list(case.args)) | {"T*B", "sizes", "T", "B", "I", "H"}
         if not m or m.group("name") not in known:
             return "bad message", f"{case.entry} {change}: {type(exc).__name__}: {msg}"
         if case.model is not None and not same(snapshot(case.model), before):
