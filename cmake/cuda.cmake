@@ -85,7 +85,8 @@ add_library(fusedrnn_cuda STATIC
 set_target_properties(fusedrnn_cuda PROPERTIES
   CUDA_ARCHITECTURES "${FUSEDRNN_CUDA_ARCHITECTURES}" POSITION_INDEPENDENT_CODE ON)
 target_include_directories(fusedrnn_cuda PUBLIC csrc/include PRIVATE csrc cuda)
-target_link_libraries(fusedrnn_cuda PUBLIC fusedrnn_common fusedrnn_cublas CUDA::cudart_static)
+target_sources(fusedrnn_cuda PRIVATE $<TARGET_OBJECTS:fusedrnn_common>)
+target_link_libraries(fusedrnn_cuda PUBLIC fusedrnn_cublas CUDA::cudart_static)
 target_compile_options(fusedrnn_cuda PRIVATE
   $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra>
   $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra>)
@@ -102,4 +103,4 @@ if(_fr_cublas_dir MATCHES "site-packages/(.*)$")
   set(_fr_rpath "$ORIGIN/../${CMAKE_MATCH_1};${_fr_cublas_dir}")
 endif()
 set_target_properties(_cuda PROPERTIES INSTALL_RPATH "${_fr_rpath}")
-install(TARGETS _cuda LIBRARY DESTINATION fusedrnn)
+install(TARGETS _cuda LIBRARY DESTINATION fusedrnn COMPONENT python)

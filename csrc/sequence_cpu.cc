@@ -268,6 +268,8 @@ BuildInfo build_info() {
 
 void set_num_threads(int threads) { cpu::set_pool_threads(threads); }
 
+void release_memory() { cpu::Workspace::release_thread_block(); }
+
 template class Tape<float>;
 template class Tape<double>;
 template void forward<float>(const ForwardArgs<float>&);

@@ -21,6 +21,13 @@ unsigned char* aligned(unsigned char* p) {
 
 }  // namespace
 
+void Workspace::release_thread_block() {
+  ThreadBlock& block = thread_block;
+  if (block.in_use) return;  // a call on this thread is using it (not expected: none nests)
+  block.data.reset();
+  block.size = 0;
+}
+
 Workspace::Workspace(std::size_t bytes) {
   ThreadBlock& block = thread_block;
   if (block.in_use) {  // not expected (the drivers do not nest), but never share a block

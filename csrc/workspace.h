@@ -29,6 +29,9 @@ class Workspace {
     return total;
   }
 
+  // Frees the calling thread's kept block (fusedrnn.release_memory()).
+  static void release_thread_block();
+
   explicit Workspace(std::size_t bytes);
   ~Workspace();
   Workspace(const Workspace&) = delete;

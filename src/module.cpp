@@ -91,11 +91,26 @@ struct Inputs {
   std::optional<py::array> h0, c0, b_ih, b_hh, lengths;
 };
 
-Cell to_cell(int cell) {
-  if (cell < 0 || cell > 4)
-    throw py::value_error("cell: expected 0..4 (lstm, gru, gru_reset_before, rnn_tanh, "
-                          "rnn_relu), got " + std::to_string(cell));
-  return static_cast<Cell>(cell);
+std::string type_name(const py::handle& obj) {
+  return std::string(py::str(py::type::of(obj).attr("__name__")));
+}
+
+// Taken as objects rather than int/bool parameters: pybind11's own conversion failure lists the
+// whole signature without saying which argument was wrong.
+Cell to_cell(const py::object& obj) {
+  const std::string expected = "cell: expected 0..4 (lstm, gru, gru_reset_before, rnn_tanh, "
+                               "rnn_relu), got ";
+  if (!py::isinstance<py::int_>(obj) || py::isinstance<py::bool_>(obj))
+    throw py::type_error(expected + type_name(obj));
+  if (obj < py::int_(0) || obj > py::int_(4))
+    throw py::value_error(expected + std::string(py::str(obj)));
+  return static_cast<Cell>(obj.cast<int>());
+}
+
+bool to_flag(const py::object& obj, const char* name) {
+  if (!py::isinstance<py::bool_>(obj))
+    throw py::type_error(std::string(name) + ": expected True or False, got " + type_name(obj));
+  return obj.cast<bool>();
 }
 
 std::optional<py::array> optional_array(const py::object& obj, const char* name,
@@ -104,7 +119,7 @@ std::optional<py::array> optional_array(const py::object& obj, const char* name,
   return checked(obj, name, dtype, shape);
 }
 
-Inputs check_inputs(int cell_id, const py::object& x_obj, const py::object& h0,
+Inputs check_inputs(const py::object& cell_id, const py::object& x_obj, const py::object& h0,
                     const py::object& c0, const py::object& w_ih_obj, const py::object& w_hh_obj,
                     const py::object& b_ih, const py::object& b_hh, const py::object& lengths) {
   Inputs in;
@@ -191,10 +206,12 @@ py::tuple forward_typed(Inputs& in, bool reverse, bool training) {
   return py::make_tuple(y, h_n, c_n, tape_obj);
 }
 
-py::tuple forward(int cell, const py::object& x, const py::object& h0, const py::object& c0,
-                  const py::object& w_ih, const py::object& w_hh, const py::object& b_ih,
-                  const py::object& b_hh, const py::object& lengths, bool reverse, bool training) {
+py::tuple forward(const py::object& cell, const py::object& x, const py::object& h0,
+                  const py::object& c0, const py::object& w_ih, const py::object& w_hh,
+                  const py::object& b_ih, const py::object& b_hh, const py::object& lengths,
+                  const py::object& reverse_obj, const py::object& training_obj) {
   Inputs in = check_inputs(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths);
+  const bool reverse = to_flag(reverse_obj, "reverse"), training = to_flag(training_obj, "training");
   if (in.dtype.equal(py::dtype::of<float>())) return forward_typed<float>(in, reverse, training);
   return forward_typed<double>(in, reverse, training);
 }
@@ -297,7 +314,7 @@ std::unique_ptr<fusedrnn::Tape<T>> tape_view(const Inputs& in, bool reverse, con
 
 // A tape rebuilt from the arrays tape_arrays gave (or copies of them, e.g. a framework's tensors)
 // and the forward's inputs, for backward. It views the arrays: no copy.
-py::object tape_from_arrays(int cell, const py::object& x, const py::object& w_ih,
+py::object tape_from_arrays(const py::object& cell, const py::object& x, const py::object& w_ih,
                             const py::object& w_hh, const py::object& b_ih, const py::object& b_hh,
                             const py::object& lengths, bool reverse, const py::object& h_states,
                             const py::object& c_states, const py::object& gates) {
@@ -380,6 +397,8 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("dtype"), py::arg("n") = 2048, py::arg("repeats") = 5,
         "Median GFLOP/s of n×n×n GEMMs through the kernels' BLAS: the bench's ceiling.");
+  m.def("release_memory", &fusedrnn::release_memory,
+        "Frees the scratch memory the calling thread keeps between calls.");
   m.def("set_num_threads", &fusedrnn::set_num_threads, py::arg("threads"),
         "Threads for the kernels (GEMM blocks and pointwise rows); results do not depend on it.");
 }

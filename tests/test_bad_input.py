@@ -610,8 +610,14 @@ CORE_CASES = [
     # forward: cell id
     ("cell -1", lambda: core_fwd(cell=-1), ValueError, r"cell: expected 0\.\.4 .*, got -1"),
     ("cell 5", lambda: core_fwd(cell=5), ValueError, r"cell: expected 0\.\.4 .*, got 5"),
-    ("cell float", lambda: core_fwd(cell=1.5), TypeError, r"cell"),
-    ("cell beyond int", lambda: core_fwd(cell=2**70), TypeError, r"cell"),
+    ("cell float", lambda: core_fwd(cell=1.5), TypeError, r"cell: expected 0\.\.4 .*, got float"),
+    ("cell bool", lambda: core_fwd(cell=True), TypeError, r"cell: expected 0\.\.4 .*, got bool"),
+    ("cell beyond int", lambda: core_fwd(cell=2**70), ValueError,
+     r"cell: expected 0\.\.4 .*, got 1180591620717411303424"),
+    ("reverse not a bool", lambda: core_fwd(reverse=1), TypeError,
+     r"reverse: expected True or False, got int"),
+    ("training not a bool", lambda: core_fwd(training=None), TypeError,
+     r"training: expected True or False, got NoneType"),
     # forward: not arrays
     ("x list", lambda: core_fwd(x=A["x"].tolist()), TypeError,
      r"x: expected a numpy\.ndarray, got list"),
@@ -813,13 +819,14 @@ def test_nan_through_ops(backend):
 
 @needs_core
 @pytest.mark.parametrize("threads, exc, match", [
-    (0, ValueError, r"threads: expected 1\.\.1024, got 0"),
-    (-4, ValueError, r"threads: expected 1\.\.1024, got -4"),
-    (5000, ValueError, r"threads: expected 1\.\.1024, got 5000"),
-    (1.5, TypeError, r"threads"),
-    ("2", TypeError, r"threads"),
-    (None, TypeError, r"threads"),
-    (2**40, TypeError, r"threads"),
+    (0, ValueError, r"threads: expected a positive int, got 0"),
+    (-4, ValueError, r"threads: expected a positive int, got -4"),
+    (1.5, TypeError, r"threads: expected a positive int, got float 1\.5"),
+    ("2", TypeError, r"threads: expected a positive int, got str '2'"),
+    (None, TypeError, r"threads: expected a positive int, got NoneType None"),
+    (True, TypeError, r"threads: expected a positive int, got bool True"),
+    (5000, ValueError, r"threads: expected a positive int up to 1024, got 5000"),
+    (2**40, ValueError, r"threads: expected a positive int up to 1024, got 1099511627776"),
 ])
 def test_set_num_threads_rejects(threads, exc, match):
     before = _core.build_info()["threads"]

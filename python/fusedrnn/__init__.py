@@ -14,11 +14,13 @@ pieces the examples train with (a linear head, losses, clipping, SGD, Adam).
 
 from . import ops, reference, tbptt, train
 from ._backend import CORE_ERROR, _core, cuda_status
+from ._checks import positive_int
 from .layers import GRU, LSTM, RNN
 
 __version__ = "0.1.0"
+_MAX_THREADS = 1024  # as the C++ side allows
 __all__ = ["LSTM", "GRU", "RNN", "ops", "reference", "tbptt", "train", "backends",
-           "set_num_threads"]
+           "set_num_threads", "release_memory"]
 
 
 def backends():
@@ -32,6 +34,17 @@ def set_num_threads(threads):
     """Threads for the kernels (GEMM blocks and pointwise rows), the caller's included.
 
     Results do not depend on it: work is cut into blocks by size alone."""
+    threads = positive_int(threads, "threads")
+    if threads > _MAX_THREADS:
+        raise ValueError(f"threads: expected a positive int up to {_MAX_THREADS}, got {threads}")
     if _core is None:
         raise ValueError(f"set_num_threads: the compiled extension is not loaded ({CORE_ERROR})")
     _core.set_num_threads(threads)
+
+
+def release_memory():
+    """Frees the scratch memory the calling thread keeps between calls of the CPU kernels (the
+    input projection and gate gradients of its largest call, up to 256 MB); the next call
+    allocates it again. Nothing to do without the compiled extension."""
+    if _core is not None:
+        _core.release_memory()

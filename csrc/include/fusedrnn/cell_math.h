@@ -33,10 +33,11 @@ FR_HOST_DEVICE float tanh_(float x) { return ::tanhf(x); }
 // float exp and tanh on the CPU, branch-free so that the pointwise loops vectorise (libm's
 // expf/tanhf are opaque calls that keep those loops scalar and cost most of a step's time).
 // Cephes' single-precision algorithms: a couple of ulp over the whole range.
-FR_ALWAYS_INLINE float exp_(float x) {
-  // e^x saturates to ~3.4e38 and ~1.2e-38. std::max/min with x first keep NaN (a compare
-  // fails), and unlike two ternaries they stay one select each, so the loop still vectorises.
-  x = std::min(std::max(x, -87.33654f), 88.72283f);
+FR_ALWAYS_INLINE float exp_(float x_in) {
+  // The polynomial runs on x clamped to [~-87.3, ~88.7], where e^x is a normal float. std::max/
+  // min with x first keep NaN (a compare fails), and unlike two ternaries they stay one select
+  // each, so the loop still vectorises.
+  float x = std::min(std::max(x_in, -87.33654f), 88.72283f);
   // x = n·ln2 + r with |r| <= ln2/2; n rounded by the 1.5·2^23 trick (no floorf call).
   const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
@@ -48,14 +49,19 @@ FR_ALWAYS_INLINE float exp_(float x) {
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
   // 2^n through the exponent bits. The clamp bounds n to [-126, 128]; scaling by two halves
-  // keeps each factor a normal float at both ends.
-  const int ni = static_cast<int>(n);
+  // keeps each factor a normal float at both ends. A NaN x leaves p NaN already; its n is
+  // replaced because converting NaN to int, and shifting what comes out, is undefined behaviour
+  // (UBSan flagged it).
+  const int ni = static_cast<int>(n == n ? n : 0.0f);
   const int half = ni >> 1;
   float a, b;
   const int a_bits = (half + 127) << 23, b_bits = (ni - half + 127) << 23;
   std::memcpy(&a, &a_bits, sizeof a);
   std::memcpy(&b, &b_bits, sizeof b);
-  return p * a * b;
+  // Above the range e^x overflows to +inf, as expf does: sigmoid(x) = 1/(1 + e^-x) is then
+  // exactly 0 for x < -88.7 rather than 1/FLT_MAX ~ 2.9e-39, which a huge state multiplied into
+  // a visible gradient (GRU, h ~ 1e35). Below it, e^x stays ~1.2e-38 (at most that far off).
+  return x_in > 88.72283f ? HUGE_VALF : p * a * b;
 }
 
 FR_ALWAYS_INLINE float tanh_(float x) {

@@ -165,6 +165,9 @@ BuildInfo build_info();
 // Threads for the kernels' GEMMs and pointwise passes, the caller's included; results do not
 // depend on it. Default: the cores this process may use.
 void set_num_threads(int threads);
+// Frees the scratch memory the calling thread keeps between calls (the input projection and gate
+// gradients of its largest call, up to 256 MB): the next call allocates it again.
+void release_memory();
 
 // The GEMM ceiling of this machine as the kernels' BLAS reaches it, with its current threads:
 // the median GFLOP/s of `repeats` products of two n×n matrices (after one warm-up product).

@@ -1,0 +1,127 @@
+"""Memory measurements for tests/test_memory.py, each run in a fresh process (its peak RSS is then
+its own) and printed as one JSON line:
+
+    python tests/memory_probe.py steady   N       RSS after warm-up and after N more steps
+    python tests/memory_probe.py retained N       the same, keeping every tape (a real leak)
+    python tests/memory_probe.py tape     CELL    RSS with a big tape held and after dropping it
+    python tests/memory_probe.py peak     CELL    peak RSS of one ops.forward+backward
+(CELL is a kernel cell name: lstm, gru, gru_reset_before, rnn_tanh, rnn_relu.)
+
+test_memory.py runs it with MALLOC_MMAP_THRESHOLD_ set low, so that glibc serves every large
+buffer with its own mapping and gives it back to the system when freed: a freed buffer then
+shows in RSS at once instead of staying in the allocator for reuse.
+"""
+
+import json
+import sys
+
+import numpy as np
+
+import fusedrnn as fr
+from fusedrnn import ops
+
+PAGE = 4096
+
+
+def status(field):
+    """A /proc/self/status size field (VmRSS, VmHWM) in bytes."""
+    with open("/proc/self/status") as f:
+        line = next(l for l in f if l.startswith(field + ":"))
+    return int(line.split()[1]) * 1024
+
+
+def rss():
+    return status("VmRSS")
+
+
+def reset_peak():
+    """Sets the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def steady(calls, keep):
+    """forward(training=True)+backward on a small model, fresh input arrays every call (a
+    reference leaked on an input would then keep memory)."""
+    m = fr.LSTM(8, 16, num_layers=1, dtype="float64", seed=0)
+    rng = np.random.default_rng(0)
+    kept = []
+
+    def one():
+        x = rng.uniform(-1, 1, (8, 4, 8))
+        y, state, tape = m.forward(x, training=True)
+        m.backward(tape, np.ones_like(y), state)
+        if keep:
+            kept.append(tape)
+
+    for _ in range(500):  # warm-up: the allocator's pools, BLAS buffers
+        one()
+    before = rss()
+    for _ in range(calls):
+        one()
+    return dict(before=before, after=rss(), tape_nbytes=m.forward(
+        rng.uniform(-1, 1, (8, 4, 8)), training=True)[2].nbytes)
+
+
+def arrays(cell, T, B, I, H, dtype=np.float32):
+    rng = np.random.default_rng(1)
+    G = ops.GATES[cell]
+
+    def u(*shape):
+        a = rng.random(shape, dtype)  # in place below: no float64 temporaries
+        a -= 0.5
+        a *= 0.2
+        return a
+
+    return dict(x=u(T, B, I), w_ih=u(G * H, I), w_hh=u(G * H, H), b_ih=u(G * H), b_hh=u(G * H))
+
+
+def forward(kcell, a):
+    """ops.forward(training=True) of a kernel cell name."""
+    cell, reset_after = ("gru", False) if kcell == "gru_reset_before" else (kcell, True)
+    return ops.forward(cell, **a, reset_after=reset_after, training=True)
+
+
+SIZES = dict(T=64, B=64, I=64, H=256)  # float32 LSTM tape: about 25 MB
+
+
+def tape(cell):
+    a = arrays(cell, **SIZES)
+    forward(cell, a)  # warm-up: BLAS buffers
+    before = rss()
+    res = forward(cell, a)
+    held = rss()
+    nbytes = res.tape.nbytes
+    outputs = sum(v.nbytes for v in res[:3] if v is not None)
+    del res
+    return dict(before=before, held=held, after=rss(), tape_nbytes=nbytes, outputs=outputs)
+
+
+def peak(cell):
+    """The peak of one training step over the RSS before it, with what it allocates."""
+    a = arrays(cell, **SIZES)
+    T, B, I, H = (SIZES[k] for k in "TBIH")
+    dy = np.ones((T, B, H), np.float32)
+    for _ in range(2):  # the first is a warm-up: BLAS buffers, the allocator's own state
+        fr.release_memory()  # the scratch kept from the warm-up would not count in the peak
+        before = rss()
+        reset_peak()
+        res = forward(cell, a)
+        grads = ops.backward(res.tape, dy)
+        peak = status("VmHWM")
+        sizes = dict(tape=res.tape.nbytes, y=res.y.nbytes, dx=grads.dx.nbytes,
+                     weight_grads=sum(g.nbytes for g in grads[1:] if g is not None))
+        del res, grads
+    return dict(before=before, peak=peak, **sizes)
+
+
+def main(what, arg):
+    if what in ("steady", "retained"):
+        out = steady(int(arg), keep=what == "retained")
+    else:
+        out = {"tape": tape, "peak": peak}[what](arg)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

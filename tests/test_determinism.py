@@ -1,0 +1,68 @@
+"""Determinism: identical inputs give bitwise identical outputs and gradients, within a process and
+across processes, and whatever the kernels' thread count (they cut work into blocks by size
+alone, see csrc/thread_pool.h).
+
+The workload: every layer kind, two stacked bidirectional layers with dropout (seeded), lengths,
+both dtypes; its digest is a SHA-256 of every output and gradient."""
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import LAYERS, random_state
+
+import fusedrnn as fr
+from fusedrnn._backend import _core
+
+pytestmark = pytest.mark.skipif(_core is None, reason="the compiled extension is not built")
+
+
+def digest():
+    """SHA-256 over every output and gradient of a fixed workload."""
+    h = hashlib.sha256()
+    rng = np.random.default_rng(0)
+    T, B, I, H = 12, 6, 16, 32
+    for kind in LAYERS:
+        for dtype in (np.float32, np.float64):
+            m = LAYERS[kind](I, H, num_layers=2, bidirectional=True, dropout=0.3, dtype=dtype,
+                             seed=1)
+            x = rng.uniform(-1, 1, (T, B, I)).astype(dtype)
+            state = random_state(rng, m, B)
+            lengths = rng.integers(1, T + 1, B)
+            y, state_n, tape = m.forward(x, state, lengths, training=True)
+            dx, dstate, dparams = m.backward(tape, np.ones_like(y), state_n)
+            for a in (y, dx, *np.atleast_1d(state_n), *np.atleast_1d(dstate),
+                      *dparams.values()):
+                h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def digest_in_child(threads):
+    code = ("import sys; sys.path[:0] = sys.argv[2:]; import fusedrnn, test_determinism as t; "
+            "fusedrnn.set_num_threads(int(sys.argv[1])); print(t.digest())")
+    here = os.path.dirname(__file__)
+    proc = subprocess.run([sys.executable, "-c", code, str(threads), here, *sys.path],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.split()[-1]
+
+
+@pytest.fixture
+def threads_restored():
+    """Restores the kernels' thread count after a test that changes it."""
+    before = _core.build_info()["threads"]
+    yield
+    fr.set_num_threads(before)
+
+
+def test_same_digest_in_process_across_processes_and_thread_counts(threads_restored):
+    fr.set_num_threads(1)
+    here = digest()
+    assert digest() == here  # the same process again (allocations, buffers warmed)
+    for threads in (2, 3):
+        fr.set_num_threads(threads)
+        assert digest() == here, f"{threads} threads"
+    assert digest_in_child(2) == here  # a fresh process: other addresses, cold caches
