@@ -17,7 +17,7 @@ import numpy as np
 import fusedrnn as fr
 
 import char_lm
-import common
+import example_setup
 
 VARIANTS = {"reset after (torch, cuDNN)": True, "reset before (seed 001, Cho et al.)": False}
 SETTINGS = {"full": dict(hidden=128, batch=16, steps=32, updates=1500, lr=5e-3),
@@ -45,13 +45,13 @@ def save_plot(path, curves):
 
 
 def main(argv=None):
-    parser = common.parser(__doc__)
+    parser = example_setup.parser(__doc__)
     parser.add_argument("--text", help="a UTF-8 text file (default: Python standard library "
                         "sources)")
     parser.add_argument("--seeds", type=int, help="runs per variant (default 3, quick 1)")
     parser.add_argument("--plot", default="gru_variants.png", help="'' for none")
     args = parser.parse_args(argv)
-    with common.blas_threads(args.threads):
+    with example_setup.blas_threads(args.threads):
         return run(args)
 
 
