@@ -51,7 +51,12 @@ def run(layer, chunks, state=None):
     if layer.bidirectional:
         raise ValueError("layer: expected a unidirectional layer, got bidirectional=True (a "
                          "reverse direction cannot carry its state forward across chunks)")
-    return _chunks(layer, iter(chunks), state)  # a generator, after the checks above have run
+    try:
+        chunks = iter(chunks)
+    except TypeError:
+        raise TypeError(f"chunks: expected an iterable of input arrays, got "
+                        f"{type_name(chunks)}") from None
+    return _chunks(layer, chunks, state)  # a generator, after the checks above have run
 
 
 def _chunks(layer, chunks, state):
