@@ -22,7 +22,7 @@ import numpy as np
 import fusedrnn as fr
 from fusedrnn import tbptt, train
 
-import common
+import example_setup
 
 DEFAULT_MODULES = ("argparse", "textwrap", "difflib", "inspect", "functools", "dataclasses")
 
@@ -151,7 +151,7 @@ SETTINGS = {"full": dict(hidden=256, batch=32, steps=64, updates=2000, lr=3e-3),
 
 
 def main(argv=None):
-    parser = common.parser(__doc__)
+    parser = example_setup.parser(__doc__)
     parser.add_argument("--text", help="a UTF-8 text file (default: Python standard library "
                         "sources)")
     parser.add_argument("--hidden", type=int, help="LSTM units per layer (default 256, quick 128)")
@@ -161,7 +161,7 @@ def main(argv=None):
                         help="sampling temperature: below 1 is safer, above 1 wilder")
     parser.add_argument("--length", type=int, default=400, help="characters to sample")
     args = parser.parse_args(argv)
-    with common.blas_threads(args.threads):
+    with example_setup.blas_threads(args.threads):
         return run(args)
 
 

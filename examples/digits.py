@@ -20,7 +20,7 @@ import numpy as np
 import fusedrnn as fr
 from fusedrnn import train
 
-import common
+import example_setup
 
 TARGET_BILSTM_ACCURACY = 0.95  # the bar on the bundled digits
 
@@ -127,29 +127,33 @@ def confusion_text(labels, predicted, classes=10):
     return "\n".join(lines)
 
 
+# Per data set: epochs (full, quick), units per direction, batch size, Adam's learning rate.
+SETTINGS = {"digits": dict(epochs=60, quick_epochs=25, hidden=64, batch=64, lr=1e-2),
+            "mnist": dict(epochs=3, quick_epochs=1, hidden=128, batch=128, lr=3e-3)}
+
+
 def main(argv=None):
-    parser = common.parser(__doc__)
+    parser = example_setup.parser(__doc__)
     parser.add_argument("--mnist", help="a local MNIST: .npz, or a directory of IDX files")
     parser.add_argument("--epochs", type=int, help="default: 60 (digits), 3 (MNIST); quick: 25, 1")
     parser.add_argument("--hidden", type=int, help="units per direction (default 64, MNIST 128)")
     args = parser.parse_args(argv)
-    with common.blas_threads(args.threads):
+    with example_setup.blas_threads(args.threads):
         return run(args)
 
 
 def run(args):
-
     if args.mnist:
-        data, name = mnist(args.mnist), "MNIST"
-        epochs, hidden, batch = args.epochs or (1 if args.quick else 3), args.hidden or 128, 128
+        data, name, settings = mnist(args.mnist), "MNIST", SETTINGS["mnist"]
     else:
         try:
             data = sklearn_digits(args.seed)
         except ImportError:
             raise SystemExit("the bundled digits need scikit-learn (pip install "
                              "'fusedrnn[examples]'), or give a local MNIST with --mnist") from None
-        name = "scikit-learn digits"
-        epochs, hidden, batch = args.epochs or (25 if args.quick else 60), args.hidden or 64, 32
+        name, settings = "scikit-learn digits", SETTINGS["digits"]
+    epochs = args.epochs or settings["quick_epochs" if args.quick else "epochs"]
+    hidden = args.hidden or settings["hidden"]
     x_train, y_train, x_test, y_test = data
     if args.quick and args.mnist:  # a tenth of MNIST keeps quick mode under a minute
         x_train, y_train = x_train[:6000], y_train[:6000]
@@ -160,7 +164,8 @@ def run(args):
     for label, bidirectional in (("LSTM", False), ("BiLSTM", True)):
         start = time.perf_counter()
         model = RowClassifier(x_train.shape[2], hidden, bidirectional, seed=args.seed)
-        fit(model, x_train, y_train, epochs, batch, 3e-3, args.seed, desc=label)
+        fit(model, x_train, y_train, epochs, settings["batch"], settings["lr"], args.seed,
+            desc=label)
         predicted = model.predict(x_test)
         accuracy = float(np.mean(predicted == y_test))
         seconds = time.perf_counter() - start

@@ -17,7 +17,7 @@ import numpy as np
 import fusedrnn as fr
 
 import char_lm
-import common
+import example_setup
 
 VARIANTS = {"reset after (torch, cuDNN)": True, "reset before (seed 001, Cho et al.)": False}
 SETTINGS = {"full": dict(hidden=128, batch=16, steps=32, updates=1500, lr=5e-3),
@@ -36,8 +36,9 @@ def save_plot(path, curves):
         mean = np.mean(runs, axis=0)
         ax.plot(np.convolve(mean, np.ones(window) / window, mode="valid"), label=label)
     ax.set_xlabel("training chunk")
-    ax.set_ylabel("loss per character (nats)")
-    ax.set_title("GRU reset forms on the character language model")
+    ax.set_ylabel("training loss per character (nats)")
+    ax.set_title(f"GRU reset forms on the character model (mean of {len(runs)} seeds, "
+                 f"running mean of {window} chunks)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -45,18 +46,20 @@ def save_plot(path, curves):
 
 
 def main(argv=None):
-    parser = common.parser(__doc__)
+    parser = example_setup.parser(__doc__)
     parser.add_argument("--text", help="a UTF-8 text file (default: Python standard library "
                         "sources)")
     parser.add_argument("--seeds", type=int, help="runs per variant (default 3, quick 1)")
+    parser.add_argument("--updates", type=int, help="training chunks (default 1500, quick 300)")
     parser.add_argument("--plot", default="gru_variants.png", help="'' for none")
     args = parser.parse_args(argv)
-    with common.blas_threads(args.threads):
+    with example_setup.blas_threads(args.threads):
         return run(args)
 
 
 def run(args):
     settings = dict(SETTINGS["quick" if args.quick else "full"])
+    settings["updates"] = args.updates or settings["updates"]
     hidden = settings.pop("hidden")
     seeds = range(args.seed, args.seed + (args.seeds or (1 if args.quick else 3)))
     text = (pathlib.Path(args.text).read_text(encoding="utf-8") if args.text
@@ -74,12 +77,14 @@ def run(args):
             held_out.append(r["held_out"])
             seconds.append(r["seconds"])
             curves[label].append(r["curve"])
-        results[label] = {"held_out": float(np.mean(held_out)), "spread": float(np.ptp(held_out)),
+        results[label] = {"held_out": float(np.mean(held_out)), "range": (min(held_out),
+                                                                           max(held_out)),
                           "seconds": float(np.mean(seconds))}
-    print(f"{'GRU':38s} {'held-out loss/char':>20s} {'seconds':>8s}")
+    print(f"{'GRU':38s} {'held-out loss/char: mean (range)':>33s} {'seconds':>8s}")
     for label, r in results.items():
-        spread = f" ± {r['spread'] / 2:.3f}" if len(seeds) > 1 else ""
-        print(f"{label:38s} {r['held_out']:14.3f}{spread:6s} {r['seconds']:8.1f}")
+        low, high = r["range"]
+        loss = f"{r['held_out']:.3f} ({low:.3f}-{high:.3f})"
+        print(f"{label:38s} {loss:>33s} {r['seconds']:8.1f}")
     plot = save_plot(args.plot, curves) if args.plot else None
     if args.plot:
         print(f"plot saved to {plot}" if plot else "plot skipped: matplotlib is not installed")

@@ -16,7 +16,7 @@ import numpy as np
 import fusedrnn as fr
 from fusedrnn import train
 
-import common
+import example_setup
 
 WINDOW = 20
 TARGET_MSE = 1e-3  # the quality bar for the held-out range
@@ -83,11 +83,11 @@ def save_plot(path, predicted, real):
 
 
 def main(argv=None):
-    parser = common.parser(__doc__)
+    parser = example_setup.parser(__doc__)
     parser.add_argument("--epochs", type=int, help="training epochs (default 30, quick 6)")
     parser.add_argument("--plot", default="sine.png", help="where to save the plot ('' for none)")
     args = parser.parse_args(argv)
-    with common.blas_threads(args.threads):
+    with example_setup.blas_threads(args.threads):
         return run(args)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import fusedrnn as fr
 from fusedrnn import tbptt, train
 
-import common
+import example_setup
 
 GRAD_RTOL = 1e-10  # float64: the same sums in another order (the kernels' GEMMs) agree this far
 
@@ -191,10 +191,10 @@ def sample(model, chars, prime, length, temperature, rng):
 
 
 def main(argv=None):
-    parser = common.parser(__doc__)
+    parser = example_setup.parser(__doc__)
     parser.add_argument("--epochs", type=int, help="training epochs (default 300, quick 120)")
     args = parser.parse_args(argv)
-    with common.blas_threads(args.threads):
+    with example_setup.blas_threads(args.threads):
         return run(args)
 
 

@@ -83,6 +83,9 @@ def test_digits_reads_mnist_as_npz_and_idx(tmp_path):
         np.testing.assert_allclose(x_train, parts["x_train"] / 255.0, rtol=1e-6)
         np.testing.assert_array_equal(y_test, parts["y_test"])
         assert x_test.dtype == np.float32 and y_train.dtype == np.int64
+    # The MNIST path end to end, on these few random images: it runs and reports accuracies.
+    r = digits.main(["--quick", "--mnist", str(idx_dir), "--hidden", "8"])
+    assert all(0 <= r[k]["accuracy"] <= 1 for k in ("LSTM", "BiLSTM"))
     (idx_dir / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x09\x01")
     with pytest.raises(ValueError, match="header says shape"):
         digits.mnist(idx_dir)

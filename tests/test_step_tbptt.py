@@ -150,3 +150,5 @@ def test_run_refuses_bad_input():
         tbptt.run([], [])
     with pytest.raises(ValueError, match="layer: expected a unidirectional layer"):
         tbptt.run(fr.GRU(I, H, bidirectional=True), [])
+    with pytest.raises(TypeError, match="chunks: expected an iterable of input arrays, got int"):
+        tbptt.run(fr.GRU(I, H), 3)

@@ -88,6 +88,10 @@ def test_linear_refuses_bad_input():
         head.backward(np.zeros((2, 4), np.float32), np.zeros((2, 4), np.float32))
     with pytest.raises(ValueError, match="out_features: expected a positive int, got 0"):
         train.Linear(4, 0)
+    with pytest.raises(ValueError, match="seed: expected None or a non-negative int, got -1"):
+        train.Linear(4, 3, seed=-1)
+    with pytest.raises(TypeError, match="bias: expected True or False, got int 1"):
+        train.Linear(4, 3, bias=1)
 
 
 # ---------------------------------------------------------------------------------------------

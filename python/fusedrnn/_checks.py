@@ -44,6 +44,16 @@ def positive_int(value, name):
     return int(value)
 
 
+def optional_seed(value, name="seed"):
+    """None or a non-negative int, as np.random.default_rng takes it."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+        raise TypeError(f"{name}: expected None or a non-negative int, got {type_name(value)} "
+                        f"{value!r}")
+    if value is not None and value < 0:
+        raise ValueError(f"{name}: expected None or a non-negative int, got {value}")
+    return value
+
+
 def flag(value, name):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected True or False, got {type_name(value)} {value!r}")

@@ -1,16 +1,18 @@
 """Truncated backpropagation through time: a long sequence run in chunks, the state carried from
 one chunk to the next and the gradient cut between them.
 
-Each chunk starts from the final state of the one before, so the forward pass over the chunks
-computes exactly what one forward over the whole sequence would. Backward stays inside a chunk:
+Each chunk starts from the final state of the one before, so while the parameters stay the same
+the chunks' forward computes exactly what one forward over the whole sequence would (tested).
+Backward stays inside a chunk:
 no gradient flows into the previous chunk (the gradient of the chunk's initial state is dropped)
 and none comes back from the next (the gradient of its final state is taken as zero). Memory
 and the cost of a backward are those of one chunk, however long the sequence::
 
-    chunks = (one_hot(ids[:, s:s + 100]) for s in range(0, ids.shape[1] - 1, 100))
-    for chunk in fusedrnn.tbptt.run(rnn, chunks):
-        loss, dlogits = softmax_cross_entropy(head(chunk.y), targets_of(chunk))
-        ...
+    starts = range(0, ids.shape[1] - 100, 100)           # ids (B, N): B streams of tokens
+    chunks = (one_hot(ids[:, s:s + 100]) for s in starts)
+    for chunk, s in zip(fusedrnn.tbptt.run(rnn, chunks), starts):
+        loss, dlogits = softmax_cross_entropy(head(chunk.y), ids[:, s + 1:s + 101])
+        dy, dhead = head.backward(chunk.y, dlogits)
         dx, drnn = chunk.backward(dy)
         opt.step([drnn, dhead])
 
@@ -51,7 +53,12 @@ def run(layer, chunks, state=None):
     if layer.bidirectional:
         raise ValueError("layer: expected a unidirectional layer, got bidirectional=True (a "
                          "reverse direction cannot carry its state forward across chunks)")
-    return _chunks(layer, iter(chunks), state)  # a generator, after the checks above have run
+    try:
+        chunks = iter(chunks)
+    except TypeError:
+        raise TypeError(f"chunks: expected an iterable of input arrays, got "
+                        f"{type_name(chunks)}") from None
+    return _chunks(layer, chunks, state)  # a generator, after the checks above have run
 
 
 def _chunks(layer, chunks, state):

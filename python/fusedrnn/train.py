@@ -26,7 +26,8 @@ import sys
 
 import numpy as np
 
-from ._checks import as_array, as_dtype, float_array, positive_int, type_name
+from ._checks import (as_array, as_dtype, flag, float_array, optional_seed, positive_int,
+                      type_name)
 
 __all__ = ["Linear", "mse", "softmax", "softmax_cross_entropy", "clip_grad_norm", "SGD", "Adam",
            "progress"]
@@ -70,11 +71,9 @@ class Linear:
     def __init__(self, in_features, out_features, bias=True, dtype="float32", seed=None):
         self.in_features = positive_int(in_features, "in_features")
         self.out_features = positive_int(out_features, "out_features")
-        if not isinstance(bias, (bool, np.bool_)):
-            raise TypeError(f"bias: expected True or False, got {type_name(bias)} {bias!r}")
-        self.bias = bool(bias)
+        self.bias = flag(bias, "bias")
         self.dtype = as_dtype(dtype)
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(optional_seed(seed))
         bound = 1.0 / np.sqrt(self.in_features)
         self._params = {k: rng.uniform(-bound, bound, s).astype(self.dtype)
                         for k, s in self._shapes().items()}
