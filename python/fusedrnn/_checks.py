@@ -54,6 +54,28 @@ def optional_seed(value, name="seed"):
     return value
 
 
+def checked_state_dict(state_dict, shapes, dtype, to_numpy=None):
+    """state_dict's arrays, strictly checked against `shapes` (every key, no other, each shape)
+    and copied as C-contiguous arrays of `dtype`; on any error nothing is returned.
+    ``to_numpy(value, label)``, when given, first turns a framework's array into one NumPy
+    reads."""
+    if not isinstance(state_dict, dict):
+        raise TypeError(f"state_dict: expected a dict of arrays, got {type_name(state_dict)}")
+    missing = [k for k in shapes if k not in state_dict]
+    unknown = [k for k in state_dict if k not in shapes]
+    if missing or unknown:
+        raise ValueError(f"state_dict: missing keys {missing}, unknown keys {unknown}")
+    out = {}
+    for key, shape in shapes.items():
+        label = f"state_dict[{key!r}]"
+        value = state_dict[key] if to_numpy is None else to_numpy(state_dict[key], label)
+        arr = float_array(value, label)
+        if arr.shape != shape:
+            raise ValueError(f"{label}: expected shape {shape}, got {arr.shape}")
+        out[key] = np.array(arr, dtype=dtype, order="C", copy=True)
+    return out
+
+
 def flag(value, name):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected True or False, got {type_name(value)} {value!r}")

@@ -16,8 +16,8 @@ import numbers
 import numpy as np
 
 from . import _backend, _device, ops
-from ._checks import (as_array, as_dtype, check_memory, flag, float_array, lengths_array,
-                      positive_int, type_name)
+from ._checks import (as_array, as_dtype, check_memory, checked_state_dict, flag, float_array,
+                      lengths_array, optional_seed, positive_int, type_name)
 
 
 LAYER_BACKENDS = ("auto", "cpu", "numpy")
@@ -32,6 +32,19 @@ def _cupy(device):
         raise ValueError(f"device: {device!r} keeps the parameters in CuPy arrays, and CuPy is "
                          f"not installed ({exc}); pip install 'fusedrnn[cuda]'") from exc
     return cupy
+
+
+def _host_array(value, label):
+    """A torch tensor or a GPU array (CuPy, JAX, ...) as something NumPy reads; else value."""
+    if hasattr(value, "detach"):  # a torch tensor
+        try:
+            return value.detach().cpu().numpy()
+        except (TypeError, RuntimeError) as exc:  # bfloat16 and the like
+            raise TypeError(f"{label}: expected a float32 or float64 array, got a "
+                            f"{type_name(value)} NumPy cannot hold ({exc})") from exc
+    if _device.cuda_device(value) is not None:  # CuPy, JAX, ... on a GPU
+        return _cupy("cuda").asnumpy(_cupy("cuda").from_dlpack(value))
+    return value
 
 
 class Tape:
@@ -73,11 +86,7 @@ class RNNBase:
             raise ValueError(f"dropout: expected a float in [0, 1), got {dropout}")
         self.dropout = float(dropout)
         self.dtype = as_dtype(dtype)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-            raise TypeError(f"seed: expected None or a non-negative int, got {type_name(seed)} "
-                            f"{seed!r}")
-        if seed is not None and seed < 0:
-            raise ValueError(f"seed: expected None or a non-negative int, got {seed}")
+        optional_seed(seed)
         if backend == "cuda":  # a layer's device says where it runs
             raise ValueError(f"backend: expected one of {LAYER_BACKENDS}, got 'cuda' (a layer "
                              "runs on the GPU with device='cuda')")
@@ -161,29 +170,7 @@ class RNNBase:
     def load_state_dict(self, state_dict):
         """Strict: every key present, none unknown, every shape right. Values are copied and cast
         to the layer's dtype; on any error nothing changes."""
-        if not isinstance(state_dict, dict):
-            raise TypeError(f"state_dict: expected a dict of arrays, got {type_name(state_dict)}")
-        shapes = self._shapes()
-        missing = [k for k in shapes if k not in state_dict]
-        unknown = [k for k in state_dict if k not in shapes]
-        if missing or unknown:
-            raise ValueError(f"state_dict: missing keys {missing}, unknown keys {unknown}")
-        new = {}
-        for name, shape in shapes.items():
-            value = state_dict[name]
-            label = f"state_dict[{name!r}]"
-            if hasattr(value, "detach"):  # a torch tensor
-                try:
-                    value = value.detach().cpu().numpy()
-                except (TypeError, RuntimeError) as exc:  # bfloat16 and the like
-                    raise TypeError(f"{label}: expected a float32 or float64 array, got a "
-                                    f"{type_name(value)} NumPy cannot hold ({exc})") from exc
-            elif _device.cuda_device(value) is not None:  # CuPy, JAX, ... on a GPU
-                value = _cupy("cuda").asnumpy(_cupy("cuda").from_dlpack(value))
-            arr = float_array(value, label)
-            if arr.shape != shape:
-                raise ValueError(f"state_dict[{name!r}]: expected shape {shape}, got {arr.shape}")
-            new[name] = np.array(arr, dtype=self.dtype, order="C", copy=True)
+        new = checked_state_dict(state_dict, self._shapes(), self.dtype, _host_array)
         self._params = {name: self._xp.asarray(p) for name, p in new.items()}
 
     def _layer_weights(self, layer, direction):

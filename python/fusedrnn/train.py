@@ -26,7 +26,8 @@ import sys
 
 import numpy as np
 
-from ._checks import (as_array, as_dtype, flag, float_array, optional_seed, positive_int,
+from ._checks import (as_array, as_dtype, checked_state_dict, flag, float_array, optional_seed,
+                      positive_int,
                       type_name)
 
 __all__ = ["Linear", "mse", "softmax", "softmax_cross_entropy", "clip_grad_norm", "SGD", "Adam",
@@ -41,23 +42,6 @@ def _positive_float(value, name, upper=None):
         want = "a positive float" if upper is None else f"a float in (0, {upper})"
         raise ValueError(f"{name}: expected {want}, got {value}")
     return value
-
-
-def _check_params(state_dict, shapes, dtype, name):
-    """state_dict's arrays, copied and cast to dtype, after checking keys and shapes."""
-    if not isinstance(state_dict, dict):
-        raise TypeError(f"{name}: expected a dict of arrays, got {type_name(state_dict)}")
-    missing = [k for k in shapes if k not in state_dict]
-    unknown = [k for k in state_dict if k not in shapes]
-    if missing or unknown:
-        raise ValueError(f"{name}: missing keys {missing}, unknown keys {unknown}")
-    out = {}
-    for key, shape in shapes.items():
-        arr = float_array(state_dict[key], f"{name}[{key!r}]")
-        if arr.shape != shape:
-            raise ValueError(f"{name}[{key!r}]: expected shape {shape}, got {arr.shape}")
-        out[key] = np.array(arr, dtype=dtype, order="C", copy=True)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,7 +104,7 @@ class Linear:
 
     def load_state_dict(self, state_dict):
         """Strict, as the layers' load_state_dict; on any error nothing changes."""
-        self._params = _check_params(state_dict, self._shapes(), self.dtype, "state_dict")
+        self._params = checked_state_dict(state_dict, self._shapes(), self.dtype)
 
     def __repr__(self):
         return (f"Linear({self.in_features}, {self.out_features}, bias={self.bias}, "
