@@ -1,12 +1,15 @@
-// One time step of each cell on the CPU: the recurrent GEMM(s) and the fused pointwise pass over
-// [B, H], forward and backward. The time loop, tape layout and weight gradients live in
-// sequence_cpu.cc; the per-unit math lives in cell_math.h (shared with CUDA).
+// One time step of each cell on the CPU, forward and backward: the recurrent product(s) and the
+// pointwise pass over [B, H], fused by blocks of hidden units (recurrent_product.h). The time
+// loop, tape layout and weight gradients live in sequence_cpu.cc; the per-unit math lives in
+// cell_math.h (shared with CUDA).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
 #include "parallel_gemm.h"
+#include "recurrent_product.h"
 #include "fusedrnn/cell_math.h"
 #include "fusedrnn/rnn.h"
 
@@ -36,13 +39,61 @@ inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
   return lengths == nullptr || t < lengths[b];
 }
 
+// The recurrent products a cell's steps use, W_hh packed once per call: forward h·W_hhᵀ over
+// the gates, backward dG·W_hh. GRU reset-before's n gate reads r⊙h, so it has its own.
+template <typename T>
+struct StepProducts {
+  static ProductShape main_shape(Cell cell, int64_t H, bool forward) {
+    const int64_t gates = cell == Cell::GRU_RESET_BEFORE ? 2 : gate_count(cell);
+    return forward ? ProductShape{true, H, gates, H} : ProductShape{false, gates * H, 1, H};
+  }
+  static ProductShape n_gate_shape(int64_t H, bool forward) {
+    return ProductShape{forward, H, 1, H};
+  }
+  static bool has_n_gate(Cell cell) { return cell == Cell::GRU_RESET_BEFORE; }
+  static int64_t main_packing(Cell cell, int64_t H, bool forward) {
+    return RecurrentProduct<T>::packing_size(main_shape(cell, H, forward));
+  }
+  static int64_t n_gate_packing(Cell cell, int64_t H, bool forward) {
+    return has_n_gate(cell) ? RecurrentProduct<T>::packing_size(n_gate_shape(H, forward)) : 0;
+  }
+
+  StepProducts(Cell cell, int64_t H, bool forward, const T* w_hh, T* main_packing,
+               T* n_gate_packing)
+      : main(main_shape(cell, H, forward), w_hh, H, main_packing) {
+    if (has_n_gate(cell)) n_gate = RecurrentProduct<T>(n_gate_shape(H, forward), w_hh + 2 * H * H, H,
+                                                       n_gate_packing);
+  }
+
+  RecurrentProduct<T> main, n_gate;
+};
+
+// One step's products are cut into blocks of ~kBlockUnitFlops: enough to outweigh handing a
+// block to a thread (~1 µs), small enough that a 2-MFLOP step (B=16, H=128 LSTM) still spreads
+// over several threads. Like every cut here, it depends on the sizes only.
+constexpr double kBlockUnitFlops = 2.5e5;
+constexpr int64_t kMaxUnitBlocks = 64;
+
+// body(u0, u1) for blocks of units covering [0, H), in parallel; `flops` is the step's product.
+template <typename F>
+void for_unit_blocks(int64_t H, int64_t unit_step, double flops, const F& body) {
+  const int64_t steps = (H + unit_step - 1) / unit_step;
+  const int64_t blocks = std::max<int64_t>(
+      1, std::min({static_cast<int64_t>(flops / kBlockUnitFlops), kMaxUnitBlocks, steps}));
+  parallel_for(blocks, [&](int64_t i) {
+    const int64_t u0 = steps * i / blocks * unit_step;
+    const int64_t u1 = std::min(H, steps * (i + 1) / blocks * unit_step);
+    body(u0, u1);
+  });
+}
+
 // Everything a forward step touches. Pointers are already offset to time step t.
 template <typename T>
 struct StepIO {
   int64_t B, H, t;
   const int64_t* lengths;
   const T* xproj;   // [B, G*H]  x·W_ihᵀ (no bias)
-  const T* w_hh;    // [G*H, H]
+  const StepProducts<T>* products;  // h·W_hhᵀ
   const T* b_ih;    // [G*H]     (zeros when the layer has no bias)
   const T* b_hh;    // [G*H]
   const T* h_prev;  // [B, H]
@@ -55,12 +106,18 @@ struct StepIO {
   T* rec;           // [B, G*H]  scratch for the recurrent product
 };
 
-// Everything a backward step touches. Pointers are offset to time step t.
+// Everything a backward step touches. Pointers are offset to time step t. The step first adds
+// the recurrent gradient of the step walked before it, dg_next·W_hh, to dh (the products need
+// all of dg_next's units, so they wait for the next step's fork-join), then runs its pointwise
+// pass. After the walk, a last call without the pointwise pass adds step 0's.
 template <typename T>
 struct BackStepIO {
   int64_t B, H, t;
   const int64_t* lengths;
-  const T* w_hh;    // [G*H, H]
+  const StepProducts<T>* products;  // dG·W_hh
+  const T* dg_next; // [B, G*H] recurrent-side gate gradients of step t+1 (reverse: t-1); null
+                    // at the first step walked
+  bool pointwise;   // false: only dh += dg_next·W_hh
   const T* h_prev;  // [B, H] tape slots
   const T* c_prev;
   const T* h_new;
@@ -75,40 +132,42 @@ struct BackStepIO {
   T* scratch;       // [B, H]
 };
 
-// A row past its length keeps its state and outputs 0.
+// A row past its length keeps its state and outputs 0 (units [u0, u1)).
 template <typename T>
-void carry_row(const StepIO<T>& s, int64_t b, bool has_c) {
-  const int64_t H = s.H;
-  std::memcpy(s.h_new + b * H, s.h_prev + b * H, sizeof(T) * H);
-  if (has_c) std::memcpy(s.c_new + b * H, s.c_prev + b * H, sizeof(T) * H);
-  std::memset(s.y + b * s.ldy, 0, sizeof(T) * H);
+void carry_row(const StepIO<T>& s, int64_t b, bool has_c, int64_t u0, int64_t u1) {
+  const int64_t H = s.H, n = u1 - u0;
+  std::memcpy(s.h_new + b * H + u0, s.h_prev + b * H + u0, sizeof(T) * n);
+  if (has_c) std::memcpy(s.c_new + b * H + u0, s.c_prev + b * H + u0, sizeof(T) * n);
+  std::memset(s.y + b * s.ldy + u0, 0, sizeof(T) * n);
 }
 
-// h_prev · W_hh[rows]ᵀ into rec[:, rows], for the gate rows [first, first + count) of W_hh.
+// A row past its length gets no gate gradients (units [u0, u1) of each of G gates).
 template <typename T>
-void recurrent_product(const StepIO<T>& s, int64_t G, const T* h, int64_t ldh, int64_t first,
-                       int64_t count) {
-  const int64_t GH = G * s.H;
-  parallel_gemm(Op::N, Op::T, s.B, count, s.H, T(1), h, ldh, s.w_hh + first * s.H, s.H, T(0),
-                s.rec + first, GH);
+void zero_gate_row(T* dg, int64_t H, int G, int64_t u0, int64_t u1) {
+  for (int k = 0; k < G; ++k) std::memset(dg + k * H + u0, 0, sizeof(T) * (u1 - u0));
 }
 
-// dh += dg[:, rows] · W_hh[rows], the gradient reaching h_prev through the recurrent product.
+// Units [u0, u1) of dh += dg_next·W_hh (when there is a step before), for the single-product cells.
 template <typename T>
-void recurrent_product_backward(const BackStepIO<T>& s, int64_t G, const T* dg, int64_t first,
-                                int64_t count, T* out, T beta) {
-  parallel_gemm(Op::N, Op::N, s.B, s.H, count, T(1), dg + first, G * s.H, s.w_hh + first * s.H,
-                s.H, beta, out, s.H);
+void add_recurrent_gradient(const BackStepIO<T>& s, int G, int64_t u0, int64_t u1) {
+  if (s.dg_next) s.products->main.multiply(s.dg_next, G * s.H, s.B, u0, u1, s.dh, s.H, true);
 }
 
+template <typename T>
+double step_flops(const StepIO<T>& s, int G) { return 2.0 * s.B * s.H * G * s.H; }
+template <typename T>
+double step_flops(const BackStepIO<T>& s, int G) { return 2.0 * s.B * s.H * G * s.H; }
+
+// The row functions below take the gate stride H and the count n of units to run from the
+// (already offset) first unit of the block.
 // ---------------------------------------------------------------------------------------------
 template <typename T, bool Training>
 struct LstmStep {
   static constexpr int G = 4;
-  FR_ROW static void forward_row(int64_t H, const T* FR_R xp, const T* FR_R rp, const T* FR_R b_ih,
-                          const T* FR_R b_hh, const T* FR_R c_prev, T* FR_R c_new, T* FR_R h_new,
-                          T* FR_R y, T* FR_R gates) {
-    for (int64_t j = 0; j < H; ++j) {
+  FR_ROW static void forward_row(int64_t H, int64_t n, const T* FR_R xp, const T* FR_R rp,
+                                 const T* FR_R b_ih, const T* FR_R b_hh, const T* FR_R c_prev,
+                                 T* FR_R c_new, T* FR_R h_new, T* FR_R y, T* FR_R gates) {
+    for (int64_t j = 0; j < n; ++j) {
       T pre[4], act[4];
       FR_UNROLL for (int k = 0; k < 4; ++k)
         pre[k] = xp[k * H + j] + b_ih[k * H + j] + rp[k * H + j] + b_hh[k * H + j];
@@ -119,35 +178,48 @@ struct LstmStep {
   }
   static void forward(const StepIO<T>& s) {
     const int64_t H = s.H, GH = G * H;
-    recurrent_product(s, G, s.h_prev, H, 0, GH);
-    parallel_rows(s.B, G * s.H, [&](int64_t b) {
-      if (!row_active(s.lengths, b, s.t)) return carry_row(s, b, true);
-      forward_row(H, s.xproj + b * GH, s.rec + b * GH, s.b_ih, s.b_hh, s.c_prev + b * H,
-                  s.c_new + b * H, s.h_new + b * H, s.y + b * s.ldy,
-                  Training ? s.gates + b * GH : nullptr);
+    const RecurrentProduct<T>& product = s.products->main;
+    for_unit_blocks(H, product.unit_step(), step_flops(s, G), [&](int64_t u0, int64_t u1) {
+      product.multiply(s.h_prev, H, s.B, u0, u1, s.rec, GH, false);
+      for (int64_t b = 0; b < s.B; ++b) {
+        if (!row_active(s.lengths, b, s.t)) {
+          carry_row(s, b, true, u0, u1);
+          continue;
+        }
+        forward_row(H, u1 - u0, s.xproj + b * GH + u0, s.rec + b * GH + u0, s.b_ih + u0,
+                    s.b_hh + u0, s.c_prev + b * H + u0, s.c_new + b * H + u0,
+                    s.h_new + b * H + u0, s.y + b * s.ldy + u0,
+                    Training ? s.gates + b * GH + u0 : nullptr);
+      }
     });
   }
-  FR_ROW static void backward_row(int64_t H, const T* FR_R gates, const T* FR_R c_prev,
-                           const T* FR_R c_new, const T* FR_R dy, T* FR_R dh, T* FR_R dc,
-                           T* FR_R dg) {
-    for (int64_t j = 0; j < H; ++j) {
+  FR_ROW static void backward_row(int64_t H, int64_t n, const T* FR_R gates, const T* FR_R c_prev,
+                                  const T* FR_R c_new, const T* FR_R dy, T* FR_R dh, T* FR_R dc,
+                                  T* FR_R dg) {
+    for (int64_t j = 0; j < n; ++j) {
       T act[4], dpre[4];
       FR_UNROLL for (int k = 0; k < 4; ++k) act[k] = gates[k * H + j];
-      cell::lstm_backward(act, c_prev[j], c_new[j], dh[j] + dy[j], dc[j], dpre,
-                          dc[j]);
+      cell::lstm_backward(act, c_prev[j], c_new[j], dh[j] + dy[j], dc[j], dpre, dc[j]);
       FR_UNROLL for (int k = 0; k < 4; ++k) dg[k * H + j] = dpre[k];
       dh[j] = T(0);  // h_prev reaches h only through the recurrent product
     }
   }
   static void backward(const BackStepIO<T>& s) {
     const int64_t H = s.H, GH = G * H;
-    parallel_rows(s.B, G * s.H, [&](int64_t b) {
-      T* dg = s.dgx + b * GH;
-      if (!row_active(s.lengths, b, s.t)) return (void)std::memset(dg, 0, sizeof(T) * GH);
-      backward_row(H, s.gates + b * GH, s.c_prev + b * H, s.c_new + b * H,
-                   s.dy + b * s.lddy, s.dh + b * H, s.dc + b * H, dg);
+    for_unit_blocks(H, s.products->main.unit_step(), step_flops(s, G), [&](int64_t u0, int64_t u1) {
+      add_recurrent_gradient(s, G, u0, u1);
+      if (!s.pointwise) return;
+      for (int64_t b = 0; b < s.B; ++b) {
+        T* dg = s.dgx + b * GH;
+        if (!row_active(s.lengths, b, s.t)) {
+          zero_gate_row(dg, H, G, u0, u1);
+          continue;
+        }
+        backward_row(H, u1 - u0, s.gates + b * GH + u0, s.c_prev + b * H + u0,
+                     s.c_new + b * H + u0, s.dy + b * s.lddy + u0, s.dh + b * H + u0,
+                     s.dc + b * H + u0, dg + u0);
+      }
     });
-    recurrent_product_backward(s, G, s.dgx, 0, GH, s.dh, T(1));
   }
 };
 
@@ -155,10 +227,10 @@ struct LstmStep {
 template <typename T, bool Training>
 struct GruStep {
   static constexpr int G = 3;
-  FR_ROW static void forward_row(int64_t H, const T* FR_R xp, const T* FR_R rp, const T* FR_R b_ih,
-                          const T* FR_R b_hh, const T* FR_R h_prev, T* FR_R h_new, T* FR_R y,
-                          T* FR_R gates) {
-    for (int64_t j = 0; j < H; ++j) {
+  FR_ROW static void forward_row(int64_t H, int64_t n, const T* FR_R xp, const T* FR_R rp,
+                                 const T* FR_R b_ih, const T* FR_R b_hh, const T* FR_R h_prev,
+                                 T* FR_R h_new, T* FR_R y, T* FR_R gates) {
+    for (int64_t j = 0; j < n; ++j) {
       T pre_x[3], pre_h[3], act[3];
       FR_UNROLL for (int k = 0; k < 3; ++k) {
         pre_x[k] = xp[k * H + j] + b_ih[k * H + j];
@@ -174,20 +246,26 @@ struct GruStep {
   }
   static void forward(const StepIO<T>& s) {
     const int64_t H = s.H, GH = G * H;
-    recurrent_product(s, G, s.h_prev, H, 0, GH);
-    parallel_rows(s.B, G * s.H, [&](int64_t b) {
-      if (!row_active(s.lengths, b, s.t)) return carry_row(s, b, false);
-      forward_row(H, s.xproj + b * GH, s.rec + b * GH, s.b_ih, s.b_hh, s.h_prev + b * H,
-                  s.h_new + b * H, s.y + b * s.ldy, Training ? s.gates + b * 4 * H : nullptr);
+    const RecurrentProduct<T>& product = s.products->main;
+    for_unit_blocks(H, product.unit_step(), step_flops(s, G), [&](int64_t u0, int64_t u1) {
+      product.multiply(s.h_prev, H, s.B, u0, u1, s.rec, GH, false);
+      for (int64_t b = 0; b < s.B; ++b) {
+        if (!row_active(s.lengths, b, s.t)) {
+          carry_row(s, b, false, u0, u1);
+          continue;
+        }
+        forward_row(H, u1 - u0, s.xproj + b * GH + u0, s.rec + b * GH + u0, s.b_ih + u0,
+                    s.b_hh + u0, s.h_prev + b * H + u0, s.h_new + b * H + u0,
+                    s.y + b * s.ldy + u0, Training ? s.gates + b * 4 * H + u0 : nullptr);
+      }
     });
   }
-  FR_ROW static void backward_row(int64_t H, const T* FR_R gates, const T* FR_R h_prev,
-                           const T* FR_R dy, T* FR_R dh, T* FR_R dgx, T* FR_R dgh) {
-    for (int64_t j = 0; j < H; ++j) {
+  FR_ROW static void backward_row(int64_t H, int64_t n, const T* FR_R gates, const T* FR_R h_prev,
+                                  const T* FR_R dy, T* FR_R dh, T* FR_R dgx, T* FR_R dgh) {
+    for (int64_t j = 0; j < n; ++j) {
       const T act[3] = {gates[j], gates[H + j], gates[2 * H + j]};
       T dpre_x[3], dpre_h[3];
-      cell::gru_backward(act, gates[3 * H + j], h_prev[j], dh[j] + dy[j], dpre_x,
-                         dpre_h, dh[j]);
+      cell::gru_backward(act, gates[3 * H + j], h_prev[j], dh[j] + dy[j], dpre_x, dpre_h, dh[j]);
       FR_UNROLL for (int k = 0; k < 3; ++k) {
         dgx[k * H + j] = dpre_x[k];
         dgh[k * H + j] = dpre_h[k];
@@ -196,38 +274,43 @@ struct GruStep {
   }
   static void backward(const BackStepIO<T>& s) {
     const int64_t H = s.H, GH = G * H;
-    parallel_rows(s.B, G * s.H, [&](int64_t b) {
-      T* dgx = s.dgx + b * GH;
-      T* dgh = s.dgh + b * GH;
-      if (!row_active(s.lengths, b, s.t)) {
-        std::memset(dgx, 0, sizeof(T) * GH);
-        std::memset(dgh, 0, sizeof(T) * GH);
-        return;
+    for_unit_blocks(H, s.products->main.unit_step(), step_flops(s, G), [&](int64_t u0, int64_t u1) {
+      add_recurrent_gradient(s, G, u0, u1);
+      if (!s.pointwise) return;
+      for (int64_t b = 0; b < s.B; ++b) {
+        T* dgx = s.dgx + b * GH;
+        T* dgh = s.dgh + b * GH;
+        if (!row_active(s.lengths, b, s.t)) {
+          zero_gate_row(dgx, H, G, u0, u1);
+          zero_gate_row(dgh, H, G, u0, u1);
+          continue;
+        }
+        backward_row(H, u1 - u0, s.gates + b * 4 * H + u0, s.h_prev + b * H + u0,
+                     s.dy + b * s.lddy + u0, s.dh + b * H + u0, dgx + u0, dgh + u0);
       }
-      backward_row(H, s.gates + b * 4 * H, s.h_prev + b * H, s.dy + b * s.lddy,
-                   s.dh + b * H, dgx, dgh);
     });
-    recurrent_product_backward(s, G, s.dgh, 0, GH, s.dh, T(1));
   }
 };
 
 // ---------------------------------------------------------------------------------------------
 // The reset gate scales h before W_hn, so each step has two recurrent products: (r, z) from h,
-// then n from r⊙h. Its tape row is (r, z, n, r⊙h); inference uses the same layout as scratch.
+// then n from r⊙h, each in its own pass over the unit blocks (n's product needs all of r⊙h).
+// Its tape row is (r, z, n, r⊙h); inference uses the same layout as scratch.
 template <typename T, bool Training>
 struct GruResetBeforeStep {
   static constexpr int G = 3;
-  FR_ROW static void forward_rz_row(int64_t H, const T* FR_R xp, const T* FR_R rp, const T* FR_R b_ih,
-                             const T* FR_R b_hh, const T* FR_R h_prev, T* FR_R g) {
-    for (int64_t j = 0; j < H; ++j)
+  FR_ROW static void forward_rz_row(int64_t H, int64_t n, const T* FR_R xp, const T* FR_R rp,
+                                    const T* FR_R b_ih, const T* FR_R b_hh, const T* FR_R h_prev,
+                                    T* FR_R g) {
+    for (int64_t j = 0; j < n; ++j)
       cell::gru_reset_before_forward_rz(xp[j] + b_ih[j], xp[H + j] + b_ih[H + j],
                                         rp[j] + b_hh[j], rp[H + j] + b_hh[H + j], h_prev[j],
                                         g[j], g[H + j], g[3 * H + j]);
   }
-  FR_ROW static void forward_n_row(int64_t H, const T* FR_R xp, const T* FR_R rp, const T* FR_R b_ih,
-                            const T* FR_R b_hh, const T* FR_R h_prev, T* FR_R g,
-                            T* FR_R h_new, T* FR_R y) {
-    for (int64_t j = 0; j < H; ++j) {
+  FR_ROW static void forward_n_row(int64_t H, int64_t n, const T* FR_R xp, const T* FR_R rp,
+                                   const T* FR_R b_ih, const T* FR_R b_hh, const T* FR_R h_prev,
+                                   T* FR_R g, T* FR_R h_new, T* FR_R y) {
+    for (int64_t j = 0; j < n; ++j) {
       cell::gru_reset_before_forward_n(xp[2 * H + j] + b_ih[2 * H + j],
                                        rp[2 * H + j] + b_hh[2 * H + j], g[H + j], h_prev[j],
                                        g[2 * H + j], h_new[j]);
@@ -236,29 +319,37 @@ struct GruResetBeforeStep {
   }
   static void forward(const StepIO<T>& s) {
     const int64_t H = s.H, GH = G * H, W = 4 * H;
-    recurrent_product(s, G, s.h_prev, H, 0, 2 * H);
+    const RecurrentProduct<T>& rz = s.products->main;
+    const RecurrentProduct<T>& n_gate = s.products->n_gate;
     // Every row, active or not, gets a finite r⊙h: backward multiplies it by zero gradients.
-    parallel_rows(s.B, G * s.H, [&](int64_t b) {
-      forward_rz_row(H, s.xproj + b * GH, s.rec + b * GH, s.b_ih, s.b_hh, s.h_prev + b * H,
-                     s.gates + b * W);
+    for_unit_blocks(H, rz.unit_step(), step_flops(s, 2), [&](int64_t u0, int64_t u1) {
+      rz.multiply(s.h_prev, H, s.B, u0, u1, s.rec, GH, false);
+      for (int64_t b = 0; b < s.B; ++b)
+        forward_rz_row(H, u1 - u0, s.xproj + b * GH + u0, s.rec + b * GH + u0, s.b_ih + u0,
+                       s.b_hh + u0, s.h_prev + b * H + u0, s.gates + b * W + u0);
     });
-    recurrent_product(s, G, s.gates + 3 * H, W, 2 * H, H);
-    parallel_rows(s.B, G * s.H, [&](int64_t b) {
-      if (!row_active(s.lengths, b, s.t)) return carry_row(s, b, false);
-      forward_n_row(H, s.xproj + b * GH, s.rec + b * GH, s.b_ih, s.b_hh, s.h_prev + b * H,
-                    s.gates + b * W, s.h_new + b * H, s.y + b * s.ldy);
+    for_unit_blocks(H, n_gate.unit_step(), step_flops(s, 1), [&](int64_t u0, int64_t u1) {
+      n_gate.multiply(s.gates + 3 * H, W, s.B, u0, u1, s.rec + 2 * H, GH, false);
+      for (int64_t b = 0; b < s.B; ++b) {
+        if (!row_active(s.lengths, b, s.t)) {
+          carry_row(s, b, false, u0, u1);
+          continue;
+        }
+        forward_n_row(H, u1 - u0, s.xproj + b * GH + u0, s.rec + b * GH + u0, s.b_ih + u0,
+                      s.b_hh + u0, s.h_prev + b * H + u0, s.gates + b * W + u0,
+                      s.h_new + b * H + u0, s.y + b * s.ldy + u0);
+      }
     });
   }
-  FR_ROW static void backward_zn_row(int64_t H, const T* FR_R g, const T* FR_R h_prev, const T* FR_R dy,
-                              T* FR_R dh, T* FR_R dg) {
-    for (int64_t j = 0; j < H; ++j)
-      cell::gru_reset_before_backward_zn(g[H + j], g[2 * H + j], h_prev[j],
-                                         dh[j] + dy[j], dg[H + j], dg[2 * H + j],
-                                         dh[j]);
+  FR_ROW static void backward_zn_row(int64_t H, int64_t n, const T* FR_R g, const T* FR_R h_prev,
+                                     const T* FR_R dy, T* FR_R dh, T* FR_R dg) {
+    for (int64_t j = 0; j < n; ++j)
+      cell::gru_reset_before_backward_zn(g[H + j], g[2 * H + j], h_prev[j], dh[j] + dy[j],
+                                         dg[H + j], dg[2 * H + j], dh[j]);
   }
-  FR_ROW static void backward_r_row(int64_t H, const T* FR_R g, const T* FR_R h_prev, const T* FR_R drh,
-                             T* FR_R dh, T* FR_R dg) {
-    for (int64_t j = 0; j < H; ++j) {
+  FR_ROW static void backward_r_row(int64_t n, const T* FR_R g, const T* FR_R h_prev,
+                                    const T* FR_R drh, T* FR_R dh, T* FR_R dg) {
+    for (int64_t j = 0; j < n; ++j) {
       T dh_rh;
       cell::gru_reset_before_backward_r(g[j], h_prev[j], drh[j], dg[j], dh_rh);
       dh[j] += dh_rh;
@@ -266,20 +357,32 @@ struct GruResetBeforeStep {
   }
   static void backward(const BackStepIO<T>& s) {
     const int64_t H = s.H, GH = G * H, W = 4 * H;
-    parallel_rows(s.B, G * s.H, [&](int64_t b) {
-      T* dg = s.dgx + b * GH;
-      if (!row_active(s.lengths, b, s.t)) return (void)std::memset(dg, 0, sizeof(T) * GH);
-      backward_zn_row(H, s.gates + b * W, s.h_prev + b * H, s.dy + b * s.lddy,
-                      s.dh + b * H, dg);
+    const RecurrentProduct<T>& rz = s.products->main;
+    const RecurrentProduct<T>& n_gate = s.products->n_gate;
+    // dh += dg_next[r, z]·W_h(r,z), then z and n; their rows are zero past a row's length.
+    for_unit_blocks(H, rz.unit_step(), step_flops(s, 2), [&](int64_t u0, int64_t u1) {
+      if (s.dg_next) rz.multiply(s.dg_next, GH, s.B, u0, u1, s.dh, H, true);
+      if (!s.pointwise) return;
+      for (int64_t b = 0; b < s.B; ++b) {
+        T* dg = s.dgx + b * GH;
+        if (!row_active(s.lengths, b, s.t)) {
+          zero_gate_row(dg, H, G, u0, u1);
+          continue;
+        }
+        backward_zn_row(H, u1 - u0, s.gates + b * W + u0, s.h_prev + b * H + u0,
+                        s.dy + b * s.lddy + u0, s.dh + b * H + u0, dg + u0);
+      }
     });
-    // scratch = dpre_n · W_hn: the gradient reaching r⊙h (zero on inactive rows).
-    recurrent_product_backward(s, G, s.dgx, 2 * H, H, s.scratch, T(0));
-    parallel_rows(s.B, G * s.H, [&](int64_t b) {
-      if (!row_active(s.lengths, b, s.t)) return;
-      backward_r_row(H, s.gates + b * W, s.h_prev + b * H, s.scratch + b * H, s.dh + b * H,
-                     s.dgx + b * GH);
+    if (!s.pointwise) return;
+    // scratch = dpre_n·W_hn, the gradient reaching r⊙h; then r.
+    for_unit_blocks(H, n_gate.unit_step(), step_flops(s, 1), [&](int64_t u0, int64_t u1) {
+      n_gate.multiply(s.dgx + 2 * H, GH, s.B, u0, u1, s.scratch, H, false);
+      for (int64_t b = 0; b < s.B; ++b) {
+        if (!row_active(s.lengths, b, s.t)) continue;
+        backward_r_row(u1 - u0, s.gates + b * W + u0, s.h_prev + b * H + u0,
+                       s.scratch + b * H + u0, s.dh + b * H + u0, s.dgx + b * GH + u0);
+      }
     });
-    recurrent_product_backward(s, G, s.dgx, 0, 2 * H, s.dh, T(1));
   }
 };
 
@@ -287,9 +390,9 @@ struct GruResetBeforeStep {
 template <typename T, bool Training, bool Relu>
 struct RnnStep {
   static constexpr int G = 1;
-  FR_ROW static void forward_row(int64_t H, const T* FR_R xp, const T* FR_R rp, const T* FR_R b_ih,
-                          const T* FR_R b_hh, T* FR_R h_new, T* FR_R y) {
-    for (int64_t j = 0; j < H; ++j) {
+  FR_ROW static void forward_row(int64_t n, const T* FR_R xp, const T* FR_R rp,
+                                 const T* FR_R b_ih, const T* FR_R b_hh, T* FR_R h_new, T* FR_R y) {
+    for (int64_t j = 0; j < n; ++j) {
       const T pre = xp[j] + b_ih[j] + rp[j] + b_hh[j];
       h_new[j] = Relu ? cell::rnn_relu_forward(pre) : cell::rnn_tanh_forward(pre);
       y[j] = h_new[j];
@@ -297,16 +400,22 @@ struct RnnStep {
   }
   static void forward(const StepIO<T>& s) {
     const int64_t H = s.H;
-    recurrent_product(s, G, s.h_prev, H, 0, H);
-    parallel_rows(s.B, G * s.H, [&](int64_t b) {
-      if (!row_active(s.lengths, b, s.t)) return carry_row(s, b, false);
-      forward_row(H, s.xproj + b * H, s.rec + b * H, s.b_ih, s.b_hh, s.h_new + b * H,
-                  s.y + b * s.ldy);
+    const RecurrentProduct<T>& product = s.products->main;
+    for_unit_blocks(H, product.unit_step(), step_flops(s, G), [&](int64_t u0, int64_t u1) {
+      product.multiply(s.h_prev, H, s.B, u0, u1, s.rec, H, false);
+      for (int64_t b = 0; b < s.B; ++b) {
+        if (!row_active(s.lengths, b, s.t)) {
+          carry_row(s, b, false, u0, u1);
+          continue;
+        }
+        forward_row(u1 - u0, s.xproj + b * H + u0, s.rec + b * H + u0, s.b_ih + u0, s.b_hh + u0,
+                    s.h_new + b * H + u0, s.y + b * s.ldy + u0);
+      }
     });
   }
-  FR_ROW static void backward_row(int64_t H, const T* FR_R h_new, const T* FR_R dy, T* FR_R dh,
-                           T* FR_R dg) {
-    for (int64_t j = 0; j < H; ++j) {
+  FR_ROW static void backward_row(int64_t n, const T* FR_R h_new, const T* FR_R dy, T* FR_R dh,
+                                  T* FR_R dg) {
+    for (int64_t j = 0; j < n; ++j) {
       const T d = dh[j] + dy[j];
       dg[j] = Relu ? cell::rnn_relu_backward(h_new[j], d) : cell::rnn_tanh_backward(h_new[j], d);
       dh[j] = T(0);
@@ -314,12 +423,19 @@ struct RnnStep {
   }
   static void backward(const BackStepIO<T>& s) {
     const int64_t H = s.H;
-    parallel_rows(s.B, G * s.H, [&](int64_t b) {
-      T* dg = s.dgx + b * H;
-      if (!row_active(s.lengths, b, s.t)) return (void)std::memset(dg, 0, sizeof(T) * H);
-      backward_row(H, s.h_new + b * H, s.dy + b * s.lddy, s.dh + b * H, dg);
+    for_unit_blocks(H, s.products->main.unit_step(), step_flops(s, G), [&](int64_t u0, int64_t u1) {
+      add_recurrent_gradient(s, G, u0, u1);
+      if (!s.pointwise) return;
+      for (int64_t b = 0; b < s.B; ++b) {
+        T* dg = s.dgx + b * H;
+        if (!row_active(s.lengths, b, s.t)) {
+          zero_gate_row(dg, H, G, u0, u1);
+          continue;
+        }
+        backward_row(u1 - u0, s.h_new + b * H + u0, s.dy + b * s.lddy + u0, s.dh + b * H + u0,
+                     dg + u0);
+      }
     });
-    recurrent_product_backward(s, G, s.dgx, 0, H, s.dh, T(1));
   }
 };
 

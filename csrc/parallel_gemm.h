@@ -24,6 +24,8 @@ constexpr int64_t kMinBlockEdgeUncached = 512;  // shared operand of 1 MB of flo
 constexpr int64_t kUncachedElements = int64_t{1} << 18;
 constexpr int64_t kMaxBlocks = 64;
 constexpr int64_t kAlign = 16;  // block edges on 64-byte boundaries of float rows
+constexpr double kSplitAlwaysFlops = 5e7;  // ~0.7 ms on one core
+constexpr int64_t kSplitAlwaysBlocks = 4;
 
 // OpenBLAS must not start threads of its own under ours (see thread_pool.h). Checked at every
 // product: another library in the process (threadpoolctl, say) may have set it since.
@@ -47,7 +49,13 @@ struct Split {
 inline int64_t block_count(double flops, int64_t extent, int64_t shared) {
   const auto wanted = static_cast<int64_t>(flops / kBlockFlops);
   const int64_t edge = shared >= kUncachedElements ? kMinBlockEdgeUncached : kMinBlockEdge;
-  return std::max<int64_t>(1, std::min({wanted, kMaxBlocks, extent / edge}));
+  int64_t count = std::min({wanted, kMaxBlocks, extent / edge});
+  // A big product is never left to one thread for want of 512-row blocks: packing the shared
+  // operand again costs a few tenths of a block, an idle core all of it (a 512x512 weight
+  // gradient over 2560 rows was one block).
+  if (flops >= kSplitAlwaysFlops)
+    count = std::max(count, std::min(kSplitAlwaysBlocks, extent / kMinBlockEdge));
+  return std::max<int64_t>(1, count);
 }
 
 // One block: a GEMM, or for a single row of C (a batch of one) the matrix-vector product, which

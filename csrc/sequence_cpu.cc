@@ -146,14 +146,20 @@ void forward(const ForwardArgs<Real>& a) {
   const int64_t width = tape_gate_width(a.cell) * H;
   const int64_t gates_scratch = !training && a.cell == Cell::GRU_RESET_BEFORE ? B * width : 0;
   const int64_t states_scratch = training ? 0 : (has_c ? 4 : 2) * BH;
-  cpu::Workspace ws(cpu::Workspace::bytes_for<Real>(
-      {T * B * GH, B * GH, a.weights.b_ih ? 0 : GH, gates_scratch, states_scratch}));
+  using Products = cpu::StepProducts<Real>;
+  const int64_t main_packing = Products::main_packing(a.cell, H, true);
+  const int64_t n_gate_packing = Products::n_gate_packing(a.cell, H, true);
+  cpu::Workspace ws(cpu::Workspace::bytes_for<Real>({T * B * GH, B * GH, a.weights.b_ih ? 0 : GH,
+                                                     gates_scratch, states_scratch, main_packing,
+                                                     n_gate_packing}));
   Real* xproj = ws.take<Real>(T * B * GH);
   Real* rec = ws.take<Real>(B * GH);
   Real* no_bias = a.weights.b_ih ? nullptr : ws.take<Real>(GH);
   if (no_bias) std::fill(no_bias, no_bias + GH, Real(0));
   Real* scratch_gates = ws.take<Real>(gates_scratch);
   Real* scratch_states = ws.take<Real>(states_scratch);
+  const Products products(a.cell, H, true, a.weights.w_hh, ws.take<Real>(main_packing),
+                          ws.take<Real>(n_gate_packing));
 
   cpu::parallel_gemm(Op::N, Op::T, T * B, GH, d.I, Real(1), a.x, d.I, a.weights.w_ih, d.I, Real(0),
                      xproj, GH);
@@ -170,7 +176,7 @@ void forward(const ForwardArgs<Real>& a) {
 
   for (int64_t s = 0; s < T; ++s) {
     const StepPlan p = slots(s);
-    cpu::StepIO<Real> io{B, H, p.t, a.lengths, xproj + p.t * B * GH, a.weights.w_hh, b_ih,
+    cpu::StepIO<Real> io{B, H, p.t, a.lengths, xproj + p.t * B * GH, &products, b_ih,
                       b_hh, hs + p.read * BH, has_c ? cs + p.read * BH : nullptr, hs + p.write * BH,
                       has_c ? cs + p.write * BH : nullptr,
                       training ? a.tape->gates() + p.t * B * width : scratch_gates,
@@ -195,28 +201,38 @@ void backward(const BackwardArgs<Real>& a) {
   const int64_t width = tape_gate_width(cell) * H;
   // GRU's recurrent gate gradients differ from the input side's (n's reset); the others share.
   const int64_t own_dgh = cell == Cell::GRU ? T * B * GH : 0;
-  cpu::Workspace ws(cpu::Workspace::bytes_for<Real>({T * B * GH, own_dgh, BH, a.dy ? 0 : BH}));
+  using Products = cpu::StepProducts<Real>;
+  const int64_t main_packing = Products::main_packing(cell, H, false);
+  const int64_t n_gate_packing = Products::n_gate_packing(cell, H, false);
+  cpu::Workspace ws(cpu::Workspace::bytes_for<Real>(
+      {T * B * GH, own_dgh, BH, a.dy ? 0 : BH, main_packing, n_gate_packing}));
   Real* dgx = ws.take<Real>(T * B * GH);
   Real* dgh = own_dgh ? ws.take<Real>(own_dgh) : dgx;
   Real* scratch = ws.take<Real>(BH);
   // No dy means zeros: one zero row block read at every step keeps the row loops branch-free.
   Real* no_dy = a.dy ? nullptr : ws.take<Real>(BH);
   if (no_dy) std::fill(no_dy, no_dy + BH, Real(0));
+  const Products products(cell, H, false, a.weights.w_hh, ws.take<Real>(main_packing),
+                          ws.take<Real>(n_gate_packing));
   copy_or_zero(a.dh0, a.dh_n, BH);  // dh0/dc0 carry the running gradient through the walk
   if (has_c) copy_or_zero(a.dc0, a.dc_n, BH);
 
   const Real* hs = tape.h_states();
   const Real* cs = tape.c_states();
-  for (int64_t s = T - 1; s >= 0; --s) {
-    const StepPlan p(s, T, tape.reverse());
-    cpu::BackStepIO<Real> io{B, H, p.t, tape.lengths(), a.weights.w_hh, hs + p.read * BH,
-                          has_c ? cs + p.read * BH : nullptr, hs + p.write * BH,
-                          has_c ? cs + p.write * BH : nullptr,
+  // Each step first adds the recurrent gradient of the step walked before it (cells_cpu.h);
+  // the last call adds the first step's, with no pointwise pass.
+  const Real* dg_next = nullptr;
+  for (int64_t s = T - 1; s >= -1; --s) {
+    const StepPlan p(std::max<int64_t>(s, 0), T, tape.reverse());
+    cpu::BackStepIO<Real> io{B, H, p.t, tape.lengths(), &products, dg_next, s >= 0,
+                          hs + p.read * BH, has_c ? cs + p.read * BH : nullptr,
+                          hs + p.write * BH, has_c ? cs + p.write * BH : nullptr,
                           width ? tape.gates() + p.t * B * width : nullptr,
                           a.dy ? a.dy + p.t * B * a.lddy : no_dy, a.dy ? a.lddy : H, a.dh0,
                           has_c ? a.dc0 : nullptr, dgx + p.t * B * GH,
                           dgh + p.t * B * GH, scratch};
     step_backward(cell, io);
+    dg_next = dgh + p.t * B * GH;
   }
 
   // Weight gradients over all T·B rows at once. The state entering time t sits in slot t
@@ -261,6 +277,7 @@ BuildInfo build_info() {
 #else
   info.simd = "compiler default";
 #endif
+  info.recurrent = cpu::recurrent_kernel_isa();
   info.blas = scipy_openblas_get_config();
   info.threads = cpu::pool_threads();
   return info;

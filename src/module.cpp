@@ -380,6 +380,7 @@ PYBIND11_MODULE(_core, m) {
     py::dict d;
     d["compiler"] = info.compiler;
     d["simd"] = info.simd;
+    d["recurrent_kernel"] = info.recurrent;
     d["blas"] = info.blas;
     d["threads"] = info.threads;
     d["cuda"] = false;

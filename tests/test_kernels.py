@@ -1,6 +1,9 @@
 """The C++ kernels (backend "cpu") against the NumPy reference (backend "numpy"): the functional
 ops for one layer and direction, then the stacked layers built on them."""
 
+import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -87,6 +90,36 @@ def test_op_matches_reference_at_odd_sizes(kcell, dtype, reverse, shape):
     for name, ref in want.items():
         if ref is not None:
             assert rel_err(got[name], ref) < RTOL[dtype], name
+
+
+# float32's recurrent products run fusedrnn's own kernel: panels of 8, 16 or 32 hidden units
+# (by gate count) and tiles of 1 to 3 batch rows. Sizes on both sides of each edge.
+@pytest.mark.parametrize("H_", [7, 8, 9, 15, 16, 17, 31, 32, 33, 48, 65])
+@pytest.mark.parametrize("B_", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("kcell", KERNEL_CELLS)
+def test_op_matches_reference_around_panel_edges(kcell, B_, H_):
+    if os.environ.get("FUSEDRNN_PORTABLE_KERNEL") == "1":
+        assert _core.build_info()["recurrent_kernel"] == "portable"
+    rng = np.random.default_rng(H_ * 10 + B_)
+    T_ = 3
+    arrays = layer_arrays(rng, kcell, np.float32, T_, B_, 5, H_)
+    lengths = rng.integers(1, T_ + 1, B_)
+    grads = dict(dy=rng.uniform(-1, 1, (T_, B_, H_)).astype(np.float32),
+                 dh_n=rng.uniform(-1, 1, (B_, H_)).astype(np.float32))
+    got = forward_backward("cpu", kcell, arrays, grads, lengths)
+    want = forward_backward("numpy", kcell, arrays, grads, lengths)
+    for name, ref in want.items():
+        if ref is not None:
+            assert rel_err(got[name], ref) < RTOL[np.float32], name
+
+
+def test_portable_kernel_matches_reference():
+    """The kernel a CPU without AVX2/FMA runs, forced on this one, against the reference."""
+    test = f"{__file__}::test_op_matches_reference_around_panel_edges"
+    env = dict(os.environ, FUSEDRNN_PORTABLE_KERNEL="1")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+                           test], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 @pytest.mark.parametrize("kcell", KERNEL_CELLS)

@@ -158,6 +158,7 @@ void backward(const BackwardArgs<T>& args);
 struct BuildInfo {
   const char* compiler;
   const char* simd;       // SIMD code the pointwise passes run on this CPU
+  const char* recurrent;  // kernel of float's recurrent products: "avx2+fma" or "portable"
   const char* blas;       // BLAS configuration string (OpenBLAS runs single-threaded)
   int threads;            // the kernels' threads (set_num_threads)
 };

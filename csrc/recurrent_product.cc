@@ -1,0 +1,185 @@
+// fusedrnn's own kernel for the float recurrent product (see recurrent_product.h).
+//
+// M is packed once per call into panels, each the columns of `units` consecutive hidden units of
+// every segment, k rows of 8-float vectors: [panel][k][segment·units + unit], zero past the last
+// unit. A tile of `rows` rows of A against one panel keeps rows·vectors = 12 accumulators of 8
+// floats in registers (with the A broadcasts and one panel vector, 16 AVX registers), adding
+// one k at a time: every element is summed in k order, whichever tile or thread computes it.
+// The panel outer loop keeps one panel (k·32 floats) in L2 while all rows of A pass over it.
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "recurrent_product.h"
+#include "rnn_common.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define FR_AVX2_KERNEL 1
+#endif
+
+namespace fusedrnn {
+namespace cpu {
+namespace {
+
+constexpr int kLanes = 8;
+constexpr int kMaxTile = 12 * kLanes;  // rows·vectors·lanes
+
+template <int Rows, int Vectors>
+void tile_portable(const float* const* a, const float* panel, int64_t k_count, float* tile) {
+  constexpr int kWidth = Vectors * kLanes;
+  float acc[Rows][kWidth] = {};
+  for (int64_t k = 0; k < k_count; ++k) {
+    const float* m = panel + k * kWidth;
+    for (int r = 0; r < Rows; ++r) {
+      const float ar = a[r][k];
+      for (int j = 0; j < kWidth; ++j) acc[r][j] += ar * m[j];
+    }
+  }
+  for (int r = 0; r < Rows; ++r) std::copy(acc[r], acc[r] + kWidth, tile + r * kWidth);
+}
+
+#if FR_AVX2_KERNEL
+template <int Rows, int Vectors>
+__attribute__((target("avx2,fma"))) void tile_avx2(const float* const* a, const float* panel,
+                                                   int64_t k_count, float* tile) {
+  constexpr int kWidth = Vectors * kLanes;
+  __m256 acc[Rows][Vectors];
+#pragma GCC unroll 4
+  for (int r = 0; r < Rows; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < Vectors; ++v) acc[r][v] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < k_count; ++k) {
+    __m256 ar[Rows];
+#pragma GCC unroll 4
+    for (int r = 0; r < Rows; ++r) ar[r] = _mm256_broadcast_ss(a[r] + k);
+    const float* m = panel + k * kWidth;
+#pragma GCC unroll 8
+    for (int v = 0; v < Vectors; ++v) {
+      const __m256 mv = _mm256_load_ps(m + v * kLanes);
+#pragma GCC unroll 4
+      for (int r = 0; r < Rows; ++r) acc[r][v] = _mm256_fmadd_ps(ar[r], mv, acc[r][v]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < Rows; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < Vectors; ++v) _mm256_storeu_ps(tile + r * kWidth + v * kLanes, acc[r][v]);
+}
+
+#endif
+
+// FUSEDRNN_PORTABLE_KERNEL=1 runs the portable kernel, what a CPU without AVX2 and FMA gets, so
+// that the tests can hold it to the reference on any machine.
+bool use_avx2_fma() {
+#if FR_AVX2_KERNEL
+  static const bool yes = [] {
+    const char* portable = std::getenv("FUSEDRNN_PORTABLE_KERNEL");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           !(portable && *portable && std::strcmp(portable, "0") != 0);
+  }();
+  return yes;
+#else
+  return false;
+#endif
+}
+
+using TileFn = void (*)(const float* const*, const float*, int64_t, float*);
+
+template <int Rows, int Vectors>
+TileFn tile_for_cpu() {
+#if FR_AVX2_KERNEL
+  if (use_avx2_fma()) return tile_avx2<Rows, Vectors>;
+#endif
+  return tile_portable<Rows, Vectors>;
+}
+
+// The kernel for `rows` (1..layout.rows) rows of a layout of `vectors` vectors.
+TileFn tile_kernel(int vectors, int64_t rows) {
+  static const TileFn four[3] = {tile_for_cpu<1, 4>(), tile_for_cpu<2, 4>(),
+                                 tile_for_cpu<3, 4>()};
+  static const TileFn six[2] = {tile_for_cpu<1, 6>(), tile_for_cpu<2, 6>()};
+  return vectors == 4 ? four[rows - 1] : six[rows - 1];
+}
+
+int64_t panel_count(const ProductShape& shape) {
+  const int64_t units = panel_layout(shape.segments).units;
+  return (shape.width + units - 1) / units;
+}
+
+}  // namespace
+
+const char* recurrent_kernel_isa() { return use_avx2_fma() ? "avx2+fma" : "portable"; }
+
+PanelLayout panel_layout(int64_t segments) {
+  switch (segments) {
+    case 1: return {32, 4, 3};
+    case 2: return {16, 4, 3};
+    case 3: return {16, 6, 2};
+    case 4: return {8, 4, 3};
+    default: detail::fail("panel_layout: expected 1 to 4 segments, got " + std::to_string(segments));
+  }
+}
+
+int64_t packed_floats(const ProductShape& shape) {
+  return panel_count(shape) * shape.k * panel_layout(shape.segments).vectors * kLanes;
+}
+
+void pack_panels(const ProductShape& shape, const float* w, int64_t ldw, float* packed) {
+  const PanelLayout layout = panel_layout(shape.segments);
+  const int64_t width = layout.vectors * kLanes, k_count = shape.k;
+  // Panels are independent; blocks of ~64K floats each.
+  const int64_t panels = panel_count(shape);
+  const int64_t per_block = std::max<int64_t>(1, (int64_t{1} << 16) / (k_count * width));
+  parallel_for((panels + per_block - 1) / per_block, [&](int64_t block) {
+    const int64_t p_end = std::min(panels, (block + 1) * per_block);
+    for (int64_t p = block * per_block; p < p_end; ++p) {
+      float* out = packed + p * k_count * width;
+      for (int64_t s = 0; s < shape.segments; ++s) {
+        for (int64_t u = 0; u < layout.units; ++u) {
+          const int64_t unit = p * layout.units + u, lane = s * layout.units + u;
+          const int64_t col = s * shape.width + unit;
+          if (unit >= shape.width) {
+            for (int64_t k = 0; k < k_count; ++k) out[k * width + lane] = 0.0f;
+          } else if (shape.transposed) {
+            const float* row = w + col * ldw;  // M's column col is W's row col
+            for (int64_t k = 0; k < k_count; ++k) out[k * width + lane] = row[k];
+          } else {
+            for (int64_t k = 0; k < k_count; ++k) out[k * width + lane] = w[k * ldw + col];
+          }
+        }
+      }
+    }
+  });
+}
+
+void packed_multiply(const ProductShape& shape, const float* packed, int64_t p0, int64_t p1,
+                     const float* a, int64_t lda, int64_t rows, float* c, int64_t ldc,
+                     bool accumulate) {
+  const PanelLayout layout = panel_layout(shape.segments);
+  const int64_t width = layout.vectors * kLanes;
+  alignas(32) float tile[kMaxTile];
+  for (int64_t p = p0; p < p1; ++p) {
+    const float* panel = packed + p * shape.k * width;
+    const int64_t first = p * layout.units;
+    const int64_t units = std::min(layout.units, shape.width - first);
+    for (int64_t r0 = 0; r0 < rows; r0 += layout.rows) {
+      const int64_t tile_rows = std::min<int64_t>(layout.rows, rows - r0);
+      const float* a_rows[3];
+      for (int64_t i = 0; i < tile_rows; ++i) a_rows[i] = a + (r0 + i) * lda;
+      tile_kernel(layout.vectors, tile_rows)(a_rows, panel, shape.k, tile);
+      for (int64_t i = 0; i < tile_rows; ++i) {
+        for (int64_t s = 0; s < shape.segments; ++s) {
+          float* dst = c + (r0 + i) * ldc + s * shape.width + first;
+          const float* src = tile + i * width + s * layout.units;
+          if (accumulate) for (int64_t u = 0; u < units; ++u) dst[u] += src[u];
+          else std::copy(src, src + units, dst);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace fusedrnn

@@ -1,0 +1,122 @@
+// The recurrent products of one time step, h·W_hhᵀ forward and dG·W_hh backward, computed for a
+// range of hidden units at a time. A step hands each thread a block of units: the thread
+// computes that block's share of the product and then the block's pointwise math at once,
+// while the rows it just wrote are in its cache, with one fork-join per step.
+//
+// float packs W_hh once per call into column panels for fusedrnn's own register-blocked kernel
+// (recurrent_product.cc). OpenBLAS packs its operand again at every call, which for a step's
+// small product (a 16x128 h against a 512x128 W_hh, say) costs about as much as the product.
+// double goes through BLAS on each block: its targets are accuracy, not speed.
+#pragma once
+
+#include <cstdint>
+
+#include "parallel_gemm.h"
+
+namespace fusedrnn {
+namespace cpu {
+
+// A product C[rows, columns] = A[rows, k] · M, where M is read from the row-major W (leading
+// dimension ldw): transposed (forward, h·W_hhᵀ) M[k][col] = W[col][k]; else (backward, dG·W_hh)
+// M[k][col] = W[k][col]. The columns are `segments` segments of `width` (the gates forward, one
+// segment backward); the units [u0, u1) of a product are the columns s·width + u of every segment
+// s for u in [u0, u1).
+struct ProductShape {
+  bool transposed;
+  int64_t k, segments, width;
+};
+
+// The float kernel's panel: `units` units of every segment, 8-float vectors.
+struct PanelLayout {
+  int64_t units;    // per segment
+  int vectors;      // 8-float vectors across a panel: segments·units/8
+  int rows;         // rows of A per tile (12 accumulators: rows·vectors = 12)
+};
+PanelLayout panel_layout(int64_t segments);
+
+// "avx2+fma", or "portable" (no AVX2/FMA, or FUSEDRNN_PORTABLE_KERNEL=1).
+const char* recurrent_kernel_isa();
+
+int64_t packed_floats(const ProductShape& shape);
+void pack_panels(const ProductShape& shape, const float* w, int64_t ldw, float* packed);
+// C[:, units of panels [p0, p1)] (+)= A · M, from the packed panels.
+void packed_multiply(const ProductShape& shape, const float* packed, int64_t p0, int64_t p1,
+                     const float* a, int64_t lda, int64_t rows, float* c, int64_t ldc,
+                     bool accumulate);
+
+template <typename T>
+class RecurrentProduct {
+ public:
+  RecurrentProduct() = default;
+  // `packing` holds packing_size(shape) elements (none for double).
+  RecurrentProduct(const ProductShape& shape, const T* w, int64_t ldw, T* packing)
+      : shape_(shape), w_(w), ldw_(ldw), packed_(packing) {
+    if (packed_) pack(packing);
+  }
+
+  static int64_t packing_size(const ProductShape& shape);
+
+  // Unit blocks handed to threads start on multiples of this.
+  int64_t unit_step() const;
+
+  // C[:, units [u0, u1)] = A·M, or += when accumulate; u0 is a multiple of unit_step().
+  void multiply(const T* a, int64_t lda, int64_t rows, int64_t u0, int64_t u1, T* c, int64_t ldc,
+                bool accumulate) const;
+
+ private:
+  void pack(T* packing);
+
+  ProductShape shape_{};
+  const T* w_ = nullptr;
+  int64_t ldw_ = 0;
+  T* packed_ = nullptr;
+};
+
+// --- float: packed panels ---------------------------------------------------------------------
+template <>
+inline int64_t RecurrentProduct<float>::packing_size(const ProductShape& shape) {
+  return packed_floats(shape);
+}
+template <>
+inline int64_t RecurrentProduct<float>::unit_step() const {
+  return panel_layout(shape_.segments).units;
+}
+template <>
+inline void RecurrentProduct<float>::pack(float* packing) {
+  pack_panels(shape_, w_, ldw_, packing);
+}
+template <>
+inline void RecurrentProduct<float>::multiply(const float* a, int64_t lda, int64_t rows,
+                                              int64_t u0, int64_t u1, float* c, int64_t ldc,
+                                              bool accumulate) const {
+  const int64_t units = unit_step();
+  packed_multiply(shape_, packed_, u0 / units, (u1 + units - 1) / units, a, lda, rows, c, ldc,
+                  accumulate);
+}
+
+// --- double: BLAS on the block ----------------------------------------------------------------
+template <>
+inline int64_t RecurrentProduct<double>::packing_size(const ProductShape&) { return 0; }
+template <>
+inline int64_t RecurrentProduct<double>::unit_step() const { return kAlign; }
+template <>
+inline void RecurrentProduct<double>::pack(double*) {}
+template <>
+inline void RecurrentProduct<double>::multiply(const double* a, int64_t lda, int64_t rows,
+                                               int64_t u0, int64_t u1, double* c, int64_t ldc,
+                                               bool accumulate) const {
+  make_blas_single_threaded();
+  const int64_t n = u1 - u0;
+  const double beta = accumulate ? 1.0 : 0.0;
+  if (!shape_.transposed)
+    return gemm_block(Op::N, Op::N, rows, n, shape_.k, 1.0, a, lda, w_ + u0, ldw_, beta,
+                      c + u0, ldc);
+  for (int64_t s = 0; s < shape_.segments; ++s) {
+    const int64_t col = s * shape_.width + u0;
+    gemm_block(Op::N, Op::T, rows, n, shape_.k, 1.0, a, lda, w_ + col * ldw_, ldw_, beta,
+               c + col, ldc);
+  }
+}
+
+}  // namespace cpu
+}  // namespace fusedrnn
