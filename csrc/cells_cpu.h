@@ -147,16 +147,43 @@ void zero_gate_row(T* dg, int64_t H, int G, int64_t u0, int64_t u1) {
   for (int k = 0; k < G; ++k) std::memset(dg + k * H + u0, 0, sizeof(T) * (u1 - u0));
 }
 
-// Units [u0, u1) of dh += dg_next·W_hh (when there is a step before), for the single-product cells.
-template <typename T>
-void add_recurrent_gradient(const BackStepIO<T>& s, int G, int64_t u0, int64_t u1) {
-  if (s.dg_next) s.products->main.multiply(s.dg_next, G * s.H, s.B, u0, u1, s.dh, s.H, true);
+template <typename IO>
+double step_flops(const IO& s, int G) { return 2.0 * s.B * s.H * G * s.H; }
+
+// A forward pass over unit blocks with one product: the block's share of `a`·W (into rec at
+// column `c_offset`), then row(b, u0, u1) for the rows still running and carry for the others.
+template <typename T, typename Row>
+void forward_pass(const StepIO<T>& s, const RecurrentProduct<T>& product, int G, const T* a,
+                  int64_t lda, int64_t c_offset, int64_t ldc, bool has_c, const Row& row) {
+  for_unit_blocks(s.H, product.unit_step(), step_flops(s, G), [&](int64_t u0, int64_t u1) {
+    product.multiply(a, lda, s.B, u0, u1, s.rec + c_offset, ldc, false);
+    for (int64_t b = 0; b < s.B; ++b) {
+      if (row_active(s.lengths, b, s.t)) row(b, u0, u1);
+      else carry_row(s, b, has_c, u0, u1);
+    }
+  });
 }
 
-template <typename T>
-double step_flops(const StepIO<T>& s, int G) { return 2.0 * s.B * s.H * G * s.H; }
-template <typename T>
-double step_flops(const BackStepIO<T>& s, int G) { return 2.0 * s.B * s.H * G * s.H; }
+// A backward pass over unit blocks: dh += dg_next[:, columns from c_offset]·W for the block
+// (when a step was walked before), then row(b, u0, u1) for the rows still running; the others
+// get zero gate gradients in dgx and dgh.
+template <typename T, typename Row>
+void backward_pass(const BackStepIO<T>& s, const RecurrentProduct<T>& product, int G,
+                   const Row& row) {
+  const int64_t H = s.H, GH = G * H;
+  for_unit_blocks(H, product.unit_step(), step_flops(s, G), [&](int64_t u0, int64_t u1) {
+    if (s.dg_next) product.multiply(s.dg_next, GH, s.B, u0, u1, s.dh, H, true);
+    if (!s.pointwise) return;
+    for (int64_t b = 0; b < s.B; ++b) {
+      if (row_active(s.lengths, b, s.t)) {
+        row(b, u0, u1);
+      } else {
+        zero_gate_row(s.dgx + b * GH, H, G, u0, u1);
+        if (s.dgh != s.dgx) zero_gate_row(s.dgh + b * GH, H, G, u0, u1);
+      }
+    }
+  });
+}
 
 // The row functions below take the gate stride H and the count n of units to run from the
 // (already offset) first unit of the block.
@@ -178,19 +205,11 @@ struct LstmStep {
   }
   static void forward(const StepIO<T>& s) {
     const int64_t H = s.H, GH = G * H;
-    const RecurrentProduct<T>& product = s.products->main;
-    for_unit_blocks(H, product.unit_step(), step_flops(s, G), [&](int64_t u0, int64_t u1) {
-      product.multiply(s.h_prev, H, s.B, u0, u1, s.rec, GH, false);
-      for (int64_t b = 0; b < s.B; ++b) {
-        if (!row_active(s.lengths, b, s.t)) {
-          carry_row(s, b, true, u0, u1);
-          continue;
-        }
-        forward_row(H, u1 - u0, s.xproj + b * GH + u0, s.rec + b * GH + u0, s.b_ih + u0,
-                    s.b_hh + u0, s.c_prev + b * H + u0, s.c_new + b * H + u0,
-                    s.h_new + b * H + u0, s.y + b * s.ldy + u0,
-                    Training ? s.gates + b * GH + u0 : nullptr);
-      }
+    forward_pass(s, s.products->main, G, s.h_prev, H, 0, GH, true,
+                 [&](int64_t b, int64_t u0, int64_t u1) {
+      forward_row(H, u1 - u0, s.xproj + b * GH + u0, s.rec + b * GH + u0, s.b_ih + u0,
+                  s.b_hh + u0, s.c_prev + b * H + u0, s.c_new + b * H + u0, s.h_new + b * H + u0,
+                  s.y + b * s.ldy + u0, Training ? s.gates + b * GH + u0 : nullptr);
     });
   }
   FR_ROW static void backward_row(int64_t H, int64_t n, const T* FR_R gates, const T* FR_R c_prev,
@@ -206,19 +225,10 @@ struct LstmStep {
   }
   static void backward(const BackStepIO<T>& s) {
     const int64_t H = s.H, GH = G * H;
-    for_unit_blocks(H, s.products->main.unit_step(), step_flops(s, G), [&](int64_t u0, int64_t u1) {
-      add_recurrent_gradient(s, G, u0, u1);
-      if (!s.pointwise) return;
-      for (int64_t b = 0; b < s.B; ++b) {
-        T* dg = s.dgx + b * GH;
-        if (!row_active(s.lengths, b, s.t)) {
-          zero_gate_row(dg, H, G, u0, u1);
-          continue;
-        }
-        backward_row(H, u1 - u0, s.gates + b * GH + u0, s.c_prev + b * H + u0,
-                     s.c_new + b * H + u0, s.dy + b * s.lddy + u0, s.dh + b * H + u0,
-                     s.dc + b * H + u0, dg + u0);
-      }
+    backward_pass(s, s.products->main, G, [&](int64_t b, int64_t u0, int64_t u1) {
+      backward_row(H, u1 - u0, s.gates + b * GH + u0, s.c_prev + b * H + u0, s.c_new + b * H + u0,
+                   s.dy + b * s.lddy + u0, s.dh + b * H + u0, s.dc + b * H + u0,
+                   s.dgx + b * GH + u0);
     });
   }
 };
@@ -246,18 +256,11 @@ struct GruStep {
   }
   static void forward(const StepIO<T>& s) {
     const int64_t H = s.H, GH = G * H;
-    const RecurrentProduct<T>& product = s.products->main;
-    for_unit_blocks(H, product.unit_step(), step_flops(s, G), [&](int64_t u0, int64_t u1) {
-      product.multiply(s.h_prev, H, s.B, u0, u1, s.rec, GH, false);
-      for (int64_t b = 0; b < s.B; ++b) {
-        if (!row_active(s.lengths, b, s.t)) {
-          carry_row(s, b, false, u0, u1);
-          continue;
-        }
-        forward_row(H, u1 - u0, s.xproj + b * GH + u0, s.rec + b * GH + u0, s.b_ih + u0,
-                    s.b_hh + u0, s.h_prev + b * H + u0, s.h_new + b * H + u0,
-                    s.y + b * s.ldy + u0, Training ? s.gates + b * 4 * H + u0 : nullptr);
-      }
+    forward_pass(s, s.products->main, G, s.h_prev, H, 0, GH, false,
+                 [&](int64_t b, int64_t u0, int64_t u1) {
+      forward_row(H, u1 - u0, s.xproj + b * GH + u0, s.rec + b * GH + u0, s.b_ih + u0,
+                  s.b_hh + u0, s.h_prev + b * H + u0, s.h_new + b * H + u0, s.y + b * s.ldy + u0,
+                  Training ? s.gates + b * 4 * H + u0 : nullptr);
     });
   }
   FR_ROW static void backward_row(int64_t H, int64_t n, const T* FR_R gates, const T* FR_R h_prev,
@@ -274,20 +277,10 @@ struct GruStep {
   }
   static void backward(const BackStepIO<T>& s) {
     const int64_t H = s.H, GH = G * H;
-    for_unit_blocks(H, s.products->main.unit_step(), step_flops(s, G), [&](int64_t u0, int64_t u1) {
-      add_recurrent_gradient(s, G, u0, u1);
-      if (!s.pointwise) return;
-      for (int64_t b = 0; b < s.B; ++b) {
-        T* dgx = s.dgx + b * GH;
-        T* dgh = s.dgh + b * GH;
-        if (!row_active(s.lengths, b, s.t)) {
-          zero_gate_row(dgx, H, G, u0, u1);
-          zero_gate_row(dgh, H, G, u0, u1);
-          continue;
-        }
-        backward_row(H, u1 - u0, s.gates + b * 4 * H + u0, s.h_prev + b * H + u0,
-                     s.dy + b * s.lddy + u0, s.dh + b * H + u0, dgx + u0, dgh + u0);
-      }
+    backward_pass(s, s.products->main, G, [&](int64_t b, int64_t u0, int64_t u1) {
+      backward_row(H, u1 - u0, s.gates + b * 4 * H + u0, s.h_prev + b * H + u0,
+                   s.dy + b * s.lddy + u0, s.dh + b * H + u0, s.dgx + b * GH + u0,
+                   s.dgh + b * GH + u0);
     });
   }
 };
@@ -328,17 +321,11 @@ struct GruResetBeforeStep {
         forward_rz_row(H, u1 - u0, s.xproj + b * GH + u0, s.rec + b * GH + u0, s.b_ih + u0,
                        s.b_hh + u0, s.h_prev + b * H + u0, s.gates + b * W + u0);
     });
-    for_unit_blocks(H, n_gate.unit_step(), step_flops(s, 1), [&](int64_t u0, int64_t u1) {
-      n_gate.multiply(s.gates + 3 * H, W, s.B, u0, u1, s.rec + 2 * H, GH, false);
-      for (int64_t b = 0; b < s.B; ++b) {
-        if (!row_active(s.lengths, b, s.t)) {
-          carry_row(s, b, false, u0, u1);
-          continue;
-        }
-        forward_n_row(H, u1 - u0, s.xproj + b * GH + u0, s.rec + b * GH + u0, s.b_ih + u0,
-                      s.b_hh + u0, s.h_prev + b * H + u0, s.gates + b * W + u0,
-                      s.h_new + b * H + u0, s.y + b * s.ldy + u0);
-      }
+    forward_pass(s, n_gate, 1, s.gates + 3 * H, W, 2 * H, GH, false,
+                 [&](int64_t b, int64_t u0, int64_t u1) {
+      forward_n_row(H, u1 - u0, s.xproj + b * GH + u0, s.rec + b * GH + u0, s.b_ih + u0,
+                    s.b_hh + u0, s.h_prev + b * H + u0, s.gates + b * W + u0, s.h_new + b * H + u0,
+                    s.y + b * s.ldy + u0);
     });
   }
   FR_ROW static void backward_zn_row(int64_t H, int64_t n, const T* FR_R g, const T* FR_R h_prev,
@@ -360,18 +347,9 @@ struct GruResetBeforeStep {
     const RecurrentProduct<T>& rz = s.products->main;
     const RecurrentProduct<T>& n_gate = s.products->n_gate;
     // dh += dg_next[r, z]·W_h(r,z), then z and n; their rows are zero past a row's length.
-    for_unit_blocks(H, rz.unit_step(), step_flops(s, 2), [&](int64_t u0, int64_t u1) {
-      if (s.dg_next) rz.multiply(s.dg_next, GH, s.B, u0, u1, s.dh, H, true);
-      if (!s.pointwise) return;
-      for (int64_t b = 0; b < s.B; ++b) {
-        T* dg = s.dgx + b * GH;
-        if (!row_active(s.lengths, b, s.t)) {
-          zero_gate_row(dg, H, G, u0, u1);
-          continue;
-        }
-        backward_zn_row(H, u1 - u0, s.gates + b * W + u0, s.h_prev + b * H + u0,
-                        s.dy + b * s.lddy + u0, s.dh + b * H + u0, dg + u0);
-      }
+    backward_pass(s, rz, G, [&](int64_t b, int64_t u0, int64_t u1) {
+      backward_zn_row(H, u1 - u0, s.gates + b * W + u0, s.h_prev + b * H + u0,
+                      s.dy + b * s.lddy + u0, s.dh + b * H + u0, s.dgx + b * GH + u0);
     });
     if (!s.pointwise) return;
     // scratch = dpre_n·W_hn, the gradient reaching r⊙h; then r.
@@ -400,17 +378,10 @@ struct RnnStep {
   }
   static void forward(const StepIO<T>& s) {
     const int64_t H = s.H;
-    const RecurrentProduct<T>& product = s.products->main;
-    for_unit_blocks(H, product.unit_step(), step_flops(s, G), [&](int64_t u0, int64_t u1) {
-      product.multiply(s.h_prev, H, s.B, u0, u1, s.rec, H, false);
-      for (int64_t b = 0; b < s.B; ++b) {
-        if (!row_active(s.lengths, b, s.t)) {
-          carry_row(s, b, false, u0, u1);
-          continue;
-        }
-        forward_row(u1 - u0, s.xproj + b * H + u0, s.rec + b * H + u0, s.b_ih + u0, s.b_hh + u0,
-                    s.h_new + b * H + u0, s.y + b * s.ldy + u0);
-      }
+    forward_pass(s, s.products->main, G, s.h_prev, H, 0, H, false,
+                 [&](int64_t b, int64_t u0, int64_t u1) {
+      forward_row(u1 - u0, s.xproj + b * H + u0, s.rec + b * H + u0, s.b_ih + u0, s.b_hh + u0,
+                  s.h_new + b * H + u0, s.y + b * s.ldy + u0);
     });
   }
   FR_ROW static void backward_row(int64_t n, const T* FR_R h_new, const T* FR_R dy, T* FR_R dh,
@@ -423,18 +394,9 @@ struct RnnStep {
   }
   static void backward(const BackStepIO<T>& s) {
     const int64_t H = s.H;
-    for_unit_blocks(H, s.products->main.unit_step(), step_flops(s, G), [&](int64_t u0, int64_t u1) {
-      add_recurrent_gradient(s, G, u0, u1);
-      if (!s.pointwise) return;
-      for (int64_t b = 0; b < s.B; ++b) {
-        T* dg = s.dgx + b * H;
-        if (!row_active(s.lengths, b, s.t)) {
-          zero_gate_row(dg, H, G, u0, u1);
-          continue;
-        }
-        backward_row(u1 - u0, s.h_new + b * H + u0, s.dy + b * s.lddy + u0, s.dh + b * H + u0,
-                     dg + u0);
-      }
+    backward_pass(s, s.products->main, G, [&](int64_t b, int64_t u0, int64_t u1) {
+      backward_row(u1 - u0, s.h_new + b * H + u0, s.dy + b * s.lddy + u0, s.dh + b * H + u0,
+                   s.dgx + b * H + u0);
     });
   }
 };
