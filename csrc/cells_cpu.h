@@ -51,13 +51,14 @@ struct StepProducts {
     return ProductShape{forward, H, 1, H};
   }
   static bool has_n_gate(Cell cell) { return cell == Cell::GRU_RESET_BEFORE; }
-  static int64_t main_packing(Cell cell, int64_t H, bool forward) {
-    return RecurrentProduct<T>::packing_size(main_shape(cell, H, forward));
+  static int64_t main_packing(Cell cell, int64_t H, int64_t B, bool forward) {
+    return RecurrentProduct<T>::packing_size(main_shape(cell, H, forward), B);
   }
-  static int64_t n_gate_packing(Cell cell, int64_t H, bool forward) {
-    return has_n_gate(cell) ? RecurrentProduct<T>::packing_size(n_gate_shape(H, forward)) : 0;
+  static int64_t n_gate_packing(Cell cell, int64_t H, int64_t B, bool forward) {
+    return has_n_gate(cell) ? RecurrentProduct<T>::packing_size(n_gate_shape(H, forward), B) : 0;
   }
 
+  // The packings hold main_packing and n_gate_packing elements (null where that is 0).
   StepProducts(Cell cell, int64_t H, bool forward, const T* w_hh, T* main_packing,
                T* n_gate_packing)
       : main(main_shape(cell, H, forward), w_hh, H, main_packing) {

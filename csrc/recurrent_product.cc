@@ -129,26 +129,32 @@ int64_t packed_floats(const ProductShape& shape) {
 void pack_panels(const ProductShape& shape, const float* w, int64_t ldw, float* packed) {
   const PanelLayout layout = panel_layout(shape.segments);
   const int64_t width = layout.vectors * kLanes, k_count = shape.k;
-  // Panels are independent; blocks of ~64K floats each.
   const int64_t panels = panel_count(shape);
   const int64_t per_block = std::max<int64_t>(1, (int64_t{1} << 16) / (k_count * width));
   parallel_for((panels + per_block - 1) / per_block, [&](int64_t block) {
     const int64_t p_end = std::min(panels, (block + 1) * per_block);
     for (int64_t p = block * per_block; p < p_end; ++p) {
+      const int64_t first = p * layout.units;
+      const int64_t units = std::min(layout.units, shape.width - first);
       float* out = packed + p * k_count * width;
       for (int64_t s = 0; s < shape.segments; ++s) {
-        for (int64_t u = 0; u < layout.units; ++u) {
-          const int64_t unit = p * layout.units + u, lane = s * layout.units + u;
-          const int64_t col = s * shape.width + unit;
-          if (unit >= shape.width) {
-            for (int64_t k = 0; k < k_count; ++k) out[k * width + lane] = 0.0f;
-          } else if (shape.transposed) {
-            const float* row = w + col * ldw;  // M's column col is W's row col
-            for (int64_t k = 0; k < k_count; ++k) out[k * width + lane] = row[k];
-          } else {
-            for (int64_t k = 0; k < k_count; ++k) out[k * width + lane] = w[k * ldw + col];
+        const int64_t col = s * shape.width + first, lane = s * layout.units;
+        if (shape.transposed) {
+          // The lanes are rows of W, a power of two apart as often as not: read 16 k (a cache
+          // line) of each before the next, or they evict each other from L1 at every k.
+          for (int64_t k0 = 0; k0 < k_count; k0 += 16) {
+            const int64_t k1 = std::min(k_count, k0 + 16);
+            for (int64_t u = 0; u < units; ++u) {
+              const float* row = w + (col + u) * ldw;
+              for (int64_t k = k0; k < k1; ++k) out[k * width + lane + u] = row[k];
+            }
           }
+        } else {
+          for (int64_t k = 0; k < k_count; ++k)
+            std::copy(w + k * ldw + col, w + k * ldw + col + units, out + k * width + lane);
         }
+        for (int64_t k = 0; k < k_count; ++k)  // past the last unit
+          std::fill(out + k * width + lane + units, out + k * width + lane + layout.units, 0.0f);
       }
     }
   });

@@ -6,10 +6,11 @@
 // float packs W_hh once per call into column panels for fusedrnn's own register-blocked kernel
 // (recurrent_product.cc). OpenBLAS packs its operand again at every call, which for a step's
 // small product (a 16x128 h against a 512x128 W_hh, say) costs about as much as the product.
-// double goes through BLAS on each block: its targets are accuracy, not speed.
+// double, and a batch of one (a matrix-vector product), go through BLAS on each block.
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "parallel_gemm.h"
 
@@ -48,75 +49,60 @@ template <typename T>
 class RecurrentProduct {
  public:
   RecurrentProduct() = default;
-  // `packing` holds packing_size(shape) elements (none for double).
+  // `packing` holds packing_size(shape, rows) elements.
   RecurrentProduct(const ProductShape& shape, const T* w, int64_t ldw, T* packing)
       : shape_(shape), w_(w), ldw_(ldw), packed_(packing) {
-    if (packed_) pack(packing);
+    if constexpr (kPacks) {
+      if (packed_) pack_panels(shape_, w_, ldw_, packed_);
+    }
   }
 
-  static int64_t packing_size(const ProductShape& shape);
+  // Packed panels for float products of several rows; 0 for BLAS: double, and a batch of one,
+  // whose matrix-vector product reads W once per step either way (packing cost ~10 steps).
+  static int64_t packing_size(const ProductShape& shape, int64_t rows) {
+    if constexpr (kPacks) return rows > 1 ? packed_floats(shape) : 0;
+    else return 0;
+  }
 
   // Unit blocks handed to threads start on multiples of this.
-  int64_t unit_step() const;
+  int64_t unit_step() const {
+    if constexpr (kPacks) {
+      if (packed_) return panel_layout(shape_.segments).units;
+    }
+    return kAlign;
+  }
 
   // C[:, units [u0, u1)] = A·M, or += when accumulate; u0 is a multiple of unit_step().
   void multiply(const T* a, int64_t lda, int64_t rows, int64_t u0, int64_t u1, T* c, int64_t ldc,
-                bool accumulate) const;
+                bool accumulate) const {
+    if constexpr (kPacks) {
+      if (packed_) {
+        const int64_t units = unit_step();
+        return packed_multiply(shape_, packed_, u0 / units, (u1 + units - 1) / units, a, lda,
+                               rows, c, ldc, accumulate);
+      }
+    }
+    make_blas_single_threaded();
+    const int64_t n = u1 - u0;
+    const T beta = accumulate ? T(1) : T(0);
+    if (!shape_.transposed)
+      return gemm_block(Op::N, Op::N, rows, n, shape_.k, T(1), a, lda, w_ + u0, ldw_, beta,
+                        c + u0, ldc);
+    for (int64_t s = 0; s < shape_.segments; ++s) {
+      const int64_t col = s * shape_.width + u0;
+      gemm_block(Op::N, Op::T, rows, n, shape_.k, T(1), a, lda, w_ + col * ldw_, ldw_, beta,
+                 c + col, ldc);
+    }
+  }
 
  private:
-  void pack(T* packing);
+  static constexpr bool kPacks = std::is_same<T, float>::value;
 
   ProductShape shape_{};
   const T* w_ = nullptr;
   int64_t ldw_ = 0;
-  T* packed_ = nullptr;
+  T* packed_ = nullptr;  // null: BLAS
 };
-
-// --- float: packed panels ---------------------------------------------------------------------
-template <>
-inline int64_t RecurrentProduct<float>::packing_size(const ProductShape& shape) {
-  return packed_floats(shape);
-}
-template <>
-inline int64_t RecurrentProduct<float>::unit_step() const {
-  return panel_layout(shape_.segments).units;
-}
-template <>
-inline void RecurrentProduct<float>::pack(float* packing) {
-  pack_panels(shape_, w_, ldw_, packing);
-}
-template <>
-inline void RecurrentProduct<float>::multiply(const float* a, int64_t lda, int64_t rows,
-                                              int64_t u0, int64_t u1, float* c, int64_t ldc,
-                                              bool accumulate) const {
-  const int64_t units = unit_step();
-  packed_multiply(shape_, packed_, u0 / units, (u1 + units - 1) / units, a, lda, rows, c, ldc,
-                  accumulate);
-}
-
-// --- double: BLAS on the block ----------------------------------------------------------------
-template <>
-inline int64_t RecurrentProduct<double>::packing_size(const ProductShape&) { return 0; }
-template <>
-inline int64_t RecurrentProduct<double>::unit_step() const { return kAlign; }
-template <>
-inline void RecurrentProduct<double>::pack(double*) {}
-template <>
-inline void RecurrentProduct<double>::multiply(const double* a, int64_t lda, int64_t rows,
-                                               int64_t u0, int64_t u1, double* c, int64_t ldc,
-                                               bool accumulate) const {
-  make_blas_single_threaded();
-  const int64_t n = u1 - u0;
-  const double beta = accumulate ? 1.0 : 0.0;
-  if (!shape_.transposed)
-    return gemm_block(Op::N, Op::N, rows, n, shape_.k, 1.0, a, lda, w_ + u0, ldw_, beta,
-                      c + u0, ldc);
-  for (int64_t s = 0; s < shape_.segments; ++s) {
-    const int64_t col = s * shape_.width + u0;
-    gemm_block(Op::N, Op::T, rows, n, shape_.k, 1.0, a, lda, w_ + col * ldw_, ldw_, beta,
-               c + col, ldc);
-  }
-}
 
 }  // namespace cpu
 }  // namespace fusedrnn

@@ -27,6 +27,11 @@ std::unique_ptr<T[]> uninitialized(int64_t n) {
   return std::unique_ptr<T[]>(new T[static_cast<std::size_t>(n)]);
 }
 
+template <typename T>
+T* take_or_null(cpu::Workspace& ws, int64_t count) {
+  return count ? ws.take<T>(count) : nullptr;
+}
+
 // memmove: a caller may pass the same array as source and destination.
 template <typename T>
 void copy_or_zero(T* dst, const T* src, int64_t n) {
@@ -147,8 +152,8 @@ void forward(const ForwardArgs<Real>& a) {
   const int64_t gates_scratch = !training && a.cell == Cell::GRU_RESET_BEFORE ? B * width : 0;
   const int64_t states_scratch = training ? 0 : (has_c ? 4 : 2) * BH;
   using Products = cpu::StepProducts<Real>;
-  const int64_t main_packing = Products::main_packing(a.cell, H, true);
-  const int64_t n_gate_packing = Products::n_gate_packing(a.cell, H, true);
+  const int64_t main_packing = Products::main_packing(a.cell, H, B, true);
+  const int64_t n_gate_packing = Products::n_gate_packing(a.cell, H, B, true);
   cpu::Workspace ws(cpu::Workspace::bytes_for<Real>({T * B * GH, B * GH, a.weights.b_ih ? 0 : GH,
                                                      gates_scratch, states_scratch, main_packing,
                                                      n_gate_packing}));
@@ -158,8 +163,8 @@ void forward(const ForwardArgs<Real>& a) {
   if (no_bias) std::fill(no_bias, no_bias + GH, Real(0));
   Real* scratch_gates = ws.take<Real>(gates_scratch);
   Real* scratch_states = ws.take<Real>(states_scratch);
-  const Products products(a.cell, H, true, a.weights.w_hh, ws.take<Real>(main_packing),
-                          ws.take<Real>(n_gate_packing));
+  const Products products(a.cell, H, true, a.weights.w_hh, take_or_null<Real>(ws, main_packing),
+                          take_or_null<Real>(ws, n_gate_packing));
 
   cpu::parallel_gemm(Op::N, Op::T, T * B, GH, d.I, Real(1), a.x, d.I, a.weights.w_ih, d.I, Real(0),
                      xproj, GH);
@@ -202,8 +207,8 @@ void backward(const BackwardArgs<Real>& a) {
   // GRU's recurrent gate gradients differ from the input side's (n's reset); the others share.
   const int64_t own_dgh = cell == Cell::GRU ? T * B * GH : 0;
   using Products = cpu::StepProducts<Real>;
-  const int64_t main_packing = Products::main_packing(cell, H, false);
-  const int64_t n_gate_packing = Products::n_gate_packing(cell, H, false);
+  const int64_t main_packing = Products::main_packing(cell, H, B, false);
+  const int64_t n_gate_packing = Products::n_gate_packing(cell, H, B, false);
   cpu::Workspace ws(cpu::Workspace::bytes_for<Real>(
       {T * B * GH, own_dgh, BH, a.dy ? 0 : BH, main_packing, n_gate_packing}));
   Real* dgx = ws.take<Real>(T * B * GH);
@@ -212,8 +217,8 @@ void backward(const BackwardArgs<Real>& a) {
   // No dy means zeros: one zero row block read at every step keeps the row loops branch-free.
   Real* no_dy = a.dy ? nullptr : ws.take<Real>(BH);
   if (no_dy) std::fill(no_dy, no_dy + BH, Real(0));
-  const Products products(cell, H, false, a.weights.w_hh, ws.take<Real>(main_packing),
-                          ws.take<Real>(n_gate_packing));
+  const Products products(cell, H, false, a.weights.w_hh, take_or_null<Real>(ws, main_packing),
+                          take_or_null<Real>(ws, n_gate_packing));
   copy_or_zero(a.dh0, a.dh_n, BH);  // dh0/dc0 carry the running gradient through the walk
   if (has_c) copy_or_zero(a.dc0, a.dc_n, BH);
 
