@@ -1,6 +1,6 @@
 """Benchmarks: the same work through fusedrnn and its peers (torch.nn when installed, the NumPy
 reference on request), interleaved in one process after a warm-up, median of the timed runs.
-A short run is timed right after an untimed run of its own implementation (PRIME_BELOW_S).
+A short run is timed right after untimed runs of its own implementation (PRIME_BELOW_S).
 
 On the GPU (device "cuda") the peer is torch.nn on CUDA (cuDNN), both get torch CUDA tensors,
 and each run is timed with CUDA events on the default stream, where both libraries work.
@@ -202,11 +202,20 @@ def gemm_ceiling(dtype="float32", threads=None):
     return _core.gemm_gflops(dtype, 2048, 5)
 
 
-# Runs shorter than this are each preceded by an untimed run of the same implementation. A
-# library's idle threads keep their cores for a while after its call (torch's libgomp workers
-# spin for milliseconds, fusedrnn's for a fraction of one); a short run timed right after the
-# peer's pays for that spinning, which a program using one library never sees.
+# Runs shorter than this are each preceded by untimed runs of the same implementation, at least
+# one and PRIME_FOR_S in all. A library's idle threads keep their cores for a while after its
+# call (torch's libgomp workers spin for milliseconds, fusedrnn's for a fraction of one); a short
+# run timed right after the peer's pays for that spinning, which a program using one library
+# never sees.
 PRIME_BELOW_S = 0.5
+PRIME_FOR_S = 0.02
+
+
+def _prime(fn):
+    start = time.perf_counter()
+    fn()
+    while time.perf_counter() - start < PRIME_FOR_S:
+        fn()
 
 
 def run_case(case, runs=7, with_numpy=False, ceiling=None, memory=False, budget_s=20.0):
@@ -218,14 +227,14 @@ def run_case(case, runs=7, with_numpy=False, ceiling=None, memory=False, budget_
     timer = _time_cuda if case.device == "cuda" else _time
     warm = {name: timer(fn) for name, fn in impls.items()}  # allocations, pools, lazy init
     primed = {name: w < PRIME_BELOW_S for name, w in warm.items()}
-    cost = sum(w * (2 if primed[name] else 1) for name, w in warm.items())
+    cost = sum(max(2 * w, w + PRIME_FOR_S) if primed[name] else w for name, w in warm.items())
     runs = max(3, min(runs, int(budget_s / max(cost, 1e-9))))
     times = {name: [] for name in impls}
     order = list(impls)
     for r in range(runs):
         for name in (order if r % 2 == 0 else order[::-1]):
             if primed[name]:
-                impls[name]()
+                _prime(impls[name])
             times[name].append(timer(impls[name]))
     medians = {name: statistics.median(t) for name, t in times.items()}
     result = dict(case=asdict(case), threads=threads, runs=runs, device=_device_name(case),
