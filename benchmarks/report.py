@@ -32,7 +32,8 @@ def table(report, command):
         f"Made with `{command}` on {m['cpu']} ({m['cores']} cores), fusedrnn {m['fusedrnn']}, "
         f"torch {m['torch']}, NumPy {m['numpy']}, Python {m['python']}. GEMM ceiling "
         f"{report['ceiling_gflops']:.1f} GFLOP/s (float32, measured by the tool at start).",
-        "Times are medians of interleaved runs in one process; ratio = torch ms / fusedrnn ms; "
+        "Times are medians of interleaved runs in one process (a run under 0.5 s timed after "
+        "20 ms of untimed runs of its own library); ratio = torch ms / fusedrnn ms; "
         "x floor = fusedrnn ms / (the case's GEMM flops at the ceiling); MB = peak memory of "
         "one training step above resting, each in a fresh process.",
         "",
