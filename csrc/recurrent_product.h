@@ -53,8 +53,12 @@ class RecurrentProduct {
   RecurrentProduct(const ProductShape& shape, const T* w, int64_t ldw, T* packing)
       : shape_(shape), w_(w), ldw_(ldw), packed_(packing) {
     if constexpr (kPacks) {
-      if (packed_) pack_panels(shape_, w_, ldw_, packed_);
+      if (packed_) {
+        pack_panels(shape_, w_, ldw_, packed_);
+        return;
+      }
     }
+    make_blas_single_threaded();  // once per call, not at every block of every step
   }
 
   // Packed panels for float products of several rows; 0 for BLAS: double, and a batch of one,
@@ -86,7 +90,6 @@ class RecurrentProduct {
                                rows, c, ldc, accumulate);
       }
     }
-    make_blas_single_threaded();
     const int64_t n = u1 - u0;
     const T beta = accumulate ? T(1) : T(0);
     if (!shape_.transposed)
