@@ -284,6 +284,25 @@ struct GruStep {
                    s.dgh + b * GH + u0);
     });
   }
+
+  // Turns the input-side gate gradients of `steps` steps from time t0, dg [steps, B, G*H], into
+  // the recurrent side's in place: n's scaled by r (from the tape's gates [steps, B, 4*H]); r's
+  // and z's are the same. The steps write the recurrent side too, but only for the next step to
+  // read: keeping all of it for the weight gradients would take another G·H values per row.
+  // Rows past their length keep their zeros (their tape gates were never written).
+  FR_ROW static void recurrent_n_row(int64_t n, const T* FR_R r, T* FR_R dg_n) {
+    for (int64_t j = 0; j < n; ++j) dg_n[j] = cell::gru_recurrent_n_grad(dg_n[j], r[j]);
+  }
+  static void input_to_recurrent_grads(T* dg, const T* gates, int64_t t0, int64_t steps,
+                                       int64_t B, int64_t H, const int64_t* lengths) {
+    const int64_t rows = steps * B;
+    const Split blocks(rows, std::min<int64_t>(kMaxUnitBlocks, (rows * H + 16383) / 16384));
+    parallel_for(blocks.count, [&](int64_t i) {
+      for (int64_t row = blocks.begin(i); row < blocks.begin(i) + blocks.size(i); ++row)
+        if (row_active(lengths, row % B, t0 + row / B))
+          recurrent_n_row(H, gates + row * 4 * H, dg + row * G * H + 2 * H);
+    });
+  }
 };
 
 // ---------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
-// The CPU sequence driver: the input projection, the time loop over cells_cpu.h's steps, and the
-// weight gradients as single GEMMs over all T·B rows after the reverse walk. Validation and the
-// slot convention are shared with the CUDA driver (rnn_common.h).
+// The CPU sequence driver: the time loop over cells_cpu.h's steps, in chunks of steps whose input
+// projection (forward) and weight gradients and dx (backward) are one GEMM each. Validation and
+// the slot convention are shared with the CUDA driver (rnn_common.h).
 #include <algorithm>
 #include <cstring>
 #include <string>
@@ -39,21 +39,51 @@ void copy_or_zero(T* dst, const T* src, int64_t n) {
   else std::memset(dst, 0, sizeof(T) * n);
 }
 
-// db[k] = Σ_rows dg[row, k], in blocks of columns (each summed in row order, whatever the
-// threads).
+// db[k] = beta·db[k] + Σ_rows dg[row, k] (beta 0 or 1), in blocks of columns (each summed in
+// row order, whatever the threads).
 template <typename T>
-void column_sums(const T* dg, int64_t rows, int64_t cols, T* db) {
+void column_sums(const T* dg, int64_t rows, int64_t cols, T beta, T* db) {
   const cpu::Split blocks(cols, std::max<int64_t>(1, cols / 256));
   cpu::parallel_for(blocks.count, [&](int64_t i) {
     T* FR_R out = db + blocks.begin(i);
     const int64_t width = blocks.size(i);
-    std::fill(out, out + width, T(0));
+    if (beta == T(0)) std::fill(out, out + width, T(0));
     for (int64_t r = 0; r < rows; ++r) {
       const T* FR_R in = dg + r * cols + blocks.begin(i);
       for (int64_t k = 0; k < width; ++k) out[k] += in[k];
     }
   });
 }
+
+// The walk goes through time in chunks of about kChunkRows rows (steps × B). The forward takes
+// each chunk's input projection just before walking it, and the backward takes each chunk's
+// weight gradients and dx as soon as it has walked it. Scratch then holds one chunk rather than
+// the whole sequence (an LSTM of T=200, B=128, H=1024 kept 420 MB of gate gradients), and the
+// GEMMs read rows that are still in the cache. 2048 rows keep every GEMM large enough for BLAS
+// to run near its peak. Chunks depend on the sizes only, so results do not depend on threads.
+constexpr int64_t kChunkRows = 2048;
+
+struct Chunk {
+  int64_t s0, s1;     // walk indices [s0, s1)
+  int64_t t0, steps;  // the same steps as times [t0, t0 + steps)
+};
+
+class Chunks {
+ public:
+  Chunks(int64_t T, int64_t B, bool reverse)
+      : T_(T), reverse_(reverse), steps_(std::clamp<int64_t>((kChunkRows + B - 1) / B, 1, T)) {}
+  int64_t steps() const { return steps_; }
+  int64_t count() const { return (T_ + steps_ - 1) / steps_; }
+  Chunk operator[](int64_t c) const {
+    const int64_t s0 = c * steps_, s1 = std::min(T_, s0 + steps_);
+    return {s0, s1, reverse_ ? T_ - s1 : s0, s1 - s0};
+  }
+
+ private:
+  int64_t T_;
+  bool reverse_;
+  int64_t steps_;
+};
 
 template <template <typename, bool> class Step, typename T>
 struct Dispatch {
@@ -154,10 +184,12 @@ void forward(const ForwardArgs<Real>& a) {
   using Products = cpu::StepProducts<Real>;
   const int64_t main_packing = Products::main_packing(a.cell, H, B, true);
   const int64_t n_gate_packing = Products::n_gate_packing(a.cell, H, B, true);
-  cpu::Workspace ws(cpu::Workspace::bytes_for<Real>({T * B * GH, B * GH, a.weights.b_ih ? 0 : GH,
+  const Chunks chunks(T, B, a.reverse);
+  const int64_t xproj_size = chunks.steps() * B * GH;
+  cpu::Workspace ws(cpu::Workspace::bytes_for<Real>({xproj_size, B * GH, a.weights.b_ih ? 0 : GH,
                                                      gates_scratch, states_scratch, main_packing,
                                                      n_gate_packing}));
-  Real* xproj = ws.take<Real>(T * B * GH);
+  Real* xproj = ws.take<Real>(xproj_size);
   Real* rec = ws.take<Real>(B * GH);
   Real* no_bias = a.weights.b_ih ? nullptr : ws.take<Real>(GH);
   if (no_bias) std::fill(no_bias, no_bias + GH, Real(0));
@@ -166,8 +198,6 @@ void forward(const ForwardArgs<Real>& a) {
   const Products products(a.cell, H, true, a.weights.w_hh, take_or_null<Real>(ws, main_packing),
                           take_or_null<Real>(ws, n_gate_packing));
 
-  cpu::parallel_gemm(Op::N, Op::T, T * B, GH, d.I, Real(1), a.x, d.I, a.weights.w_ih, d.I, Real(0),
-                     xproj, GH);
   const Real* b_ih = a.weights.b_ih ? a.weights.b_ih : no_bias;
   const Real* b_hh = a.weights.b_hh ? a.weights.b_hh : no_bias;
   Real* hs = training ? a.tape->h_states() : scratch_states;
@@ -179,14 +209,19 @@ void forward(const ForwardArgs<Real>& a) {
   copy_or_zero(hs + slots(0).read * BH, a.h0, BH);
   if (has_c) copy_or_zero(cs + slots(0).read * BH, a.c0, BH);
 
-  for (int64_t s = 0; s < T; ++s) {
-    const StepPlan p = slots(s);
-    cpu::StepIO<Real> io{B, H, p.t, a.lengths, xproj + p.t * B * GH, &products, b_ih,
-                      b_hh, hs + p.read * BH, has_c ? cs + p.read * BH : nullptr, hs + p.write * BH,
-                      has_c ? cs + p.write * BH : nullptr,
-                      training ? a.tape->gates() + p.t * B * width : scratch_gates,
-                      a.y + p.t * B * a.ldy, a.ldy, rec};
-    step_forward(a.cell, io, training);
+  for (int64_t c = 0; c < chunks.count(); ++c) {
+    const Chunk k = chunks[c];
+    cpu::parallel_gemm(Op::N, Op::T, k.steps * B, GH, d.I, Real(1), a.x + k.t0 * B * d.I, d.I,
+                       a.weights.w_ih, d.I, Real(0), xproj, GH);
+    for (int64_t s = k.s0; s < k.s1; ++s) {
+      const StepPlan p = slots(s);
+      cpu::StepIO<Real> io{B, H, p.t, a.lengths, xproj + (p.t - k.t0) * B * GH, &products, b_ih,
+                        b_hh, hs + p.read * BH, has_c ? cs + p.read * BH : nullptr,
+                        hs + p.write * BH, has_c ? cs + p.write * BH : nullptr,
+                        training ? a.tape->gates() + p.t * B * width : scratch_gates,
+                        a.y + p.t * B * a.ldy, a.ldy, rec};
+      step_forward(a.cell, io, training);
+    }
   }
 
   const int64_t last = slots(T - 1).write;
@@ -204,15 +239,23 @@ void backward(const BackwardArgs<Real>& a) {
 
   const int64_t T = d.T, B = d.B, I = d.I, H = d.H, G = gate_count(cell), GH = G * H, BH = B * H;
   const int64_t width = tape_gate_width(cell) * H;
-  // GRU's recurrent gate gradients differ from the input side's (n's reset); the others share.
-  const int64_t own_dgh = cell == Cell::GRU ? T * B * GH : 0;
+  // GRU's recurrent gate gradients differ from the input side's (n's reset): its steps write
+  // them to two alternating step buffers, for the next step's product; the weight gradients
+  // get them from the input side's afterwards. The other cells' are the input side's.
+  const bool own_dgh = cell == Cell::GRU;
+  const Chunks chunks(T, B, tape.reverse());
+  const int64_t chunk_size = chunks.steps() * B * GH;
   using Products = cpu::StepProducts<Real>;
   const int64_t main_packing = Products::main_packing(cell, H, B, false);
   const int64_t n_gate_packing = Products::n_gate_packing(cell, H, B, false);
   cpu::Workspace ws(cpu::Workspace::bytes_for<Real>(
-      {T * B * GH, own_dgh, BH, a.dy ? 0 : BH, main_packing, n_gate_packing}));
-  Real* dgx = ws.take<Real>(T * B * GH);
-  Real* dgh = own_dgh ? ws.take<Real>(own_dgh) : dgx;
+      {chunk_size, own_dgh ? 2 * B * GH : 0, B * GH, BH, a.dy ? 0 : BH, main_packing,
+       n_gate_packing}));
+  Real* dgx = ws.take<Real>(chunk_size);
+  Real* dgh_steps = own_dgh ? ws.take<Real>(2 * B * GH) : nullptr;
+  // The recurrent gate gradients of the last step walked in a chunk, which the first step of the
+  // next chunk multiplies by W_hh after the chunk's buffers are reused.
+  Real* dg_carry = ws.take<Real>(B * GH);
   Real* scratch = ws.take<Real>(BH);
   // No dy means zeros: one zero row block read at every step keeps the row loops branch-free.
   Real* no_dy = a.dy ? nullptr : ws.take<Real>(BH);
@@ -224,43 +267,59 @@ void backward(const BackwardArgs<Real>& a) {
 
   const Real* hs = tape.h_states();
   const Real* cs = tape.c_states();
-  // Each step first adds the recurrent gradient of the step walked before it (cells_cpu.h);
-  // the last call adds the first step's, with no pointwise pass.
+  // The state entering time t sits in slot t (forward) or t+1 (reverse).
+  const Real* h_read = hs + (tape.reverse() ? BH : 0);
+  // Each step first adds the recurrent gradient of the step walked before it (cells_cpu.h).
   const Real* dg_next = nullptr;
-  for (int64_t s = T - 1; s >= -1; --s) {
+  const auto walk = [&](int64_t s, Real* dgx_t, Real* dgh_t) {
     const StepPlan p(std::max<int64_t>(s, 0), T, tape.reverse());
     cpu::BackStepIO<Real> io{B, H, p.t, tape.lengths(), &products, dg_next, s >= 0,
                           hs + p.read * BH, has_c ? cs + p.read * BH : nullptr,
                           hs + p.write * BH, has_c ? cs + p.write * BH : nullptr,
                           width ? tape.gates() + p.t * B * width : nullptr,
                           a.dy ? a.dy + p.t * B * a.lddy : no_dy, a.dy ? a.lddy : H, a.dh0,
-                          has_c ? a.dc0 : nullptr, dgx + p.t * B * GH,
-                          dgh + p.t * B * GH, scratch};
+                          has_c ? a.dc0 : nullptr, dgx_t, dgh_t, scratch};
     step_backward(cell, io);
-    dg_next = dgh + p.t * B * GH;
-  }
+  };
 
-  // Weight gradients over all T·B rows at once. The state entering time t sits in slot t
-  // (forward) or t+1 (reverse), so the T slots that were read are contiguous.
-  const int64_t TB = T * B;
-  const Real* h_read = hs + (tape.reverse() ? BH : 0);
-  cpu::parallel_gemm(Op::T, Op::N, GH, I, TB, Real(1), dgx, GH, a.x, I, Real(0), a.dw_ih, I);
-  if (cell == Cell::GRU_RESET_BEFORE) {
-    // n's recurrent product reads r⊙h (the tape's fourth block), not h.
-    cpu::parallel_gemm(Op::T, Op::N, 2 * H, H, TB, Real(1), dgh, GH, h_read, H, Real(0), a.dw_hh, H);
-    cpu::parallel_gemm(Op::T, Op::N, H, H, TB, Real(1), dgh + 2 * H, GH, tape.gates() + 3 * H, width,
-                       Real(0), a.dw_hh + 2 * H * H, H);
-  } else {
-    cpu::parallel_gemm(Op::T, Op::N, GH, H, TB, Real(1), dgh, GH, h_read, H, Real(0), a.dw_hh, H);
+  for (int64_t c = chunks.count() - 1; c >= 0; --c) {
+    const Chunk k = chunks[c];
+    for (int64_t s = k.s1 - 1; s >= k.s0; --s) {
+      Real* dgx_t = dgx + (StepPlan(s, T, tape.reverse()).t - k.t0) * B * GH;
+      Real* dgh_t = own_dgh ? dgh_steps + (s % 2) * B * GH : dgx_t;
+      walk(s, dgx_t, dgh_t);
+      dg_next = dgh_t;
+    }
+    std::memcpy(dg_carry, dg_next, sizeof(Real) * B * GH);
+    dg_next = dg_carry;
+
+    // The chunk's weight gradients, added to the later chunks' (taken first), and its dx.
+    const int64_t rows = k.steps * B;
+    const Real beta = c == chunks.count() - 1 ? Real(0) : Real(1);
+    const Real* x = a.x + k.t0 * B * I;
+    const Real* h = h_read + k.t0 * BH;
+    const Real* gates = width ? tape.gates() + k.t0 * B * width : nullptr;
+    cpu::parallel_gemm(Op::T, Op::N, GH, I, rows, Real(1), dgx, GH, x, I, beta, a.dw_ih, I);
+    if (has_bias) column_sums(dgx, rows, GH, beta, a.db_ih);
+    cpu::parallel_gemm(Op::N, Op::N, rows, I, GH, Real(1), dgx, GH, a.weights.w_ih, I, Real(0),
+                       a.dx + k.t0 * B * I, I);
+    // dgx now serves the recurrent side.
+    if (own_dgh) cpu::GruStep<Real, true>::input_to_recurrent_grads(dgx, gates, k.t0, k.steps, B, H,
+                                                                    tape.lengths());
+    if (cell == Cell::GRU_RESET_BEFORE) {
+      // n's recurrent product reads r⊙h (the tape's fourth block), not h.
+      cpu::parallel_gemm(Op::T, Op::N, 2 * H, H, rows, Real(1), dgx, GH, h, H, beta, a.dw_hh, H);
+      cpu::parallel_gemm(Op::T, Op::N, H, H, rows, Real(1), dgx + 2 * H, GH, gates + 3 * H, width,
+                         beta, a.dw_hh + 2 * H * H, H);
+    } else {
+      cpu::parallel_gemm(Op::T, Op::N, GH, H, rows, Real(1), dgx, GH, h, H, beta, a.dw_hh, H);
+    }
+    // Both biases enter the same pre-activation except in GRU's n gate.
+    if (has_bias && own_dgh) column_sums(dgx, rows, GH, beta, a.db_hh);
   }
-  if (has_bias) {
-    column_sums(dgx, TB, GH, a.db_ih);
-    // Both biases enter the same pre-activation except in GRU's n gate (dgh is then its own).
-    if (dgh == dgx) std::memcpy(a.db_hh, a.db_ih, sizeof(Real) * GH);
-    else column_sums(dgh, TB, GH, a.db_hh);
-  }
-  cpu::parallel_gemm(Op::N, Op::N, TB, I, GH, Real(1), dgx, GH, a.weights.w_ih, I, Real(0),
-                     a.dx, I);
+  // Step 0's recurrent gradient, with no pointwise pass.
+  walk(-1, nullptr, nullptr);
+  if (has_bias && !own_dgh) std::memcpy(a.db_hh, a.db_ih, sizeof(Real) * GH);
 }
 
 BuildInfo build_info() {

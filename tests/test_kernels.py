@@ -113,6 +113,30 @@ def test_op_matches_reference_around_panel_edges(kcell, B_, H_):
             assert rel_err(got[name], ref) < RTOL[np.float32], name
 
 
+# The CPU driver walks time in chunks of ceil(2048 / B) steps (sequence_cpu.cc): B=700 makes
+# chunks of 3, 3 and 1 of T=7 steps, so gradients cross chunk edges in both directions. H=40 cuts
+# each step into several unit blocks, so a step reading gate gradients its chunk has overwritten
+# shows up (it did, when the carry between chunks was taken out).
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kcell", KERNEL_CELLS)
+def test_op_matches_reference_over_several_chunks(kcell, dtype, reverse, bias):
+    T_, B_, I_, H_ = 7, 700, 5, 40
+    rng = np.random.default_rng(9)
+    arrays = layer_arrays(rng, kcell, dtype, T_, B_, I_, H_, bias=bias, state=True)
+    lengths = rng.integers(1, T_ + 1, B_)
+    grads = dict(dy=rng.uniform(-1, 1, (T_, B_, H_)).astype(dtype),
+                 dh_n=rng.uniform(-1, 1, (B_, H_)).astype(dtype))
+    got = forward_backward("cpu", kcell, arrays, grads, lengths, reverse)
+    want = forward_backward("numpy", kcell, arrays, grads, lengths, reverse)
+    for name, ref in want.items():
+        if ref is not None:
+            assert rel_err(got[name], ref) < RTOL[dtype], name
+    y_infer = run_op("cpu", kcell, arrays, lengths, reverse, training=False)[0]
+    np.testing.assert_array_equal(y_infer, got["y"])
+
+
 def test_portable_kernel_matches_reference():
     """The kernel a CPU without AVX2/FMA runs, forced on this one, against the reference."""
     test = f"{__file__}::test_op_matches_reference_around_panel_edges"

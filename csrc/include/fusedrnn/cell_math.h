@@ -129,6 +129,10 @@ FR_HOST_DEVICE void gru_forward(const T pre_x[3], const T pre_h[3], T h_prev, T 
   h_new = (T(1) - act[1]) * act[2] + act[1] * h_prev;
 }
 
+// n's recurrent-side pre-activation gradient from its input-side one: hn enters scaled by r.
+template <typename T>
+FR_HOST_DEVICE T gru_recurrent_n_grad(T dpre_x_n, T r) { return dpre_x_n * r; }
+
 // The input side and the recurrent side get different gradients for the n gate (the recurrent
 // one is scaled by r), hence two outputs. dh_prev_direct is the z⊙dh path only.
 template <typename T>
@@ -140,7 +144,7 @@ FR_HOST_DEVICE void gru_backward(const T act[3], T hn, T h_prev, T dh, T dpre_x[
   dpre_x[0] = dpre_h[0] = dr;
   dpre_x[1] = dpre_h[1] = dz;
   dpre_x[2] = dn;
-  dpre_h[2] = dn * act[0];
+  dpre_h[2] = gru_recurrent_n_grad(dn, act[0]);
   dh_prev_direct = dh * act[1];
 }
 
