@@ -1,5 +1,5 @@
 // One time step of each cell on the CPU, forward and backward: the recurrent product(s) and the
-// pointwise pass over [B, H], fused by blocks of hidden units (recurrent_product.h). The time
+// pointwise pass over [B, H], fused by blocks of rows or units (recurrent_product.h). The time
 // loop, tape layout and weight gradients live in sequence_cpu.cc; the per-unit math lives in
 // cell_math.h (shared with CUDA).
 #pragma once
@@ -74,17 +74,38 @@ struct StepProducts {
 // over several threads. Like every cut here, it depends on the sizes only.
 constexpr double kBlockUnitFlops = 2.5e5;
 constexpr int64_t kMaxUnitBlocks = 64;
+// A W_hh up to this size (LSTM H <= 128) stays in each core's L2 (512 KB here) from step to
+// step, so every thread may read all of it: its blocks split the batch rows rather than the
+// units, and the pointwise pass runs over whole rows (at H=32, blocks of 8 units spent more
+// in calls than in math). A larger W_hh is split by units, each thread streaming its share.
+constexpr int64_t kRowSplitBytes = int64_t{256} << 10;
 
-// body(u0, u1) for blocks of units covering [0, H), in parallel; `flops` is the step's product.
-template <typename F>
-void for_unit_blocks(int64_t H, int64_t unit_step, double flops, const F& body) {
-  const int64_t steps = (H + unit_step - 1) / unit_step;
-  const int64_t blocks = std::max<int64_t>(
-      1, std::min({static_cast<int64_t>(flops / kBlockUnitFlops), kMaxUnitBlocks, steps}));
+// Rows [r0, r1) and hidden units [u0, u1) of one step.
+struct StepBlock {
+  int64_t r0, r1, u0, u1;
+};
+
+// body(block) for blocks covering the step's B rows and H units, in parallel; `flops` is the
+// step's product.
+template <typename T, typename F>
+void for_step_blocks(const RecurrentProduct<T>& product, int64_t B, int64_t H, double flops,
+                     const F& body) {
+  const int64_t wanted = std::max<int64_t>(
+      1, std::min(static_cast<int64_t>(flops / kBlockUnitFlops), kMaxUnitBlocks));
+  const int64_t row_step = product.row_step(), row_steps = (B + row_step - 1) / row_step;
+  if (product.weight_bytes() <= kRowSplitBytes && row_steps > 1) {
+    const int64_t blocks = std::min(wanted, row_steps);
+    parallel_for(blocks, [&](int64_t i) {
+      body(StepBlock{row_steps * i / blocks * row_step,
+                     std::min(B, row_steps * (i + 1) / blocks * row_step), 0, H});
+    });
+    return;
+  }
+  const int64_t unit_step = product.unit_step(), unit_steps = (H + unit_step - 1) / unit_step;
+  const int64_t blocks = std::min(wanted, unit_steps);
   parallel_for(blocks, [&](int64_t i) {
-    const int64_t u0 = steps * i / blocks * unit_step;
-    const int64_t u1 = std::min(H, steps * (i + 1) / blocks * unit_step);
-    body(u0, u1);
+    body(StepBlock{0, B, unit_steps * i / blocks * unit_step,
+                   std::min(H, unit_steps * (i + 1) / blocks * unit_step)});
   });
 }
 
@@ -151,36 +172,39 @@ void zero_gate_row(T* dg, int64_t H, int G, int64_t u0, int64_t u1) {
 template <typename IO>
 double step_flops(const IO& s, int G) { return 2.0 * s.B * s.H * G * s.H; }
 
-// A forward pass over unit blocks with one product: the block's share of `a`·W (into rec at
+// A forward pass over step blocks with one product: the block's share of `a`·W (into rec at
 // column `c_offset`), then row(b, u0, u1) for the rows still running and carry for the others.
 template <typename T, typename Row>
 void forward_pass(const StepIO<T>& s, const RecurrentProduct<T>& product, int G, const T* a,
                   int64_t lda, int64_t c_offset, int64_t ldc, bool has_c, const Row& row) {
-  for_unit_blocks(s.H, product.unit_step(), step_flops(s, G), [&](int64_t u0, int64_t u1) {
-    product.multiply(a, lda, s.B, u0, u1, s.rec + c_offset, ldc, false);
-    for (int64_t b = 0; b < s.B; ++b) {
-      if (row_active(s.lengths, b, s.t)) row(b, u0, u1);
-      else carry_row(s, b, has_c, u0, u1);
+  for_step_blocks(product, s.B, s.H, step_flops(s, G), [&](const StepBlock& k) {
+    product.multiply(a + k.r0 * lda, lda, k.r1 - k.r0, k.u0, k.u1, s.rec + k.r0 * ldc + c_offset,
+                     ldc, false);
+    for (int64_t b = k.r0; b < k.r1; ++b) {
+      if (row_active(s.lengths, b, s.t)) row(b, k.u0, k.u1);
+      else carry_row(s, b, has_c, k.u0, k.u1);
     }
   });
 }
 
-// A backward pass over unit blocks: dh += dg_next[:, columns from c_offset]·W for the block
-// (when a step was walked before), then row(b, u0, u1) for the rows still running; the others
-// get zero gate gradients in dgx and dgh.
+// A backward pass over step blocks: dh += dg_next·W for the block (when a step was walked
+// before), then row(b, u0, u1) for the rows still running; the others get zero gate gradients
+// in dgx and dgh.
 template <typename T, typename Row>
 void backward_pass(const BackStepIO<T>& s, const RecurrentProduct<T>& product, int G,
                    const Row& row) {
   const int64_t H = s.H, GH = G * H;
-  for_unit_blocks(H, product.unit_step(), step_flops(s, G), [&](int64_t u0, int64_t u1) {
-    if (s.dg_next) product.multiply(s.dg_next, GH, s.B, u0, u1, s.dh, H, true);
+  for_step_blocks(product, s.B, H, step_flops(s, G), [&](const StepBlock& k) {
+    if (s.dg_next)
+      product.multiply(s.dg_next + k.r0 * GH, GH, k.r1 - k.r0, k.u0, k.u1, s.dh + k.r0 * H, H,
+                       true);
     if (!s.pointwise) return;
-    for (int64_t b = 0; b < s.B; ++b) {
+    for (int64_t b = k.r0; b < k.r1; ++b) {
       if (row_active(s.lengths, b, s.t)) {
-        row(b, u0, u1);
+        row(b, k.u0, k.u1);
       } else {
-        zero_gate_row(s.dgx + b * GH, H, G, u0, u1);
-        if (s.dgh != s.dgx) zero_gate_row(s.dgh + b * GH, H, G, u0, u1);
+        zero_gate_row(s.dgx + b * GH, H, G, k.u0, k.u1);
+        if (s.dgh != s.dgx) zero_gate_row(s.dgh + b * GH, H, G, k.u0, k.u1);
       }
     }
   });
@@ -307,7 +331,8 @@ struct GruStep {
 
 // ---------------------------------------------------------------------------------------------
 // The reset gate scales h before W_hn, so each step has two recurrent products: (r, z) from h,
-// then n from r⊙h, each in its own pass over the unit blocks (n's product needs all of r⊙h).
+// then n from r⊙h, each in its own pass over the step blocks (split by units, n's product
+// needs all units of r⊙h).
 // Its tape row is (r, z, n, r⊙h); inference uses the same layout as scratch.
 template <typename T, bool Training>
 struct GruResetBeforeStep {
@@ -335,11 +360,12 @@ struct GruResetBeforeStep {
     const RecurrentProduct<T>& rz = s.products->main;
     const RecurrentProduct<T>& n_gate = s.products->n_gate;
     // Every row, active or not, gets a finite r⊙h: backward multiplies it by zero gradients.
-    for_unit_blocks(H, rz.unit_step(), step_flops(s, 2), [&](int64_t u0, int64_t u1) {
-      rz.multiply(s.h_prev, H, s.B, u0, u1, s.rec, GH, false);
-      for (int64_t b = 0; b < s.B; ++b)
-        forward_rz_row(H, u1 - u0, s.xproj + b * GH + u0, s.rec + b * GH + u0, s.b_ih + u0,
-                       s.b_hh + u0, s.h_prev + b * H + u0, s.gates + b * W + u0);
+    for_step_blocks(rz, s.B, H, step_flops(s, 2), [&](const StepBlock& k) {
+      rz.multiply(s.h_prev + k.r0 * H, H, k.r1 - k.r0, k.u0, k.u1, s.rec + k.r0 * GH, GH, false);
+      for (int64_t b = k.r0; b < k.r1; ++b)
+        forward_rz_row(H, k.u1 - k.u0, s.xproj + b * GH + k.u0, s.rec + b * GH + k.u0,
+                       s.b_ih + k.u0, s.b_hh + k.u0, s.h_prev + b * H + k.u0,
+                       s.gates + b * W + k.u0);
     });
     forward_pass(s, n_gate, 1, s.gates + 3 * H, W, 2 * H, GH, false,
                  [&](int64_t b, int64_t u0, int64_t u1) {
@@ -373,12 +399,13 @@ struct GruResetBeforeStep {
     });
     if (!s.pointwise) return;
     // scratch = dpre_n·W_hn, the gradient reaching r⊙h; then r.
-    for_unit_blocks(H, n_gate.unit_step(), step_flops(s, 1), [&](int64_t u0, int64_t u1) {
-      n_gate.multiply(s.dgx + 2 * H, GH, s.B, u0, u1, s.scratch, H, false);
-      for (int64_t b = 0; b < s.B; ++b) {
+    for_step_blocks(n_gate, s.B, H, step_flops(s, 1), [&](const StepBlock& k) {
+      n_gate.multiply(s.dgx + k.r0 * GH + 2 * H, GH, k.r1 - k.r0, k.u0, k.u1,
+                      s.scratch + k.r0 * H, H, false);
+      for (int64_t b = k.r0; b < k.r1; ++b) {
         if (!row_active(s.lengths, b, s.t)) continue;
-        backward_r_row(u1 - u0, s.gates + b * W + u0, s.h_prev + b * H + u0,
-                       s.scratch + b * H + u0, s.dh + b * H + u0, s.dgx + b * GH + u0);
+        backward_r_row(k.u1 - k.u0, s.gates + b * W + k.u0, s.h_prev + b * H + k.u0,
+                       s.scratch + b * H + k.u0, s.dh + b * H + k.u0, s.dgx + b * GH + k.u0);
       }
     });
   }

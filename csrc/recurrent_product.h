@@ -1,7 +1,7 @@
 // The recurrent products of one time step, h·W_hhᵀ forward and dG·W_hh backward, computed for a
-// range of hidden units at a time. A step hands each thread a block of units: the thread
+// block of rows and hidden units at a time. A step hands each thread such a block: the thread
 // computes that block's share of the product and then the block's pointwise math at once,
-// while the rows it just wrote are in its cache, with one fork-join per step.
+// while the values it just wrote are in its cache, with one fork-join per step.
 //
 // float packs W_hh once per call into column panels for fusedrnn's own register-blocked kernel
 // (recurrent_product.cc). OpenBLAS packs its operand again at every call, which for a step's
@@ -78,6 +78,22 @@ class RecurrentProduct {
     // fraction of a cache line at a time (LSTM T=200 B=1 H=1024 training: 16-unit blocks took
     // 1.8x as long).
     return kMinBlockEdge;
+  }
+
+  // Row blocks handed to threads start on multiples of this: the kernel's tile rows.
+  int64_t row_step() const {
+    if constexpr (kPacks) {
+      if (packed_) return panel_layout(shape_.segments).rows;
+    }
+    return 1;
+  }
+
+  // Bytes of M that a product over all units reads.
+  int64_t weight_bytes() const {
+    if constexpr (kPacks) {
+      if (packed_) return packed_floats(shape_) * int64_t{sizeof(float)};
+    }
+    return shape_.k * shape_.segments * shape_.width * int64_t{sizeof(T)};
   }
 
   // C[:, units [u0, u1)] = A·M, or += when accumulate; u0 is a multiple of unit_step().

@@ -72,9 +72,11 @@ def test_op_matches_reference(kcell, dtype, reverse, lengths, bias, state, which
             assert rel_err(got[name], ref) < RTOL[dtype], name
 
 
-# Sizes of 1, sizes that are not multiples of a SIMD width, and more rows than hidden units.
+# Sizes of 1, sizes that are not multiples of a SIMD width, more rows than hidden units, and a
+# W_hh too large for a step to split its rows (cells_cpu.h's kRowSplitBytes): it splits units.
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 1, 2, 3), (5, 3, 4, 1), (4, 2, 9, 13),
-                                   (2, 40, 5, 33)], ids=lambda s: "T{}B{}I{}H{}".format(*s))
+                                   (2, 40, 5, 33), (3, 8, 7, 161), (2, 8, 5, 300)],
+                         ids=lambda s: "T{}B{}I{}H{}".format(*s))
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kcell", KERNEL_CELLS)
@@ -193,11 +195,12 @@ def test_op_is_deterministic(kcell, dtype):
         np.testing.assert_array_equal(second[name], value, err_msg=name)
 
 
-def large_enough_to_split(kcell, dtype):
+def large_enough_to_split(kcell, dtype, split="rows"):
     """Arrays, lengths and output gradients big enough that every GEMM and pointwise pass is
-    cut into several blocks for the kernels' threads."""
+    cut into several blocks for the kernels' threads: a step's blocks split the batch rows
+    when W_hh is small, its hidden units when it is large."""
     rng = np.random.default_rng(5)
-    t, b, i, h = 5, 64, 80, 128
+    t, b, i, h = (5, 64, 80, 128) if split == "rows" else (3, 16, 40, 300)
     arrays = layer_arrays(rng, kcell, dtype, t, b, i, h)
     lengths = rng.integers(1, t + 1, b)
     grads = dict(dy=rng.uniform(-1, 1, (t, b, h)).astype(dtype),
@@ -206,11 +209,12 @@ def large_enough_to_split(kcell, dtype):
     return arrays, lengths, grads
 
 
+@pytest.mark.parametrize("split", ["rows", "units"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kcell", KERNEL_CELLS)
-def test_thread_count_does_not_change_results(kcell, dtype):
+def test_thread_count_does_not_change_results(kcell, dtype, split):
     """The kernels cut work into blocks by size alone: any thread count gives the same bits."""
-    arrays, lengths, grads = large_enough_to_split(kcell, dtype)
+    arrays, lengths, grads = large_enough_to_split(kcell, dtype, split)
     before = _core.build_info()["threads"]
     results = []
     try:
