@@ -36,9 +36,13 @@ Workspace::Workspace(std::size_t bytes) {
     return;
   }
   if (block.size < bytes) {
+    // A quarter more than asked: a training step's backward asks for a little more than its
+    // forward did, and growing then would map a whole fresh block while the tape is held (the
+    // freed one often stays with malloc). Pages never touched cost no memory.
+    const std::size_t grown = bytes + bytes / 4;
     block.data.reset();  // free before allocating: never hold both
-    block.data.reset(new unsigned char[bytes]);
-    block.size = bytes;
+    block.data.reset(new unsigned char[grown]);
+    block.size = grown;
   }
   block.in_use = true;
   uses_thread_block_ = true;
