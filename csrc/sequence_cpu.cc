@@ -303,9 +303,10 @@ void backward(const BackwardArgs<Real>& a) {
     if (has_bias) column_sums(dgx, rows, GH, beta, a.db_ih);
     cpu::parallel_gemm(Op::N, Op::N, rows, I, GH, Real(1), dgx, GH, a.weights.w_ih, I, Real(0),
                        a.dx + k.t0 * B * I, I);
-    // dgx now serves the recurrent side.
-    if (own_dgh) cpu::GruStep<Real, true>::input_to_recurrent_grads(dgx, gates, k.t0, k.steps, B, H,
-                                                                    tape.lengths());
+    // From here dgx holds the recurrent side's gradients.
+    if (own_dgh)
+      cpu::GruStep<Real, true>::input_to_recurrent_grads(dgx, gates, k.t0, k.steps, B, H,
+                                                         tape.lengths());
     if (cell == Cell::GRU_RESET_BEFORE) {
       // n's recurrent product reads r⊙h (the tape's fourth block), not h.
       cpu::parallel_gemm(Op::T, Op::N, 2 * H, H, rows, Real(1), dgx, GH, h, H, beta, a.dw_hh, H);
