@@ -72,6 +72,22 @@ def test_op_matches_reference(kcell, dtype, reverse, lengths, bias, state, which
             assert rel_err(got[name], ref) < RTOL[dtype], name
 
 
+def check_random_lengths_against_reference(rng, kcell, dtype, shape, reverse=False, **kwargs):
+    """The kernels against the reference on random arrays of `shape` (T, B, I, H), random
+    lengths, dy and dh_n; returns the kernels' results. kwargs go to layer_arrays."""
+    T, B, I, H = shape
+    arrays = layer_arrays(rng, kcell, dtype, T, B, I, H, **kwargs)
+    lengths = rng.integers(1, T + 1, B)
+    grads = dict(dy=rng.uniform(-1, 1, (T, B, H)).astype(dtype),
+                 dh_n=rng.uniform(-1, 1, (B, H)).astype(dtype))
+    got = forward_backward("cpu", kcell, arrays, grads, lengths, reverse)
+    want = forward_backward("numpy", kcell, arrays, grads, lengths, reverse)
+    for name, ref in want.items():
+        if ref is not None:
+            assert rel_err(got[name], ref) < RTOL[dtype], name
+    return arrays, lengths, got
+
+
 # Sizes of 1, sizes that are not multiples of a SIMD width, more rows than hidden units, and a
 # W_hh too large for a step to split its rows (cells_cpu.h's kRowSplitBytes): it splits units.
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 1, 2, 3), (5, 3, 4, 1), (4, 2, 9, 13),
@@ -81,17 +97,8 @@ def test_op_matches_reference(kcell, dtype, reverse, lengths, bias, state, which
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kcell", KERNEL_CELLS)
 def test_op_matches_reference_at_odd_sizes(kcell, dtype, reverse, shape):
-    T, B, I, H = shape
-    rng = np.random.default_rng(5)
-    arrays = layer_arrays(rng, kcell, dtype, T, B, I, H)
-    lengths = rng.integers(1, T + 1, B)
-    grads = dict(dy=rng.uniform(-1, 1, (T, B, H)).astype(dtype),
-                 dh_n=rng.uniform(-1, 1, (B, H)).astype(dtype))
-    got = forward_backward("cpu", kcell, arrays, grads, lengths, reverse)
-    want = forward_backward("numpy", kcell, arrays, grads, lengths, reverse)
-    for name, ref in want.items():
-        if ref is not None:
-            assert rel_err(got[name], ref) < RTOL[dtype], name
+    check_random_lengths_against_reference(np.random.default_rng(5), kcell, dtype, shape,
+                                           reverse)
 
 
 # float32's recurrent products run fusedrnn's own kernel: panels of 8, 16 or 32 hidden units
@@ -102,39 +109,23 @@ def test_op_matches_reference_at_odd_sizes(kcell, dtype, reverse, shape):
 def test_op_matches_reference_around_panel_edges(kcell, B_, H_):
     if os.environ.get("FUSEDRNN_PORTABLE_KERNEL") == "1":
         assert _core.build_info()["recurrent_kernel"] == "portable"
-    rng = np.random.default_rng(H_ * 10 + B_)
-    T_ = 3
-    arrays = layer_arrays(rng, kcell, np.float32, T_, B_, 5, H_)
-    lengths = rng.integers(1, T_ + 1, B_)
-    grads = dict(dy=rng.uniform(-1, 1, (T_, B_, H_)).astype(np.float32),
-                 dh_n=rng.uniform(-1, 1, (B_, H_)).astype(np.float32))
-    got = forward_backward("cpu", kcell, arrays, grads, lengths)
-    want = forward_backward("numpy", kcell, arrays, grads, lengths)
-    for name, ref in want.items():
-        if ref is not None:
-            assert rel_err(got[name], ref) < RTOL[np.float32], name
+    check_random_lengths_against_reference(np.random.default_rng(H_ * 10 + B_), kcell,
+                                           np.float32, (3, B_, 5, H_))
 
 
 # The CPU driver walks time in chunks of ceil(2048 / B) steps (sequence_cpu.cc): B=700 makes
-# chunks of 3, 3 and 1 of T=7 steps, so gradients cross chunk edges in both directions. H=40 cuts
-# each step into several unit blocks, so a step reading gate gradients its chunk has overwritten
-# shows up (it did, when the carry between chunks was taken out).
+# chunks of 3, 3 and 1 of T=7 steps, so gradients cross chunk edges in both directions. H=300
+# makes W_hh large enough that each step splits its units over threads, so a step reading gate
+# gradients that its chunk has overwritten shows up (it did, when the carry between chunks was
+# taken out); H=24 splits the rows.
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("H_, dtype", [(24, np.float32), (24, np.float64), (300, np.float32)],
+                         ids=["H24-float32", "H24-float64", "H300-float32"])
 @pytest.mark.parametrize("kcell", KERNEL_CELLS)
-def test_op_matches_reference_over_several_chunks(kcell, dtype, reverse, bias):
-    T_, B_, I_, H_ = 7, 700, 5, 40
-    rng = np.random.default_rng(9)
-    arrays = layer_arrays(rng, kcell, dtype, T_, B_, I_, H_, bias=bias, state=True)
-    lengths = rng.integers(1, T_ + 1, B_)
-    grads = dict(dy=rng.uniform(-1, 1, (T_, B_, H_)).astype(dtype),
-                 dh_n=rng.uniform(-1, 1, (B_, H_)).astype(dtype))
-    got = forward_backward("cpu", kcell, arrays, grads, lengths, reverse)
-    want = forward_backward("numpy", kcell, arrays, grads, lengths, reverse)
-    for name, ref in want.items():
-        if ref is not None:
-            assert rel_err(got[name], ref) < RTOL[dtype], name
+def test_op_matches_reference_over_several_chunks(kcell, H_, dtype, reverse, bias):
+    arrays, lengths, got = check_random_lengths_against_reference(
+        np.random.default_rng(9), kcell, dtype, (7, 700, 5, H_), reverse, bias=bias, state=True)
     y_infer = run_op("cpu", kcell, arrays, lengths, reverse, training=False)[0]
     np.testing.assert_array_equal(y_infer, got["y"])
 
