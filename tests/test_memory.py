@@ -72,6 +72,8 @@ def test_training_step_peak_matches_the_documented_formula(cell):
     packed_w_hh = 4 * GATES[cell] * H * H  # the recurrent kernel's panels (H is a panel multiple)
     predicted = r["tape"] + r["y"] + gate_grads + r["dx"] + r["weight_grads"] + packed_w_hh
     measured = r["peak"] - r["before"]
-    # 3%: page rounding, the small per-step buffers (B·G·H) and BLAS's packing buffers. A
-    # buffer the formula misses would be at least T·B·H values (4 MiB here), about 10%.
-    assert abs(measured - predicted) < 0.03 * predicted, (measured, predicted, r)
+    # 3%: page rounding and the small per-step buffers (B·G·H). Half a MiB more: BLAS's packing
+    # buffer of a kernel thread, touched the first time that thread joins a GEMM, which depends
+    # on timing (a CI run measured 0.47 MiB over the formula for RNN, the smallest case). A
+    # buffer the formula misses would be at least T·B·H values (4 MiB here).
+    assert abs(measured - predicted) < 0.03 * predicted + MiB / 2, (measured, predicted, r)
