@@ -69,11 +69,11 @@ struct StepProducts {
   RecurrentProduct<T> main, n_gate;
 };
 
-// One step's products are cut into blocks of ~kBlockUnitFlops: enough to outweigh handing a
+// One step's products are cut into blocks of ~kStepBlockFlops: enough to outweigh handing a
 // block to a thread (~1 µs), small enough that a 2-MFLOP step (B=16, H=128 LSTM) still spreads
 // over several threads. Like every cut here, it depends on the sizes only.
-constexpr double kBlockUnitFlops = 2.5e5;
-constexpr int64_t kMaxUnitBlocks = 64;
+constexpr double kStepBlockFlops = 2.5e5;
+constexpr int64_t kMaxStepBlocks = 64;
 // A W_hh up to this size (LSTM H <= 128) stays in each core's L2 (512 KB here) from step to
 // step, so every thread may read all of it: its blocks split the batch rows rather than the
 // units, and the pointwise pass runs over whole rows (at H=32, blocks of 8 units spent more
@@ -85,27 +85,28 @@ struct StepBlock {
   int64_t r0, r1, u0, u1;
 };
 
+// Start of block i when [0, n) is cut into `blocks` near-equal blocks on multiples of `step`
+// (i = blocks gives n).
+inline int64_t block_start(int64_t i, int64_t blocks, int64_t n, int64_t step) {
+  const int64_t steps = (n + step - 1) / step;
+  return std::min(n, steps * i / blocks * step);
+}
+
 // body(block) for blocks covering the step's B rows and H units, in parallel; `flops` is the
 // step's product.
 template <typename T, typename F>
 void for_step_blocks(const RecurrentProduct<T>& product, int64_t B, int64_t H, double flops,
                      const F& body) {
-  const int64_t wanted = std::max<int64_t>(
-      1, std::min(static_cast<int64_t>(flops / kBlockUnitFlops), kMaxUnitBlocks));
-  const int64_t row_step = product.row_step(), row_steps = (B + row_step - 1) / row_step;
-  if (product.weight_bytes() <= kRowSplitBytes && row_steps > 1) {
-    const int64_t blocks = std::min(wanted, row_steps);
-    parallel_for(blocks, [&](int64_t i) {
-      body(StepBlock{row_steps * i / blocks * row_step,
-                     std::min(B, row_steps * (i + 1) / blocks * row_step), 0, H});
-    });
-    return;
-  }
-  const int64_t unit_step = product.unit_step(), unit_steps = (H + unit_step - 1) / unit_step;
-  const int64_t blocks = std::min(wanted, unit_steps);
+  const bool split_rows =
+      product.weight_bytes() <= kRowSplitBytes && B > product.row_step();
+  const int64_t n = split_rows ? B : H;
+  const int64_t step = split_rows ? product.row_step() : product.unit_step();
+  const int64_t blocks = std::max<int64_t>(
+      1, std::min({static_cast<int64_t>(flops / kStepBlockFlops), kMaxStepBlocks,
+                   (n + step - 1) / step}));
   parallel_for(blocks, [&](int64_t i) {
-    body(StepBlock{0, B, unit_steps * i / blocks * unit_step,
-                   std::min(H, unit_steps * (i + 1) / blocks * unit_step)});
+    const int64_t a = block_start(i, blocks, n, step), b = block_start(i + 1, blocks, n, step);
+    body(split_rows ? StepBlock{a, b, 0, H} : StepBlock{0, B, a, b});
   });
 }
 
@@ -320,7 +321,9 @@ struct GruStep {
   static void input_to_recurrent_grads(T* dg, const T* gates, int64_t t0, int64_t steps,
                                        int64_t B, int64_t H, const int64_t* lengths) {
     const int64_t rows = steps * B;
-    const Split blocks(rows, std::min<int64_t>(kMaxUnitBlocks, (rows * H + 16383) / 16384));
+    constexpr int64_t kValuesPerBlock = 16384;  // a memory-bound pass: ~10 µs a block
+    const Split blocks(rows, std::min<int64_t>(kMaxStepBlocks,
+                                               (rows * H + kValuesPerBlock - 1) / kValuesPerBlock));
     parallel_for(blocks.count, [&](int64_t i) {
       for (int64_t row = blocks.begin(i); row < blocks.begin(i) + blocks.size(i); ++row)
         if (row_active(lengths, row % B, t0 + row / B))
