@@ -126,35 +126,74 @@ int64_t packed_floats(const ProductShape& shape) {
   return panel_count(shape) * shape.k * panel_layout(shape.segments).vectors * kLanes;
 }
 
+namespace {
+
+#if FR_AVX2_KERNEL
+// dst[j·ld_dst + i] = src[i·ld_src + j] for i, j < 8.
+__attribute__((target("avx2"))) void transpose_8x8_avx2(const float* src, int64_t ld_src,
+                                                        float* dst, int64_t ld_dst) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ld_src);
+  for (int i = 0; i < 8; i += 2) {  // pairs of rows interleaved: (0 1), (2 3), ...
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {  // then four rows: each 128-bit lane holds one column's quarter
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int j = 0; j < 4; ++j) {  // rows 0-3 and 4-7 of column j (low lanes), j+4 (high lanes)
+    _mm256_storeu_ps(dst + j * ld_dst, _mm256_permute2f128_ps(r[j], r[j + 4], 0x20));
+    _mm256_storeu_ps(dst + (j + 4) * ld_dst, _mm256_permute2f128_ps(r[j], r[j + 4], 0x31));
+  }
+}
+#endif
+
+constexpr int64_t kPackTaskFloats = int64_t{1} << 16;  // a task of the packing: 256 KB
+
+}  // namespace
+
 void pack_panels(const ProductShape& shape, const float* w, int64_t ldw, float* packed) {
   const PanelLayout layout = panel_layout(shape.segments);
   const int64_t width = layout.vectors * kLanes, k_count = shape.k;
   const int64_t panels = panel_count(shape);
-  const int64_t per_block = std::max<int64_t>(1, (int64_t{1} << 16) / (k_count * width));
-  parallel_for((panels + per_block - 1) / per_block, [&](int64_t block) {
-    const int64_t p_end = std::min(panels, (block + 1) * per_block);
-    for (int64_t p = block * per_block; p < p_end; ++p) {
+  const int64_t per_task = std::max<int64_t>(1, kPackTaskFloats / (k_count * width));
+  parallel_for((panels + per_task - 1) / per_task, [&](int64_t task) {
+    const int64_t p_end = std::min(panels, (task + 1) * per_task);
+    for (int64_t p = task * per_task; p < p_end; ++p) {
       const int64_t first = p * layout.units;
       const int64_t units = std::min(layout.units, shape.width - first);
       float* out = packed + p * k_count * width;
       for (int64_t s = 0; s < shape.segments; ++s) {
-        const int64_t col = s * shape.width + first, lane = s * layout.units;
+        const int64_t col = s * shape.width + first;
+        float* lanes = out + s * layout.units;
         if (shape.transposed) {
           // The lanes are rows of W, a power of two apart as often as not: read 16 k (a cache
           // line) of each before the next, or they evict each other from L1 at every k.
+          const float* rows = w + col * ldw;
           for (int64_t k0 = 0; k0 < k_count; k0 += 16) {
             const int64_t k1 = std::min(k_count, k0 + 16);
-            for (int64_t u = 0; u < units; ++u) {
-              const float* row = w + (col + u) * ldw;
-              for (int64_t k = k0; k < k1; ++k) out[k * width + lane + u] = row[k];
-            }
+            int64_t u = 0;
+#if FR_AVX2_KERNEL
+            // Eight units at a time in registers: element by element, packing a 4 MB W_hh took
+            // 1.1 ms, a tenth of an LSTM T=20 B=16 H=512 inference (0.23 ms this way).
+            if (use_avx2_fma() && k1 - k0 == 16)
+              for (; u + 8 <= units; u += 8)
+                for (int64_t k = k0; k < k1; k += 8)
+                  transpose_8x8_avx2(rows + u * ldw + k, ldw, lanes + k * width + u, width);
+#endif
+            for (; u < units; ++u)
+              for (int64_t k = k0; k < k1; ++k) lanes[k * width + u] = rows[u * ldw + k];
           }
         } else {
           for (int64_t k = 0; k < k_count; ++k)
-            std::copy(w + k * ldw + col, w + k * ldw + col + units, out + k * width + lane);
+            std::copy(w + k * ldw + col, w + k * ldw + col + units, lanes + k * width);
         }
-        for (int64_t k = 0; k < k_count; ++k)  // past the last unit
-          std::fill(out + k * width + lane + units, out + k * width + lane + layout.units, 0.0f);
+        if (units < layout.units)  // past the last unit
+          for (int64_t k = 0; k < k_count; ++k)
+            std::fill(lanes + k * width + units, lanes + k * width + layout.units, 0.0f);
       }
     }
   });
