@@ -2,6 +2,10 @@
 
 #include <cstdint>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 namespace fusedrnn {
 namespace cpu {
 namespace {
@@ -19,7 +23,25 @@ unsigned char* aligned(unsigned char* p) {
   return p + (Workspace::kAlignment - address % Workspace::kAlignment) % Workspace::kAlignment;
 }
 
+constexpr std::size_t kPageBytes = 4096;
+constexpr std::size_t kHugePageBytes = std::size_t{2} << 20;
+
 }  // namespace
+
+void advise_huge_pages(void* p, std::size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (bytes < 2 * kHugePageBytes) return;  // mostly outside an aligned huge page anyway
+  // madvise takes whole pages: the part of the block from its first page boundary on.
+  const auto start = reinterpret_cast<std::uintptr_t>(p);
+  const std::uintptr_t first = (start + kPageBytes - 1) / kPageBytes * kPageBytes;
+  const std::uintptr_t end = (start + bytes) / kPageBytes * kPageBytes;
+  // Advice only: where the kernel refuses (huge pages turned off), the block works as before.
+  madvise(reinterpret_cast<void*>(first), end - first, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
 
 void Workspace::release_thread_block() {
   ThreadBlock& block = thread_block;
