@@ -24,10 +24,20 @@ namespace cpu {
 namespace {
 
 constexpr int kLanes = 8;
+constexpr int kMaxVectors = 6;
 constexpr int kMaxTile = 12 * kLanes;  // rows·vectors·lanes
 
+// Where a tile's sums go: vector v of row r to rows[r] + columns[v], added to what is there when
+// `accumulate` (as dst + sum, the same bits as the sum added to dst).
+struct TileOut {
+  float* rows[3];
+  int64_t columns[kMaxVectors];
+  bool accumulate;
+};
+
 template <int Rows, int Vectors>
-void tile_portable(const float* const* a, const float* panel, int64_t k_count, float* tile) {
+void tile_portable(const float* const* a, const float* panel, int64_t k_count,
+                   const TileOut& out) {
   constexpr int kWidth = Vectors * kLanes;
   float acc[Rows][kWidth] = {};
   for (int64_t k = 0; k < k_count; ++k) {
@@ -37,13 +47,18 @@ void tile_portable(const float* const* a, const float* panel, int64_t k_count, f
       for (int j = 0; j < kWidth; ++j) acc[r][j] += ar * m[j];
     }
   }
-  for (int r = 0; r < Rows; ++r) std::copy(acc[r], acc[r] + kWidth, tile + r * kWidth);
+  for (int r = 0; r < Rows; ++r)
+    for (int v = 0; v < Vectors; ++v) {
+      float* dst = out.rows[r] + out.columns[v];
+      const float* sum = acc[r] + v * kLanes;
+      for (int j = 0; j < kLanes; ++j) dst[j] = out.accumulate ? dst[j] + sum[j] : sum[j];
+    }
 }
 
 #if FR_AVX2_KERNEL
 template <int Rows, int Vectors>
 __attribute__((target("avx2,fma"))) void tile_avx2(const float* const* a, const float* panel,
-                                                   int64_t k_count, float* tile) {
+                                                   int64_t k_count, const TileOut& out) {
   constexpr int kWidth = Vectors * kLanes;
   __m256 acc[Rows][Vectors];
 #pragma GCC unroll 4
@@ -65,7 +80,12 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const float* const* a, const 
 #pragma GCC unroll 4
   for (int r = 0; r < Rows; ++r)
 #pragma GCC unroll 8
-    for (int v = 0; v < Vectors; ++v) _mm256_storeu_ps(tile + r * kWidth + v * kLanes, acc[r][v]);
+    for (int v = 0; v < Vectors; ++v) {
+      float* dst = out.rows[r] + out.columns[v];
+      const __m256 sum = out.accumulate ? _mm256_add_ps(_mm256_loadu_ps(dst), acc[r][v])
+                                        : acc[r][v];
+      _mm256_storeu_ps(dst, sum);
+    }
 }
 
 #endif
@@ -85,7 +105,7 @@ bool use_avx2_fma() {
 #endif
 }
 
-using TileFn = void (*)(const float* const*, const float*, int64_t, float*);
+using TileFn = void (*)(const float* const*, const float*, int64_t, const TileOut&);
 
 template <int Rows, int Vectors>
 TileFn tile_for_cpu() {
@@ -209,11 +229,25 @@ void packed_multiply(const ProductShape& shape, const float* packed, int64_t p0,
     const float* panel = packed + p * shape.k * width;
     const int64_t first = p * layout.units;
     const int64_t units = std::min(layout.units, shape.width - first);
+    // A whole panel's sums go straight to C, each vector to its segment's columns. The last
+    // panel's, when it is cut short, go to `tile` first and only its units are copied.
+    const bool whole = units == layout.units;
+    TileOut out;
+    out.accumulate = whole && accumulate;
+    for (int v = 0; v < layout.vectors; ++v) {
+      const int64_t lane = v * kLanes;
+      out.columns[v] = whole ? lane / layout.units * shape.width + first + lane % layout.units
+                             : lane;
+    }
     for (int64_t r0 = 0; r0 < rows; r0 += layout.rows) {
       const int64_t tile_rows = std::min<int64_t>(layout.rows, rows - r0);
       const float* a_rows[3];
-      for (int64_t i = 0; i < tile_rows; ++i) a_rows[i] = a + (r0 + i) * lda;
-      tile_kernel(layout.vectors, tile_rows)(a_rows, panel, shape.k, tile);
+      for (int64_t i = 0; i < tile_rows; ++i) {
+        a_rows[i] = a + (r0 + i) * lda;
+        out.rows[i] = whole ? c + (r0 + i) * ldc : tile + i * width;
+      }
+      tile_kernel(layout.vectors, tile_rows)(a_rows, panel, shape.k, out);
+      if (whole) continue;
       for (int64_t i = 0; i < tile_rows; ++i) {
         for (int64_t s = 0; s < shape.segments; ++s) {
           float* dst = c + (r0 + i) * ldc + s * shape.width + first;
