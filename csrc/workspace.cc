@@ -1,9 +1,12 @@
 #include "workspace.h"
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #if defined(__linux__)
 #include <sys/mman.h>
+#include <unistd.h>
 #endif
 
 namespace fusedrnn {
@@ -23,19 +26,23 @@ unsigned char* aligned(unsigned char* p) {
   return p + (Workspace::kAlignment - address % Workspace::kAlignment) % Workspace::kAlignment;
 }
 
-constexpr std::size_t kPageBytes = 4096;
-constexpr std::size_t kHugePageBytes = std::size_t{2} << 20;
-
 }  // namespace
 
 void advise_huge_pages(void* p, std::size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (bytes < 2 * kHugePageBytes) return;  // mostly outside an aligned huge page anyway
-  // madvise takes whole pages: the part of the block from its first page boundary on.
+  constexpr std::size_t kMinBytes = std::size_t{4} << 20;  // two 2 MB pages: else mostly outside
+  static const bool wanted = [] {
+    const char* env = std::getenv("FUSEDRNN_MADVISE_HUGEPAGE");
+    return !(env && std::strcmp(env, "0") == 0);
+  }();
+  if (!wanted || bytes < kMinBytes) return;
+  // madvise takes whole pages: the part of the block between its first and last page boundary.
+  const auto page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
   const auto start = reinterpret_cast<std::uintptr_t>(p);
-  const std::uintptr_t first = (start + kPageBytes - 1) / kPageBytes * kPageBytes;
-  const std::uintptr_t end = (start + bytes) / kPageBytes * kPageBytes;
-  // Advice only: where the kernel refuses (huge pages turned off), the block works as before.
+  const std::uintptr_t first = (start + page - 1) / page * page;
+  const std::uintptr_t end = (start + bytes) / page * page;
+  // Advice only: its result is ignored. Where huge pages are off (or not built into the
+  // kernel) the block is served in small pages as before.
   madvise(reinterpret_cast<void*>(first), end - first, MADV_HUGEPAGE);
 #else
   (void)p;

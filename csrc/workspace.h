@@ -16,11 +16,13 @@
 namespace fusedrnn {
 namespace cpu {
 
-// Asks the kernel to back [p, p + bytes) with huge pages (Linux; elsewhere a no-op), before
-// it is first touched. For a block written once and then freed, like a training tape: a fresh
-// 4 KB page costs a fault, and the faults of a large tape (LSTM T=200 B=128 H=512: 315 MB)
-// took 6.6% of a training step, both threads queueing on the kernel's page-table locks. NumPy
-// does the same for its arrays of 4 MB or more.
+// Asks the kernel to back the whole pages of [p, p + bytes) with huge pages (Linux, blocks of
+// 4 MB or more; elsewhere a no-op), before they are first touched. For a block written once and
+// then freed, like a training tape: a fresh 4 KB page costs a fault, and the faults of a large
+// tape (LSTM T=200 B=128 H=512: 315 MB) took 6.6% of a training step, both threads queueing on
+// the kernel's page-table locks. NumPy does the same for its arrays of 4 MB or more, and like
+// its NUMPY_MADVISE_HUGEPAGE=0, FUSEDRNN_MADVISE_HUGEPAGE=0 turns it off: on a host with
+// fragmented memory a huge-page fault may wait for the kernel to compact memory.
 void advise_huge_pages(void* p, std::size_t bytes);
 
 class Workspace {

@@ -5,6 +5,7 @@ its own) and printed as one JSON line:
     python tests/memory_probe.py retained N       the same, keeping every tape (a real leak)
     python tests/memory_probe.py tape     CELL    RSS with a big tape held and after dropping it
     python tests/memory_probe.py peak     CELL    peak RSS of one ops.forward+backward
+    python tests/memory_probe.py hugepage CELL    whether a tape's mapping is advised for huge pages
 (CELL is a kernel cell name: lstm, gru, gru_reset_before, rnn_tanh, rnn_relu.)
 
 test_memory.py runs it with MALLOC_MMAP_THRESHOLD_ set low, so that glibc serves every large
@@ -115,11 +116,28 @@ def peak(cell):
     return dict(before=before, peak=peak, **sizes)
 
 
+def hugepage(cell):
+    """The VmFlags of the mapping that holds a tape's gates: "hg" when it was advised for huge
+    pages (madvise MADV_HUGEPAGE)."""
+    res = forward(cell, arrays(cell, **SIZES))
+    address = ops.tape_arrays(res.tape)[2].ctypes.data
+    flags, inside = None, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):  # a mapping's first line: start-end ...
+                start, end = (int(v, 16) for v in head.split("-"))
+                inside = start <= address < end
+            elif inside and head == "VmFlags:":
+                flags = line.split()[1:]
+    return dict(flags=flags)
+
+
 def main(what, arg):
     if what in ("steady", "retained"):
         out = steady(int(arg), keep=what == "retained")
     else:
-        out = {"tape": tape, "peak": peak}[what](arg)
+        out = {"tape": tape, "peak": peak, "hugepage": hugepage}[what](arg)
     print(json.dumps(out))
 
 

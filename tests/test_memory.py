@@ -1,7 +1,8 @@
-"""Memory: RSS stays flat over 10,000 training steps, a dropped tape gives its memory back, and
-the peak of a training step is what README.md's formula says. Each measurement runs in a fresh
-process (tests/memory_probe.py), with glibc told to map every buffer over 64 KiB on its own so
-that freeing one returns it to the system at once (MALLOC_MMAP_THRESHOLD_). Linux only."""
+"""Memory: RSS stays flat over 10,000 training steps, a dropped tape gives its memory back, the
+peak of a training step is what README.md's formula says, and a tape is advised for huge pages
+unless FUSEDRNN_MADVISE_HUGEPAGE=0. Each measurement runs in a fresh process
+(tests/memory_probe.py), with glibc told to map every buffer over 64 KiB on its own so that
+freeing one returns it to the system at once (MALLOC_MMAP_THRESHOLD_). Linux only."""
 
 import json
 import os
@@ -26,8 +27,9 @@ MiB = 2**20
 STEPS = 10_000
 
 
-def probe(*args):
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", PYTHONPATH=os.pathsep.join(sys.path))
+def probe(*args, **env_vars):
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", PYTHONPATH=os.pathsep.join(sys.path),
+               **env_vars)
     proc = subprocess.run([sys.executable, str(PROBE), *map(str, args)], capture_output=True,
                           text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -77,3 +79,12 @@ def test_training_step_peak_matches_the_documented_formula(cell):
     # on timing (a CI run measured 0.47 MiB over the formula for RNN, the smallest case). A
     # buffer the formula misses would be at least T·B·H values (4 MiB here).
     assert abs(measured - predicted) < 0.03 * predicted + MiB / 2, (measured, predicted, r)
+
+
+@pytest.mark.skipif(not pathlib.Path("/sys/kernel/mm/transparent_hugepage").exists(),
+                    reason="the kernel has no transparent huge pages")
+@pytest.mark.parametrize("setting", ["1", "0"])
+def test_the_tape_is_advised_for_huge_pages_unless_turned_off(setting):
+    flags = probe("hugepage", "lstm", FUSEDRNN_MADVISE_HUGEPAGE=setting)["flags"]
+    assert flags is not None, "no mapping holds the tape's gates"
+    assert ("hg" in flags) == (setting != "0"), flags
