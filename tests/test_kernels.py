@@ -113,8 +113,8 @@ def test_op_matches_reference_around_panel_edges(kcell, B_, H_):
                                            np.float32, (3, B_, 5, H_))
 
 
-# The CPU driver walks time in chunks of ceil(2048 / B) steps (sequence_cpu.cc): B=700 makes
-# chunks of 3, 3 and 1 of T=7 steps, so gradients cross chunk edges in both directions. H=300
+# The CPU driver walks time in chunks of ceil(1024 / B) steps (sequence_cpu.cc): B=700 makes
+# chunks of 2, 2, 2 and 1 of T=7 steps, so gradients cross chunk edges in both directions. H=300
 # makes W_hh large enough that each step splits its units over threads, so a step reading gate
 # gradients that its chunk has overwritten shows up (it did, when the carry between chunks was
 # taken out); H=24 splits the rows.

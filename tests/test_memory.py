@@ -58,8 +58,8 @@ def test_dropped_tape_frees_its_memory(cell):
     assert r["after"] - r["before"] < MiB, r
 
 
-# Gate gradients are kept for one chunk of the backward walk: ceil(2048 / B) steps, at most T.
-CHUNK_ROWS = 2048
+# Gate gradients are kept for one chunk of the backward walk: ceil(1024 / B) steps, at most T.
+CHUNK_ROWS = 1024
 GATES = {"lstm": 4, "gru": 3, "gru_reset_before": 3, "rnn_relu": 1}
 
 
