@@ -25,13 +25,14 @@ namespace cpu {
 namespace {
 
 constexpr int kLanes = 8;
+constexpr int kMaxRows = 3;
 constexpr int kMaxVectors = 6;
 constexpr int kMaxTile = 12 * kLanes;  // rows·vectors·lanes
 
 // Where a tile's sums go: vector v of row r to rows[r] + columns[v], added to what is there when
 // `accumulate` (as dst + sum, the same bits as the sum added to dst).
 struct TileOut {
-  float* rows[3];
+  float* rows[kMaxRows];
   int64_t columns[kMaxVectors];
   bool accumulate;
 };
@@ -242,7 +243,7 @@ void packed_multiply(const ProductShape& shape, const float* packed, int64_t p0,
     }
     for (int64_t r0 = 0; r0 < rows; r0 += layout.rows) {
       const int64_t tile_rows = std::min<int64_t>(layout.rows, rows - r0);
-      const float* a_rows[3];
+      const float* a_rows[kMaxRows];
       for (int64_t i = 0; i < tile_rows; ++i) {
         a_rows[i] = a + (r0 + i) * lda;
         out.rows[i] = whole ? c + (r0 + i) * ldc : tile + i * width;

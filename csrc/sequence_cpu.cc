@@ -134,8 +134,9 @@ Tape<T>::Tape(Cell cell, const Dims& dims, bool reverse, const int64_t* lengths)
   const int64_t slots = (dims.T + 1) * dims.B * dims.H;
   const int64_t c_slots = has_cell_state(cell) ? slots : 0;
   const int64_t gate_values = dims.T * dims.B * tape_gate_width(cell) * dims.H;
-  owned_ = uninitialized<T>(slots + c_slots + gate_values);
-  cpu::advise_huge_pages(owned_.get(), sizeof(T) * (slots + c_slots + gate_values));
+  const int64_t values = slots + c_slots + gate_values;
+  owned_ = uninitialized<T>(values);
+  cpu::advise_huge_pages(owned_.get(), sizeof(T) * values);
   buffers_.h_states = owned_.get();
   buffers_.c_states = c_slots ? owned_.get() + slots : nullptr;
   buffers_.gates = gate_values ? owned_.get() + slots + c_slots : nullptr;
