@@ -25,9 +25,16 @@ namespace cpu {
 namespace {
 
 constexpr int kLanes = 8;
-constexpr int kMaxRows = 3;
+constexpr int kMaxRows = 4;
 constexpr int kMaxVectors = 6;
-constexpr int kMaxTile = 12 * kLanes;  // rows·vectors·lanes
+
+// What a tile reads: `rows` of A, and for each k the tile's vectors at panel + k·stride.
+struct TileIn {
+  const float* const* rows;
+  const float* panel;
+  int64_t stride;  // floats from one k of the panel to the next
+  int64_t k_count;
+};
 
 // Where a tile's sums go: vector v of row r to rows[r] + columns[v], added to what is there when
 // `accumulate` (as dst + sum, the same bits as the sum added to dst).
@@ -38,14 +45,13 @@ struct TileOut {
 };
 
 template <int Rows, int Vectors>
-void tile_portable(const float* const* a, const float* panel, int64_t k_count,
-                   const TileOut& out) {
+void tile_portable(const TileIn& in, const TileOut& out) {
   constexpr int kWidth = Vectors * kLanes;
   float acc[Rows][kWidth] = {};
-  for (int64_t k = 0; k < k_count; ++k) {
-    const float* m = panel + k * kWidth;
+  for (int64_t k = 0; k < in.k_count; ++k) {
+    const float* m = in.panel + k * in.stride;
     for (int r = 0; r < Rows; ++r) {
-      const float ar = a[r][k];
+      const float ar = in.rows[r][k];
       for (int j = 0; j < kWidth; ++j) acc[r][j] += ar * m[j];
     }
   }
@@ -59,9 +65,12 @@ void tile_portable(const float* const* a, const float* panel, int64_t k_count,
 
 #if FR_AVX2_KERNEL
 template <int Rows, int Vectors>
-__attribute__((target("avx2,fma"))) void tile_avx2(const float* const* a, const float* panel,
-                                                   int64_t k_count, const TileOut& out) {
-  constexpr int kWidth = Vectors * kLanes;
+__attribute__((target("avx2,fma"))) void tile_avx2(const TileIn& in, const TileOut& out) {
+  const float* a[Rows];
+#pragma GCC unroll 4
+  for (int r = 0; r < Rows; ++r) a[r] = in.rows[r];
+  const float* const panel = in.panel;
+  const int64_t stride = in.stride, k_count = in.k_count;
   __m256 acc[Rows][Vectors];
 #pragma GCC unroll 4
   for (int r = 0; r < Rows; ++r)
@@ -71,7 +80,7 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const float* const* a, const 
     __m256 ar[Rows];
 #pragma GCC unroll 4
     for (int r = 0; r < Rows; ++r) ar[r] = _mm256_broadcast_ss(a[r] + k);
-    const float* m = panel + k * kWidth;
+    const float* m = panel + k * stride;
 #pragma GCC unroll 8
     for (int v = 0; v < Vectors; ++v) {
       const __m256 mv = _mm256_load_ps(m + v * kLanes);
@@ -107,7 +116,7 @@ bool use_avx2_fma() {
 #endif
 }
 
-using TileFn = void (*)(const float* const*, const float*, int64_t, const TileOut&);
+using TileFn = void (*)(const TileIn&, const TileOut&);
 
 template <int Rows, int Vectors>
 TileFn tile_for_cpu() {
@@ -124,6 +133,12 @@ TileFn tile_kernel(int vectors, int64_t rows) {
   static const TileFn six[2] = {tile_for_cpu<1, 6>(), tile_for_cpu<2, 6>()};
   return vectors == 4 ? four[rows - 1] : six[rows - 1];
 }
+
+// Four rows against half of a 4-vector panel: a 3-row layout's last four rows go as two of these
+// (8 accumulators each) rather than as 3 + 1, whose lone row has only 4 accumulators, half of
+// what covers the FMA latency. B=16 LSTM products ran 3 to 5% faster on one core, and LSTM
+// inference at B=16 (T=200 H=512, T=20 H=1024) 2% faster on two.
+const TileFn four_rows_half_panel = tile_for_cpu<4, 2>();
 
 int64_t panel_count(const ProductShape& shape) {
   const int64_t units = panel_layout(shape.segments).units;
@@ -226,9 +241,13 @@ void packed_multiply(const ProductShape& shape, const float* packed, int64_t p0,
                      bool accumulate) {
   const PanelLayout layout = panel_layout(shape.segments);
   const int64_t width = layout.vectors * kLanes;
-  alignas(32) float tile[kMaxTile];
+  const int64_t panel_floats = shape.k * width;
+  // A 3-row layout's last four rows are one step of two half-panel tiles.
+  const bool halves = layout.rows == 3 && layout.vectors == 4 && rows % 3 == 1 && rows > 1;
+  const int64_t row_steps = (rows + layout.rows - 1) / layout.rows - (halves ? 1 : 0);
+  alignas(32) float tile[kMaxRows * kMaxVectors * kLanes];
   for (int64_t p = p0; p < p1; ++p) {
-    const float* panel = packed + p * shape.k * width;
+    const float* panel = packed + p * panel_floats;
     const int64_t first = p * layout.units;
     const int64_t units = std::min(layout.units, shape.width - first);
     // A whole panel's sums go straight to C, each vector to its segment's columns. The last
@@ -241,23 +260,37 @@ void packed_multiply(const ProductShape& shape, const float* packed, int64_t p0,
       out.columns[v] = whole ? lane / layout.units * shape.width + first + lane % layout.units
                              : lane;
     }
-    for (int64_t r0 = 0; r0 < rows; r0 += layout.rows) {
-      const int64_t tile_rows = std::min<int64_t>(layout.rows, rows - r0);
+    int64_t r0 = 0;
+    for (int64_t step = 0; step < row_steps; ++step) {
+      const int64_t tile_rows =
+          halves && step == row_steps - 1 ? 4 : std::min<int64_t>(layout.rows, rows - r0);
       const float* a_rows[kMaxRows];
       for (int64_t i = 0; i < tile_rows; ++i) {
         a_rows[i] = a + (r0 + i) * lda;
         out.rows[i] = whole ? c + (r0 + i) * ldc : tile + i * width;
       }
-      tile_kernel(layout.vectors, tile_rows)(a_rows, panel, shape.k, out);
-      if (whole) continue;
-      for (int64_t i = 0; i < tile_rows; ++i) {
-        for (int64_t s = 0; s < shape.segments; ++s) {
-          float* dst = c + (r0 + i) * ldc + s * shape.width + first;
-          const float* src = tile + i * width + s * layout.units;
-          if (accumulate) for (int64_t u = 0; u < units; ++u) dst[u] += src[u];
-          else std::copy(src, src + units, dst);
+      TileIn in{a_rows, panel, width, shape.k};
+      if (tile_rows == 4) {
+        four_rows_half_panel(in, out);
+        TileOut upper = out;
+        upper.columns[0] = out.columns[2];
+        upper.columns[1] = out.columns[3];
+        in.panel += 2 * kLanes;
+        four_rows_half_panel(in, upper);
+      } else {
+        tile_kernel(layout.vectors, tile_rows)(in, out);
+      }
+      if (!whole) {
+        for (int64_t i = 0; i < tile_rows; ++i) {
+          for (int64_t s = 0; s < shape.segments; ++s) {
+            float* dst = c + (r0 + i) * ldc + s * shape.width + first;
+            const float* src = tile + i * width + s * layout.units;
+            if (accumulate) for (int64_t u = 0; u < units; ++u) dst[u] += src[u];
+            else std::copy(src, src + units, dst);
+          }
         }
       }
+      r0 += tile_rows;
     }
   }
 }

@@ -102,7 +102,8 @@ def test_op_matches_reference_at_odd_sizes(kcell, dtype, reverse, shape):
 
 
 # float32's recurrent products run fusedrnn's own kernel: panels of 8, 16 or 32 hidden units
-# (by gate count) and tiles of 1 to 3 batch rows. Sizes on both sides of each edge.
+# (by gate count) and tiles of 1 to 3 batch rows, or 4 rows against half a panel (B % 3 == 1).
+# Sizes on both sides of each edge.
 @pytest.mark.parametrize("H_", [7, 8, 9, 15, 16, 17, 31, 32, 33, 48, 65])
 @pytest.mark.parametrize("B_", [1, 2, 3, 4, 7, 9])
 @pytest.mark.parametrize("kcell", KERNEL_CELLS)
