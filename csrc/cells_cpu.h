@@ -100,10 +100,13 @@ void for_step_blocks(const RecurrentProduct<T>& product, int64_t B, int64_t H, d
   const bool split_rows =
       product.weight_bytes() <= kRowSplitBytes && B > product.row_step();
   const int64_t n = split_rows ? B : H;
-  const int64_t step = split_rows ? product.row_step() : product.unit_step();
-  const int64_t blocks = std::max<int64_t>(
-      1, std::min({static_cast<int64_t>(flops / kStepBlockFlops), kMaxStepBlocks,
-                   (n + step - 1) / step}));
+  // Units go in whole panels. Rows go in near-equal blocks of at least a tile's rows: the
+  // kernel runs any count of rows but one at full speed, and blocks cut on multiples of the
+  // tile's 3 rows left B=16 a block of one row.
+  const int64_t step = split_rows ? 1 : product.unit_step();
+  const int64_t most = split_rows ? B / product.row_step() : (H + step - 1) / step;
+  const int64_t blocks = even_blocks(static_cast<int64_t>(flops / kStepBlockFlops),
+                                     std::min(kMaxStepBlocks, most));
   parallel_for(blocks, [&](int64_t i) {
     const int64_t a = block_start(i, blocks, n, step), b = block_start(i + 1, blocks, n, step);
     body(split_rows ? StepBlock{a, b, 0, H} : StepBlock{0, B, a, b});

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 
 #include "blas.h"
 #include "thread_pool.h"
@@ -26,6 +27,8 @@ constexpr int64_t kMaxBlocks = 64;
 constexpr int64_t kAlign = 16;  // block edges on 64-byte boundaries of float rows
 constexpr double kSplitAlwaysFlops = 5e7;  // ~0.7 ms on one core
 constexpr int64_t kSplitAlwaysBlocks = 4;
+// Parts of k for a product whose C is too small to cut: each holds a C-sized partial sum.
+constexpr int64_t kMaxKParts = 8;
 
 // OpenBLAS must not start threads of its own under ours (see thread_pool.h). Checked at every
 // product: another library in the process (threadpoolctl, say) may have set it since.
@@ -45,17 +48,26 @@ struct Split {
   int64_t size(int64_t i) const { return std::min(step, extent - i * step); }
 };
 
+// A power of two near `wanted` blocks, at most `most` (and at least 1): blocks then spread
+// evenly over 2, 4 or 8 threads, where 3 blocks kept one of two threads waiting a third of the
+// time. Up to the next power of two where `most` allows, else down.
+inline int64_t even_blocks(int64_t wanted, int64_t most) {
+  int64_t count = 1;
+  while (count < wanted && count * 2 <= most) count *= 2;
+  return count;
+}
+
 // Blocks along a dimension of `extent`, the other operand (`shared` elements) packed by each.
 inline int64_t block_count(double flops, int64_t extent, int64_t shared) {
   const auto wanted = static_cast<int64_t>(flops / kBlockFlops);
   const int64_t edge = shared >= kUncachedElements ? kMinBlockEdgeUncached : kMinBlockEdge;
-  int64_t count = std::min({wanted, kMaxBlocks, extent / edge});
+  int64_t most = std::min(kMaxBlocks, extent / edge);
   // A big product is never left to one thread for want of 512-row blocks: packing the shared
   // operand again costs a few tenths of a block, an idle core all of it (a 512x512 weight
   // gradient over 2560 rows was one block).
   if (flops >= kSplitAlwaysFlops)
-    count = std::max(count, std::min(kSplitAlwaysBlocks, extent / kMinBlockEdge));
-  return std::max<int64_t>(1, count);
+    most = std::max(most, std::min(kSplitAlwaysBlocks, extent / kMinBlockEdge));
+  return even_blocks(wanted, most);
 }
 
 // One block: a GEMM, or for a single row of C (a batch of one) the matrix-vector product, which
@@ -69,30 +81,6 @@ void gemm_block(Op ta, Op tb, int64_t m, int64_t n, int64_t k, T alpha, const T*
   else gemv(Op::T, k, n, alpha, b, ldb, a, inc_a, beta, c, 1);              // B is [k, n]
 }
 
-// C[m, n] = alpha · op(A) · op(B) + beta · C, as blas.h's gemm, in blocks of C's rows (when C
-// is at least as tall as it is wide) or columns.
-template <typename T>
-void parallel_gemm(Op ta, Op tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
-                   int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
-  make_blas_single_threaded();
-  const double flops = 2.0 * double(m) * double(n) * double(k);
-  if (m >= n) {
-    const Split rows(m, block_count(flops, m, k * n));
-    parallel_for(rows.count, [&](int64_t i) {
-      const int64_t r = rows.begin(i);
-      gemm_block(ta, tb, rows.size(i), n, k, alpha, a + (ta == Op::N ? r * lda : r), lda, b, ldb,
-                 beta, c + r * ldc, ldc);
-    });
-  } else {
-    const Split cols(n, block_count(flops, n, m * k));
-    parallel_for(cols.count, [&](int64_t i) {
-      const int64_t col = cols.begin(i);
-      gemm_block(ta, tb, m, cols.size(i), k, alpha, a, lda, b + (tb == Op::N ? col : col * ldb),
-                 ldb, beta, c + col, ldc);
-    });
-  }
-}
-
 // row(b) for b in [0, rows), in blocks of rows holding at least ~16K values of `row_width`.
 template <typename F>
 void parallel_rows(int64_t rows, int64_t row_width, const F& row) {
@@ -102,6 +90,63 @@ void parallel_rows(int64_t rows, int64_t row_width, const F& row) {
     const int64_t end = std::min(rows, (i + 1) * per_block);
     for (int64_t r = i * per_block; r < end; ++r) row(r);
   });
+}
+
+// C[m, n] = alpha · op(A) · op(B) + beta · C for k in parts: the first into C, the others into
+// `partials` ([parts - 1, m, n]), which are then added to C in order.
+template <typename T>
+void gemm_in_k_parts(Op ta, Op tb, int64_t m, int64_t n, int64_t k, int64_t parts, T alpha,
+                     const T* a, int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc,
+                     T* partials) {
+  const Split ks(k, parts);
+  parallel_for(ks.count, [&](int64_t i) {
+    const int64_t k0 = ks.begin(i);
+    T* out = i == 0 ? c : partials + (i - 1) * m * n;
+    gemm_block(ta, tb, m, n, ks.size(i), alpha, a + (ta == Op::N ? k0 : k0 * lda), lda,
+               b + (tb == Op::N ? k0 * ldb : k0), ldb, i == 0 ? beta : T(0), out,
+               i == 0 ? ldc : n);
+  });
+  parallel_rows(m, n, [&](int64_t r) {
+    for (int64_t i = 1; i < ks.count; ++i) {
+      const T* part = partials + ((i - 1) * m + r) * n;
+      for (int64_t j = 0; j < n; ++j) c[r * ldc + j] += part[j];
+    }
+  });
+}
+
+// C[m, n] = alpha · op(A) · op(B) + beta · C, as blas.h's gemm, in blocks of C's rows (when C
+// is at least as tall as it is wide) or columns. A C too small for that (a weight gradient of
+// H=32 over a chunk of steps) is cut along k instead, the parts' sums added in order.
+template <typename T>
+void parallel_gemm(Op ta, Op tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
+                   int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  make_blas_single_threaded();
+  const double flops = 2.0 * double(m) * double(n) * double(k);
+  const int64_t blocks = m >= n ? block_count(flops, m, k * n) : block_count(flops, n, m * k);
+  if (blocks == 1) {
+    const int64_t parts = even_blocks(static_cast<int64_t>(flops / kBlockFlops),
+                                      std::min(kMaxKParts, k / kMinBlockEdge));
+    if (parts > 1) {
+      std::unique_ptr<T[]> partials(new T[static_cast<std::size_t>((parts - 1) * m * n)]);
+      return gemm_in_k_parts(ta, tb, m, n, k, parts, alpha, a, lda, b, ldb, beta, c, ldc,
+                             partials.get());
+    }
+  }
+  if (m >= n) {
+    const Split rows(m, blocks);
+    parallel_for(rows.count, [&](int64_t i) {
+      const int64_t r = rows.begin(i);
+      gemm_block(ta, tb, rows.size(i), n, k, alpha, a + (ta == Op::N ? r * lda : r), lda, b, ldb,
+                 beta, c + r * ldc, ldc);
+    });
+  } else {
+    const Split cols(n, blocks);
+    parallel_for(cols.count, [&](int64_t i) {
+      const int64_t col = cols.begin(i);
+      gemm_block(ta, tb, m, cols.size(i), k, alpha, a, lda, b + (tb == Op::N ? col : col * ldb),
+                 ldb, beta, c + col, ldc);
+    });
+  }
 }
 
 }  // namespace cpu

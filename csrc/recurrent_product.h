@@ -80,7 +80,7 @@ class RecurrentProduct {
     return kMinBlockEdge;
   }
 
-  // Row blocks handed to threads start on multiples of this: the kernel's tile rows.
+  // Row blocks handed to threads hold at least this many rows: the kernel's tile rows.
   int64_t row_step() const {
     if constexpr (kPacks) {
       if (packed_) return panel_layout(shape_.segments).rows;

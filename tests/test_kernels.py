@@ -88,10 +88,13 @@ def check_random_lengths_against_reference(rng, kcell, dtype, shape, reverse=Fal
     return arrays, lengths, got
 
 
-# Sizes of 1, sizes that are not multiples of a SIMD width, more rows than hidden units, and a
-# W_hh too large for a step to split its rows (cells_cpu.h's kRowSplitBytes): it splits units.
+# Sizes of 1, sizes that are not multiples of a SIMD width, more rows than hidden units, a
+# W_hh too large for a step to split its rows (cells_cpu.h's kRowSplitBytes): it splits units,
+# and weight gradients too small to cut by rows or columns (H=32 over 704 rows), which
+# parallel_gemm.h cuts along time.
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 1, 2, 3), (5, 3, 4, 1), (4, 2, 9, 13),
-                                   (2, 40, 5, 33), (3, 8, 7, 161), (2, 8, 5, 300)],
+                                   (2, 40, 5, 33), (3, 8, 7, 161), (2, 8, 5, 300),
+                                   (11, 64, 100, 32)],
                          ids=lambda s: "T{}B{}I{}H{}".format(*s))
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -190,9 +193,11 @@ def test_op_is_deterministic(kcell, dtype):
 def large_enough_to_split(kcell, dtype, split="rows"):
     """Arrays, lengths and output gradients big enough that every GEMM and pointwise pass is
     cut into several blocks for the kernels' threads: a step's blocks split the batch rows
-    when W_hh is small, its hidden units when it is large."""
+    when W_hh is small, its hidden units when it is large; weight gradients too small to cut
+    by rows or columns are cut along time."""
     rng = np.random.default_rng(5)
-    t, b, i, h = (5, 64, 80, 128) if split == "rows" else (3, 16, 40, 300)
+    t, b, i, h = {"rows": (5, 64, 80, 128), "units": (3, 16, 40, 300),
+                  "time": (11, 64, 100, 32)}[split]
     arrays = layer_arrays(rng, kcell, dtype, t, b, i, h)
     lengths = rng.integers(1, t + 1, b)
     grads = dict(dy=rng.uniform(-1, 1, (t, b, h)).astype(dtype),
@@ -201,7 +206,7 @@ def large_enough_to_split(kcell, dtype, split="rows"):
     return arrays, lengths, grads
 
 
-@pytest.mark.parametrize("split", ["rows", "units"])
+@pytest.mark.parametrize("split", ["rows", "units", "time"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kcell", KERNEL_CELLS)
 def test_thread_count_does_not_change_results(kcell, dtype, split):
