@@ -1,6 +1,7 @@
 // GEMMs and row loops spread over the kernels' threads (thread_pool.h). A product is cut into
-// blocks of C's rows or columns, each one single-threaded OpenBLAS call; the cut depends on the
-// sizes only, so every element of C is computed by the same call whatever the thread count.
+// blocks of C's rows or columns, each one single-threaded OpenBLAS call, or, when C is too small
+// for that, into parts of k whose sums are added in a fixed order. The cut depends on the sizes
+// only, so every element of C is computed the same way whatever the thread count.
 #pragma once
 
 #include <algorithm>

@@ -31,7 +31,7 @@ struct ProductShape {
 struct PanelLayout {
   int64_t units;    // per segment
   int vectors;      // 8-float vectors across a panel: segments·units/8
-  int rows;         // rows of A per tile (12 accumulators: rows·vectors = 12)
+  int rows;         // rows of A per tile (rows·vectors = 12 accumulators; see the .cc)
 };
 PanelLayout panel_layout(int64_t segments);
 

@@ -90,11 +90,12 @@ def check_random_lengths_against_reference(rng, kcell, dtype, shape, reverse=Fal
 
 # Sizes of 1, sizes that are not multiples of a SIMD width, more rows than hidden units, a
 # W_hh too large for a step to split its rows (cells_cpu.h's kRowSplitBytes): it splits units,
-# and weight gradients too small to cut by rows or columns (H=32 over 704 rows), which
-# parallel_gemm.h cuts along time.
+# and products too small to cut by rows or columns, which parallel_gemm.h cuts along k: weight
+# gradients of H=32 over 704 rows, and a batch of one's input projection over I=8000 (a
+# matrix-vector product).
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 1, 2, 3), (5, 3, 4, 1), (4, 2, 9, 13),
                                    (2, 40, 5, 33), (3, 8, 7, 161), (2, 8, 5, 300),
-                                   (11, 64, 100, 32)],
+                                   (11, 64, 100, 32), (1, 1, 8000, 63)],
                          ids=lambda s: "T{}B{}I{}H{}".format(*s))
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("dtype", DTYPES)
