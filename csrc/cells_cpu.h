@@ -66,6 +66,12 @@ struct StepProducts {
                                                        n_gate_packing);
   }
 
+  // Batch rows never meet in a step: when every product of the step would split its rows
+  // (each W_hh fits in L2, see for_step_blocks), the walk can give each thread rows for a whole
+  // chunk of steps instead of cutting every step. This many row blocks (1: cut each step), by
+  // sizes only; `chunk_flops` is the chunk's recurrent products.
+  int64_t walk_row_blocks(int64_t B, double chunk_flops) const;
+
   RecurrentProduct<T> main, n_gate;
 };
 
@@ -113,6 +119,19 @@ void for_step_blocks(const RecurrentProduct<T>& product, int64_t B, int64_t H, d
   });
 }
 
+// A chunk's walk in row blocks of ~kWalkBlockFlops (the chunk's products): a step of B=16,
+// H=32 (0.1 MFLOP) is too small to cut, but 64 such steps on 4 blocks of rows are not.
+constexpr double kWalkBlockFlops = 2e6;
+constexpr int64_t kMaxWalkBlocks = 16;
+
+template <typename T>
+int64_t StepProducts<T>::walk_row_blocks(int64_t B, double chunk_flops) const {
+  // (A cell without an n-gate product has an empty one, of 0 bytes.)
+  if (main.weight_bytes() > kRowSplitBytes || n_gate.weight_bytes() > kRowSplitBytes) return 1;
+  return even_blocks(static_cast<int64_t>(chunk_flops / kWalkBlockFlops),
+                     std::min(kMaxWalkBlocks, B / main.row_step()));
+}
+
 // Everything a forward step touches. Pointers are already offset to time step t.
 template <typename T>
 struct StepIO {
@@ -157,6 +176,35 @@ struct BackStepIO {
   T* dgh;           // [B, G*H] out: recurrent side (same buffer as dgx except for GRU)
   T* scratch;       // [B, H]
 };
+
+// p + n, or null for an array the step does not use.
+template <typename P>
+P* offset_or_null(P* p, int64_t n) {
+  return p ? p + n : p;
+}
+
+// A step restricted to batch rows [r0, r1): each per-row array from row r0 on. Rows of xproj,
+// rec and the gate gradients hold `gh` values (G·H), rows of the gates `gate_width`.
+template <typename T>
+StepIO<T> rows_of(const StepIO<T>& s, int64_t r0, int64_t r1, int64_t gh, int64_t gate_width) {
+  const int64_t H = s.H;
+  return {r1 - r0, H, s.t, offset_or_null(s.lengths, r0), s.xproj + r0 * gh, s.products,
+          s.b_ih, s.b_hh, s.h_prev + r0 * H, offset_or_null(s.c_prev, r0 * H),
+          s.h_new + r0 * H, offset_or_null(s.c_new, r0 * H),
+          offset_or_null(s.gates, r0 * gate_width), s.y + r0 * s.ldy, s.ldy, s.rec + r0 * gh};
+}
+
+template <typename T>
+BackStepIO<T> rows_of(const BackStepIO<T>& s, int64_t r0, int64_t r1, int64_t gh,
+                      int64_t gate_width) {
+  const int64_t H = s.H;
+  return {r1 - r0, H, s.t, offset_or_null(s.lengths, r0), s.products,
+          offset_or_null(s.dg_next, r0 * gh), s.pointwise, s.h_prev + r0 * H,
+          offset_or_null(s.c_prev, r0 * H), s.h_new + r0 * H, offset_or_null(s.c_new, r0 * H),
+          offset_or_null(s.gates, r0 * gate_width), s.dy + r0 * s.lddy, s.lddy, s.dh + r0 * H,
+          offset_or_null(s.dc, r0 * H), offset_or_null(s.dgx, r0 * gh),
+          offset_or_null(s.dgh, r0 * gh), s.scratch + r0 * H};
+}
 
 // A row past its length keeps its state and outputs 0 (units [u0, u1)).
 template <typename T>

@@ -1,7 +1,8 @@
 // The recurrent products of one time step, h·W_hhᵀ forward and dG·W_hh backward, computed for a
 // block of rows and hidden units at a time. A step hands each thread such a block: the thread
 // computes that block's share of the product and then the block's pointwise math at once,
-// while the values it just wrote are in its cache, with one fork-join per step.
+// while the values it just wrote are in its cache, with one fork-join per step (or per chunk of
+// steps, where the threads walk batch rows of their own: cells_cpu.h's walk_row_blocks).
 //
 // float packs W_hh once per call into column panels for fusedrnn's own register-blocked kernel
 // (recurrent_product.cc). OpenBLAS packs its operand again at every call, which for a step's

@@ -1,6 +1,8 @@
 // The CPU sequence driver: the time loop over cells_cpu.h's steps, in chunks of steps whose input
-// projection (forward) and weight gradients and dx (backward) are one GEMM each. Validation and
-// the slot convention are shared with the CUDA driver (rnn_common.h).
+// projection (forward) and weight gradients and dx (backward) are one GEMM each. A chunk's steps
+// are cut over the threads one at a time, or, for a small W_hh, its batch rows are, each thread
+// walking its rows through all the chunk's steps. Validation and the slot convention are shared
+// with the CUDA driver (rnn_common.h).
 #include <algorithm>
 #include <cstring>
 #include <string>
@@ -201,6 +203,7 @@ void forward(const ForwardArgs<Real>& a) {
   Real* scratch_states = ws.take<Real>(states_scratch);
   const Products products(a.cell, H, true, a.weights.w_hh, take_or_null<Real>(ws, main_packing),
                           take_or_null<Real>(ws, n_gate_packing));
+  const double recurrent_flops = 2.0 * double(B) * double(GH) * double(H);  // a step's
 
   const Real* b_ih = a.weights.b_ih ? a.weights.b_ih : no_bias;
   const Real* b_hh = a.weights.b_hh ? a.weights.b_hh : no_bias;
@@ -213,19 +216,28 @@ void forward(const ForwardArgs<Real>& a) {
   copy_or_zero(hs + slots(0).read * BH, a.h0, BH);
   if (has_c) copy_or_zero(cs + slots(0).read * BH, a.c0, BH);
 
+  const auto step_io = [&](int64_t s, const Chunk& k) {
+    const StepPlan p = slots(s);
+    return cpu::StepIO<Real>{B, H, p.t, a.lengths, xproj + (p.t - k.t0) * B * GH, &products,
+                             b_ih, b_hh, hs + p.read * BH, has_c ? cs + p.read * BH : nullptr,
+                             hs + p.write * BH, has_c ? cs + p.write * BH : nullptr,
+                             training ? a.tape->gates() + p.t * B * width : scratch_gates,
+                             a.y + p.t * B * a.ldy, a.ldy, rec};
+  };
   for (int64_t c = 0; c < chunks.count(); ++c) {
     const Chunk k = chunks[c];
     cpu::parallel_gemm(Op::N, Op::T, k.steps * B, GH, d.I, Real(1), a.x + k.t0 * B * d.I, d.I,
                        a.weights.w_ih, d.I, Real(0), xproj, GH);
-    for (int64_t s = k.s0; s < k.s1; ++s) {
-      const StepPlan p = slots(s);
-      cpu::StepIO<Real> io{B, H, p.t, a.lengths, xproj + (p.t - k.t0) * B * GH, &products, b_ih,
-                        b_hh, hs + p.read * BH, has_c ? cs + p.read * BH : nullptr,
-                        hs + p.write * BH, has_c ? cs + p.write * BH : nullptr,
-                        training ? a.tape->gates() + p.t * B * width : scratch_gates,
-                        a.y + p.t * B * a.ldy, a.ldy, rec};
-      step_forward(a.cell, io, training);
-    }
+    // One row block walks the whole batch, each step cut over the threads; several walk their
+    // rows through the chunk on one thread each.
+    const int64_t row_blocks = products.walk_row_blocks(B, k.steps * recurrent_flops);
+    cpu::parallel_for(row_blocks, [&](int64_t i) {
+      const int64_t r0 = B * i / row_blocks, r1 = B * (i + 1) / row_blocks;
+      for (int64_t s = k.s0; s < k.s1; ++s) {
+        const cpu::StepIO<Real> io = step_io(s, k);
+        step_forward(a.cell, r1 - r0 == B ? io : cpu::rows_of(io, r0, r1, GH, width), training);
+      }
+    });
   }
 
   const int64_t last = slots(T - 1).write;
@@ -266,6 +278,7 @@ void backward(const BackwardArgs<Real>& a) {
   if (no_dy) std::fill(no_dy, no_dy + BH, Real(0));
   const Products products(cell, H, false, a.weights.w_hh, take_or_null<Real>(ws, main_packing),
                           take_or_null<Real>(ws, n_gate_packing));
+  const double recurrent_flops = 2.0 * double(B) * double(GH) * double(H);  // a step's
   copy_or_zero(a.dh0, a.dh_n, BH);  // dh0/dc0 carry the running gradient through the walk
   if (has_c) copy_or_zero(a.dc0, a.dc_n, BH);
 
@@ -275,25 +288,40 @@ void backward(const BackwardArgs<Real>& a) {
   const Real* h_read = hs + (tape.reverse() ? BH : 0);
   // Each step first adds the recurrent gradient of the step walked before it (cells_cpu.h).
   const Real* dg_next = nullptr;
-  const auto walk = [&](int64_t s, Real* dgx_t, Real* dgh_t) {
+  const auto step_io = [&](int64_t s, const Real* dg_prior, Real* dgx_t, Real* dgh_t) {
     const StepPlan p(std::max<int64_t>(s, 0), T, tape.reverse());
-    cpu::BackStepIO<Real> io{B, H, p.t, tape.lengths(), &products, dg_next, s >= 0,
-                          hs + p.read * BH, has_c ? cs + p.read * BH : nullptr,
-                          hs + p.write * BH, has_c ? cs + p.write * BH : nullptr,
-                          width ? tape.gates() + p.t * B * width : nullptr,
-                          a.dy ? a.dy + p.t * B * a.lddy : no_dy, a.dy ? a.lddy : H, a.dh0,
-                          has_c ? a.dc0 : nullptr, dgx_t, dgh_t, scratch};
-    step_backward(cell, io);
+    return cpu::BackStepIO<Real>{B, H, p.t, tape.lengths(), &products, dg_prior, s >= 0,
+                                 hs + p.read * BH, has_c ? cs + p.read * BH : nullptr,
+                                 hs + p.write * BH, has_c ? cs + p.write * BH : nullptr,
+                                 width ? tape.gates() + p.t * B * width : nullptr,
+                                 a.dy ? a.dy + p.t * B * a.lddy : no_dy, a.dy ? a.lddy : H, a.dh0,
+                                 has_c ? a.dc0 : nullptr, dgx_t, dgh_t, scratch};
+  };
+  // The gate gradients step s writes: the input side's among the chunk's rows, the recurrent
+  // side's in GRU's two step buffers (the other cells', the same).
+  const auto dgx_of = [&](int64_t s, const Chunk& k) {
+    return dgx + (StepPlan(s, T, tape.reverse()).t - k.t0) * B * GH;
+  };
+  const auto dgh_of = [&](int64_t s, const Chunk& k) {
+    return own_dgh ? dgh_steps + (s % 2) * B * GH : dgx_of(s, k);
+  };
+  // Chunk k's steps walked backwards over batch rows [r0, r1), the first from dg_next.
+  const auto walk_rows = [&](const Chunk& k, int64_t r0, int64_t r1) {
+    const Real* dg_prior = dg_next;
+    for (int64_t s = k.s1 - 1; s >= k.s0; --s) {
+      const cpu::BackStepIO<Real> io = step_io(s, dg_prior, dgx_of(s, k), dgh_of(s, k));
+      step_backward(cell, r1 - r0 == B ? io : cpu::rows_of(io, r0, r1, GH, width));
+      dg_prior = dgh_of(s, k);
+    }
   };
 
   for (int64_t c = chunks.count() - 1; c >= 0; --c) {
     const Chunk k = chunks[c];
-    for (int64_t s = k.s1 - 1; s >= k.s0; --s) {
-      Real* dgx_t = dgx + (StepPlan(s, T, tape.reverse()).t - k.t0) * B * GH;
-      Real* dgh_t = own_dgh ? dgh_steps + (s % 2) * B * GH : dgx_t;
-      walk(s, dgx_t, dgh_t);
-      dg_next = dgh_t;
-    }
+    const int64_t row_blocks = products.walk_row_blocks(B, k.steps * recurrent_flops);
+    cpu::parallel_for(row_blocks, [&](int64_t i) {
+      walk_rows(k, B * i / row_blocks, B * (i + 1) / row_blocks);
+    });
+    dg_next = dgh_of(k.s0, k);
     std::memcpy(dg_carry, dg_next, sizeof(Real) * B * GH);
     dg_next = dg_carry;
 
@@ -323,7 +351,7 @@ void backward(const BackwardArgs<Real>& a) {
     if (has_bias && own_dgh) column_sums(dgx, rows, GH, beta, a.db_hh);
   }
   // Step 0's recurrent gradient, with no pointwise pass.
-  walk(-1, nullptr, nullptr);
+  step_backward(cell, step_io(-1, dg_next, nullptr, nullptr));
   if (has_bias && !own_dgh) std::memcpy(a.db_hh, a.db_ih, sizeof(Real) * GH);
 }
 
