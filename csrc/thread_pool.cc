@@ -66,11 +66,14 @@ class Pool {
 
   void run(int64_t chunks, ChunkFn fn, const void* ctx) {
     if (chunks <= 0) return;
-    std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
-    if (inside_chunk || threads_ == 1 || forked_child || !lock.owns_lock()) {
+    const auto run_here = [&] {
       for (int64_t i = 0; i < chunks; ++i) fn(ctx, i);
-      return;
-    }
+    };
+    // A loop inside a chunk runs here before busy_ is tried: the calling thread of the outer
+    // loop holds it, and try_lock on a mutex the thread owns is undefined behaviour.
+    if (inside_chunk) return run_here();
+    std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
+    if (threads_ == 1 || forked_child || !lock.owns_lock()) return run_here();
     if (workers_.empty()) start_workers();
     // Publish: close claiming, write the job, reopen claiming under the next sequence number.
     const uint64_t seq = (claim_.load() >> 32) + 1;
