@@ -72,6 +72,14 @@ struct StepProducts {
   // sizes only; `chunk_flops` is the chunk's recurrent products.
   int64_t walk_row_blocks(int64_t B, double chunk_flops) const;
 
+  // walk(r0, r1) for the row blocks of a chunk, in parallel (one block: the whole batch, whose
+  // steps then cut themselves over the threads).
+  template <typename F>
+  void for_walk_rows(int64_t B, double chunk_flops, const F& walk) const {
+    const int64_t blocks = walk_row_blocks(B, chunk_flops);
+    parallel_for(blocks, [&](int64_t i) { walk(B * i / blocks, B * (i + 1) / blocks); });
+  }
+
   RecurrentProduct<T> main, n_gate;
 };
 
@@ -183,8 +191,9 @@ P* offset_or_null(P* p, int64_t n) {
   return p ? p + n : p;
 }
 
-// A step restricted to batch rows [r0, r1): each per-row array from row r0 on. Rows of xproj,
-// rec and the gate gradients hold `gh` values (G·H), rows of the gates `gate_width`.
+// A step restricted to batch rows [r0, r1): each per-row array from row r0 on (rows [0, B):
+// the step itself). Rows of xproj, rec and the gate gradients hold `gh` values (G·H), rows of
+// the gates `gate_width`.
 template <typename T>
 StepIO<T> rows_of(const StepIO<T>& s, int64_t r0, int64_t r1, int64_t gh, int64_t gate_width) {
   const int64_t H = s.H;

@@ -228,15 +228,9 @@ void forward(const ForwardArgs<Real>& a) {
     const Chunk k = chunks[c];
     cpu::parallel_gemm(Op::N, Op::T, k.steps * B, GH, d.I, Real(1), a.x + k.t0 * B * d.I, d.I,
                        a.weights.w_ih, d.I, Real(0), xproj, GH);
-    // One row block walks the whole batch, each step cut over the threads; several walk their
-    // rows through the chunk on one thread each.
-    const int64_t row_blocks = products.walk_row_blocks(B, k.steps * recurrent_flops);
-    cpu::parallel_for(row_blocks, [&](int64_t i) {
-      const int64_t r0 = B * i / row_blocks, r1 = B * (i + 1) / row_blocks;
-      for (int64_t s = k.s0; s < k.s1; ++s) {
-        const cpu::StepIO<Real> io = step_io(s, k);
-        step_forward(a.cell, r1 - r0 == B ? io : cpu::rows_of(io, r0, r1, GH, width), training);
-      }
+    products.for_walk_rows(B, k.steps * recurrent_flops, [&](int64_t r0, int64_t r1) {
+      for (int64_t s = k.s0; s < k.s1; ++s)
+        step_forward(a.cell, cpu::rows_of(step_io(s, k), r0, r1, GH, width), training);
     });
   }
 
@@ -309,18 +303,16 @@ void backward(const BackwardArgs<Real>& a) {
   const auto walk_rows = [&](const Chunk& k, int64_t r0, int64_t r1) {
     const Real* dg_prior = dg_next;
     for (int64_t s = k.s1 - 1; s >= k.s0; --s) {
-      const cpu::BackStepIO<Real> io = step_io(s, dg_prior, dgx_of(s, k), dgh_of(s, k));
-      step_backward(cell, r1 - r0 == B ? io : cpu::rows_of(io, r0, r1, GH, width));
+      step_backward(cell, cpu::rows_of(step_io(s, dg_prior, dgx_of(s, k), dgh_of(s, k)), r0, r1,
+                                       GH, width));
       dg_prior = dgh_of(s, k);
     }
   };
 
   for (int64_t c = chunks.count() - 1; c >= 0; --c) {
     const Chunk k = chunks[c];
-    const int64_t row_blocks = products.walk_row_blocks(B, k.steps * recurrent_flops);
-    cpu::parallel_for(row_blocks, [&](int64_t i) {
-      walk_rows(k, B * i / row_blocks, B * (i + 1) / row_blocks);
-    });
+    products.for_walk_rows(B, k.steps * recurrent_flops,
+                           [&](int64_t r0, int64_t r1) { walk_rows(k, r0, r1); });
     dg_next = dgh_of(k.s0, k);
     std::memcpy(dg_carry, dg_next, sizeof(Real) * B * GH);
     dg_next = dg_carry;
