@@ -28,7 +28,7 @@ namespace cpu {
 // every clone computes the same bits on every CPU.
 #define FR_R __restrict
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FR_ROW __attribute__((noinline, target_clones("avx2", "default")))
+#define FR_ROW __attribute__((noinline, target_clones("avx512f", "avx2", "default")))
 #else
 #define FR_ROW __attribute__((noinline))
 #endif

@@ -2,16 +2,21 @@
 //
 // M is packed once per call into panels, each the columns of `units` consecutive hidden units of
 // every segment, k rows of 8-float vectors: [panel][k][segment·units + unit], zero past the last
-// unit. A tile of `rows` rows of A against one panel keeps rows·vectors = 12 accumulators of 8
-// floats in registers (with the A broadcasts and one panel vector, 16 AVX registers; a last
-// four rows go as two tiles over half the panel, 8 each), adding one k at a time: every element
-// is summed in k order, whichever tile or thread computes it.
+// unit. A tile of rows of A against one panel keeps its sums in registers, adding one k at a
+// time: every element is summed in k order by fused multiply-adds from zero, whichever tile,
+// thread or instruction set computes it, so all kernels give the same bits.
+// AVX2 (16 registers): tiles of `rows` rows, rows·vectors = 12 accumulators of 8 floats (with
+// the A broadcasts and one panel vector, all 16; a last four rows go as two tiles over half the
+// panel, 8 each). AVX-512 (32 registers): each 16-float register holds two of the panel's
+// vectors, and a tile has up to 24 accumulators (12 rows of a 2-register panel, 8 of a
+// 3-register one); a block's rows are cut into near-equal tiles, none under layout.rows.
 // The panel outer loop keeps one panel (k·vectors·8 floats) in L2 while all rows of A pass over
 // it.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 
 #include "recurrent_product.h"
 #include "rnn_common.h"
@@ -26,8 +31,9 @@ namespace cpu {
 namespace {
 
 constexpr int kLanes = 8;
-constexpr int kMaxRows = 4;
+constexpr int kMaxRows = 12;  // AVX-512's 2-register panels
 constexpr int kMaxVectors = 6;
+constexpr int kAvx512Accumulators = 24;
 
 // What a tile reads: `rows` of A, and for each k the tile's vectors at panel + k·stride.
 struct TileIn {
@@ -100,22 +106,68 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const TileIn& in, const TileO
     }
 }
 
+// Registers are 16 floats: register z holds the panel's vectors 2z (low half) and 2z + 1.
+template <int Rows, int Registers>
+__attribute__((target("avx512f"))) void tile_avx512(const TileIn& in, const TileOut& out) {
+  const float* a[Rows];
+#pragma GCC unroll 12
+  for (int r = 0; r < Rows; ++r) a[r] = in.rows[r];
+  const float* const panel = in.panel;
+  const int64_t stride = in.stride, k_count = in.k_count;
+  __m512 acc[Rows][Registers];
+#pragma GCC unroll 12
+  for (int r = 0; r < Rows; ++r)
+#pragma GCC unroll 3
+    for (int z = 0; z < Registers; ++z) acc[r][z] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < k_count; ++k) {
+    const float* m = panel + k * stride;
+    __m512 mv[Registers];
+#pragma GCC unroll 3
+    for (int z = 0; z < Registers; ++z) mv[z] = _mm512_loadu_ps(m + z * 2 * kLanes);
+#pragma GCC unroll 12
+    for (int r = 0; r < Rows; ++r) {
+      const __m512 ar = _mm512_set1_ps(a[r][k]);
+#pragma GCC unroll 3
+      for (int z = 0; z < Registers; ++z) acc[r][z] = _mm512_fmadd_ps(ar, mv[z], acc[r][z]);
+    }
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < Rows; ++r)
+#pragma GCC unroll 3
+    for (int z = 0; z < Registers; ++z) {
+      // Through memory: GCC 12's intrinsics for the upper half warn (bug 105593).
+      alignas(64) float sums[2 * kLanes];
+      _mm512_store_ps(sums, acc[r][z]);
+      for (int h = 0; h < 2; ++h) {
+        float* dst = out.rows[r] + out.columns[2 * z + h];
+        const __m256 half = _mm256_load_ps(sums + h * kLanes);
+        _mm256_storeu_ps(dst, out.accumulate ? _mm256_add_ps(_mm256_loadu_ps(dst), half) : half);
+      }
+    }
+}
+
 #endif
 
-// FUSEDRNN_PORTABLE_KERNEL=1 runs the portable kernel, what a CPU without AVX2 and FMA gets, so
-// that the tests can hold it to the reference on any machine.
-bool use_avx2_fma() {
+enum class Isa { portable, avx2, avx512 };
+
+// The best kernel this CPU runs. FUSEDRNN_KERNEL_ISA=avx2 or =portable caps it, so that the tests
+// hold every kernel to the reference on a machine that has the bigger ones.
+Isa kernel_isa() {
+  static const Isa isa = [] {
+    Isa best = Isa::portable;
 #if FR_AVX2_KERNEL
-  static const bool yes = [] {
-    const char* portable = std::getenv("FUSEDRNN_PORTABLE_KERNEL");
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           !(portable && *portable && std::strcmp(portable, "0") != 0);
-  }();
-  return yes;
-#else
-  return false;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::avx2;
+    if (best == Isa::avx2 && __builtin_cpu_supports("avx512f")) best = Isa::avx512;
 #endif
+    const char* cap = std::getenv("FUSEDRNN_KERNEL_ISA");
+    if (cap && std::strcmp(cap, "portable") == 0) return Isa::portable;
+    if (cap && std::strcmp(cap, "avx2") == 0) return std::min(best, Isa::avx2);
+    return best;
+  }();
+  return isa;
 }
+
+bool use_avx2_fma() { return kernel_isa() != Isa::portable; }
 
 using TileFn = void (*)(const TileIn&, const TileOut&);
 
@@ -127,8 +179,25 @@ TileFn tile_for_cpu() {
   return tile_portable<Rows, Vectors>;
 }
 
-// The kernel for `rows` (1..layout.rows) rows of a layout of `vectors` vectors.
+#if FR_AVX2_KERNEL
+template <int Vectors, int... Rows>
+const TileFn* avx512_tiles(std::integer_sequence<int, Rows...>) {
+  static const TileFn tiles[] = {tile_avx512<Rows + 1, Vectors / 2>...};
+  return tiles;
+}
+#endif
+
+// The kernel for `rows` (1..layout.max_rows) rows of a layout of `vectors` vectors.
 TileFn tile_kernel(int vectors, int64_t rows) {
+#if FR_AVX2_KERNEL
+  if (kernel_isa() == Isa::avx512) {
+    static const TileFn* const four =
+        avx512_tiles<4>(std::make_integer_sequence<int, kAvx512Accumulators / 2>());
+    static const TileFn* const six =
+        avx512_tiles<6>(std::make_integer_sequence<int, kAvx512Accumulators / 3>());
+    return vectors == 4 ? four[rows - 1] : six[rows - 1];
+  }
+#endif
   static const TileFn four[3] = {tile_for_cpu<1, 4>(), tile_for_cpu<2, 4>(),
                                  tile_for_cpu<3, 4>()};
   static const TileFn six[2] = {tile_for_cpu<1, 6>(), tile_for_cpu<2, 6>()};
@@ -151,17 +220,31 @@ int64_t panel_count(const ProductShape& shape) {
 
 }  // namespace
 
-const char* recurrent_kernel_isa() { return use_avx2_fma() ? "avx2+fma" : "portable"; }
-
-PanelLayout panel_layout(int64_t segments) {
-  switch (segments) {
-    case 1: return {32, 4, 3};
-    case 2: return {16, 4, 3};
-    case 3: return {16, 6, 2};
-    case 4: return {8, 4, 3};
-    default: detail::fail("panel_layout: expected 1 to 4 segments, got " + std::to_string(segments));
+const char* recurrent_kernel_isa() {
+  switch (kernel_isa()) {
+    case Isa::avx512: return "avx512f";
+    case Isa::avx2: return "avx2+fma";
+    default: return "portable";
   }
 }
+
+PanelLayout panel_layout(int64_t segments) {
+  const int64_t units = segments == 1 ? 32 : segments == 4 ? 8 : 16;
+  const int vectors = segments == 3 ? 6 : 4;
+  if (segments < 1 || segments > 4)
+    detail::fail("panel_layout: expected 1 to 4 segments, got " + std::to_string(segments));
+  if (kernel_isa() == Isa::avx512) {
+    // At least 8 accumulators (two FMA pipes, four cycles each) in a tile of layout.rows.
+    const int registers = vectors / 2;
+    return {units, vectors, (8 + registers - 1) / registers, kAvx512Accumulators / registers};
+  }
+  const int rows = 12 / vectors;
+  return {units, vectors, rows, rows};
+}
+
+bool packed_kernel_beats_blas() { return kernel_isa() == Isa::avx512; }
+
+int64_t packed_panels(const ProductShape& shape) { return panel_count(shape); }
 
 int64_t packed_floats(const ProductShape& shape) {
   return panel_count(shape) * shape.k * panel_layout(shape.segments).vectors * kLanes;
@@ -246,10 +329,15 @@ void packed_multiply(const ProductShape& shape, const float* packed, int64_t p0,
   const PanelLayout layout = panel_layout(shape.segments);
   const int64_t width = layout.vectors * kLanes;
   const int64_t panel_floats = shape.k * width;
-  // A 3-row layout's last four rows are one step of two half-panel tiles.
-  const bool halves = layout.rows == 3 && layout.vectors == 4 && rows % 3 == 1 && rows > 1;
-  const int64_t row_steps = (rows + layout.rows - 1) / layout.rows - (halves ? 1 : 0);
-  alignas(32) float tile[kMaxRows * kMaxVectors * kLanes];
+  // The rows go in near-equal tiles of at most max_rows; but a 3-row AVX2 layout's last four
+  // rows are one step of two half-panel tiles.
+  const bool halves = layout.max_rows == 3 && layout.vectors == 4 && rows % 3 == 1 && rows > 1;
+  const int64_t row_steps = (rows + layout.max_rows - 1) / layout.max_rows - (halves ? 1 : 0);
+  const auto step_end = [&](int64_t step) {
+    if (halves) return step == row_steps - 1 ? rows : 3 * (step + 1);
+    return rows * (step + 1) / row_steps;
+  };
+  alignas(64) float tile[kMaxRows * kMaxVectors * kLanes];
   for (int64_t p = p0; p < p1; ++p) {
     const float* panel = packed + p * panel_floats;
     const int64_t first = p * layout.units;
@@ -266,15 +354,14 @@ void packed_multiply(const ProductShape& shape, const float* packed, int64_t p0,
     }
     int64_t r0 = 0;
     for (int64_t step = 0; step < row_steps; ++step) {
-      const int64_t tile_rows =
-          halves && step == row_steps - 1 ? 4 : std::min<int64_t>(layout.rows, rows - r0);
+      const int64_t tile_rows = step_end(step) - r0;
       const float* a_rows[kMaxRows];
       for (int64_t i = 0; i < tile_rows; ++i) {
         a_rows[i] = a + (r0 + i) * lda;
         out.rows[i] = whole ? c + (r0 + i) * ldc : tile + i * width;
       }
       TileIn in{a_rows, panel, width, shape.k};
-      if (tile_rows == 4) {
+      if (halves && step == row_steps - 1) {
         four_rows_half_panel()(in, out);
         TileOut upper = out;
         upper.columns[0] = out.columns[2];

@@ -28,18 +28,27 @@ struct ProductShape {
   int64_t k, segments, width;
 };
 
-// The float kernel's panel: `units` units of every segment, 8-float vectors.
+// The float kernel's panel: `units` units of every segment, 8-float vectors; and its tiles, by
+// the instruction set the CPU runs (see the .cc).
 struct PanelLayout {
   int64_t units;    // per segment
   int vectors;      // 8-float vectors across a panel: segments·units/8
-  int rows;         // rows of A per tile (rows·vectors = 12 accumulators; see the .cc)
+  int rows;         // rows of A a tile needs to keep the FMA units busy
+  int max_rows;     // rows of A a tile holds at most
 };
 PanelLayout panel_layout(int64_t segments);
 
-// "avx2+fma", or "portable" (no AVX2/FMA, or FUSEDRNN_PORTABLE_KERNEL=1).
+// "avx512f", "avx2+fma" or "portable": what this CPU runs, capped by FUSEDRNN_KERNEL_ISA.
 const char* recurrent_kernel_isa();
 
+// Whether the kernel multiplies many rows (an input projection) faster than the BLAS: with
+// AVX-512, which the kernel uses and OpenBLAS may not (OPENBLAS_CORETYPE=Haswell, or a CPU it
+// does not know): one Zen 5 core ran it at 230-250 GFLOP/s, OpenBLAS's AVX2 kernels at 129.
+// With AVX2 the two were level (86 and 87.5 on a Zen 3 core), and BLAS keeps the job.
+bool packed_kernel_beats_blas();
+
 int64_t packed_floats(const ProductShape& shape);
+int64_t packed_panels(const ProductShape& shape);
 void pack_panels(const ProductShape& shape, const float* w, int64_t ldw, float* packed);
 // C[:, units of panels [p0, p1)] (+)= A · M, from the packed panels.
 void packed_multiply(const ProductShape& shape, const float* packed, int64_t p0, int64_t p1,

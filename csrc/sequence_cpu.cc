@@ -10,6 +10,7 @@
 #include "blas.h"
 #include "cells_cpu.h"
 #include "fusedrnn/rnn.h"
+#include "input_projection.h"
 #include "rnn_common.h"
 #include "workspace.h"
 
@@ -190,11 +191,12 @@ void forward(const ForwardArgs<Real>& a) {
   using Products = cpu::StepProducts<Real>;
   const int64_t main_packing = Products::main_packing(a.cell, H, B, true);
   const int64_t n_gate_packing = Products::n_gate_packing(a.cell, H, B, true);
+  const int64_t projection_packing = cpu::InputProjection<Real>::packing_size(d.I, G, H);
   const Chunks chunks(T, B, a.reverse);
   const int64_t xproj_size = chunks.steps() * B * GH;
   cpu::Workspace ws(cpu::Workspace::bytes_for<Real>({xproj_size, B * GH, a.weights.b_ih ? 0 : GH,
                                                      gates_scratch, states_scratch, main_packing,
-                                                     n_gate_packing}));
+                                                     n_gate_packing, projection_packing}));
   Real* xproj = ws.take<Real>(xproj_size);
   Real* rec = ws.take<Real>(B * GH);
   Real* no_bias = a.weights.b_ih ? nullptr : ws.take<Real>(GH);
@@ -203,6 +205,8 @@ void forward(const ForwardArgs<Real>& a) {
   Real* scratch_states = ws.take<Real>(states_scratch);
   const Products products(a.cell, H, true, a.weights.w_hh, take_or_null<Real>(ws, main_packing),
                           take_or_null<Real>(ws, n_gate_packing));
+  const cpu::InputProjection<Real> project(d.I, G, H, a.weights.w_ih,
+                                            take_or_null<Real>(ws, projection_packing));
   const double recurrent_flops = 2.0 * double(B) * double(GH) * double(H);  // a step's
 
   const Real* b_ih = a.weights.b_ih ? a.weights.b_ih : no_bias;
@@ -226,8 +230,7 @@ void forward(const ForwardArgs<Real>& a) {
   };
   for (int64_t c = 0; c < chunks.count(); ++c) {
     const Chunk k = chunks[c];
-    cpu::parallel_gemm(Op::N, Op::T, k.steps * B, GH, d.I, Real(1), a.x + k.t0 * B * d.I, d.I,
-                       a.weights.w_ih, d.I, Real(0), xproj, GH);
+    project(a.x + k.t0 * B * d.I, k.steps * B, xproj);
     products.for_walk_rows(B, k.steps * recurrent_flops, [&](int64_t r0, int64_t r1) {
       for (int64_t s = k.s0; s < k.s1; ++s)
         step_forward(a.cell, cpu::rows_of(step_io(s, k), r0, r1, GH, width), training);

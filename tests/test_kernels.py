@@ -106,14 +106,16 @@ def test_op_matches_reference_at_odd_sizes(kcell, dtype, reverse, shape):
 
 
 # float32's recurrent products run fusedrnn's own kernel: panels of 8, 16 or 32 hidden units
-# (by gate count) and tiles of 1 to 3 batch rows, or 4 rows against half a panel (B % 3 == 1).
-# Sizes on both sides of each edge.
+# (by gate count); AVX2 tiles of 1 to 3 batch rows, or 4 rows against half a panel
+# (B % 3 == 1); AVX-512 tiles of up to 12 or 8 rows. Sizes on both sides of each edge.
 @pytest.mark.parametrize("H_", [7, 8, 9, 15, 16, 17, 31, 32, 33, 48, 65])
-@pytest.mark.parametrize("B_", [1, 2, 3, 4, 7, 9])
+@pytest.mark.parametrize("B_", [1, 2, 3, 4, 7, 9, 13, 25])
 @pytest.mark.parametrize("kcell", KERNEL_CELLS)
 def test_op_matches_reference_around_panel_edges(kcell, B_, H_):
-    if os.environ.get("FUSEDRNN_PORTABLE_KERNEL") == "1":
-        assert _core.build_info()["recurrent_kernel"] == "portable"
+    cap = os.environ.get("FUSEDRNN_KERNEL_ISA")
+    if cap in ("portable", "avx2"):
+        assert _core.build_info()["recurrent_kernel"] in {"portable": ["portable"],
+                                                          "avx2": ["portable", "avx2+fma"]}[cap]
     check_random_lengths_against_reference(np.random.default_rng(H_ * 10 + B_), kcell,
                                            np.float32, (3, B_, 5, H_))
 
@@ -135,10 +137,12 @@ def test_op_matches_reference_over_several_chunks(kcell, H_, dtype, reverse, bia
     np.testing.assert_array_equal(y_infer, got["y"])
 
 
-def test_portable_kernel_matches_reference():
-    """The kernel a CPU without AVX2/FMA runs, forced on this one, against the reference."""
+@pytest.mark.parametrize("cap", ["portable", "avx2"])
+def test_smaller_kernels_match_reference(cap):
+    """The kernels a CPU without AVX-512, or without AVX2/FMA, runs, forced on this one, against
+    the reference."""
     test = f"{__file__}::test_op_matches_reference_around_panel_edges"
-    env = dict(os.environ, FUSEDRNN_PORTABLE_KERNEL="1")
+    env = dict(os.environ, FUSEDRNN_KERNEL_ISA=cap)
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
                            test], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
