@@ -1,11 +1,13 @@
 // The GEMM ceiling that `fusedrnn bench` reports each case's speed against: what the kernels'
-// own GEMM (parallel_gemm.h, same threads) reaches on a large square product.
+// GEMM for their big products (chunk_product.h: BLAS through parallel_gemm.h, or fusedrnn's own
+// kernel where that is faster; same threads) reaches on a large square product, packing
+// included.
 #include <algorithm>
 #include <chrono>
 #include <string>
 #include <vector>
 
-#include "parallel_gemm.h"
+#include "chunk_product.h"
 #include "fusedrnn/rnn.h"
 #include "rnn_common.h"
 
@@ -20,8 +22,11 @@ double median_gflops(int64_t n, int repeats) {
     a[i] = T((i * 7919) % 1000) / T(1000);
     b[i] = T((i * 104729) % 1000) / T(1000);
   }
+  const cpu::ProductShape shape{true, n, 1, n};  // C = A·Bᵀ
+  std::vector<T> packing(static_cast<std::size_t>(cpu::ChunkProduct<T>::packing_size(shape)));
   const auto product = [&] {
-    cpu::parallel_gemm(Op::N, Op::T, n, n, n, T(1), a.data(), n, b.data(), n, T(0), c.data(), n);
+    const cpu::ChunkProduct<T> b_t(shape, b.data(), n, packing.empty() ? nullptr : packing.data());
+    b_t(a.data(), n, false, n, c.data(), n, false);
   };
   product();  // warm-up: BLAS thread start and buffer allocation
   std::vector<double> seconds;

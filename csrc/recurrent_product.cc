@@ -41,6 +41,8 @@ struct TileIn {
   const float* panel;
   int64_t stride;  // floats from one k of the panel to the next
   int64_t k_count;
+  // A transposed (AVX-512 tiles only): row r's k at rows[0] + k·lda_t + r.
+  int64_t lda_t;
 };
 
 // Where a tile's sums go: vector v of row r to rows[r] + columns[v], added to what is there when
@@ -107,7 +109,7 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const TileIn& in, const TileO
 }
 
 // Registers are 16 floats: register z holds the panel's vectors 2z (low half) and 2z + 1.
-template <int Rows, int Registers>
+template <int Rows, int Registers, bool ATransposed>
 __attribute__((target("avx512f"))) void tile_avx512(const TileIn& in, const TileOut& out) {
   const float* a[Rows];
 #pragma GCC unroll 12
@@ -124,9 +126,10 @@ __attribute__((target("avx512f"))) void tile_avx512(const TileIn& in, const Tile
     __m512 mv[Registers];
 #pragma GCC unroll 3
     for (int z = 0; z < Registers; ++z) mv[z] = _mm512_loadu_ps(m + z * 2 * kLanes);
+    const float* a_k = a[0] + k * in.lda_t;  // A transposed: the tile's rows side by side
 #pragma GCC unroll 12
     for (int r = 0; r < Rows; ++r) {
-      const __m512 ar = _mm512_set1_ps(a[r][k]);
+      const __m512 ar = _mm512_set1_ps(ATransposed ? a_k[r] : a[r][k]);
 #pragma GCC unroll 3
       for (int z = 0; z < Registers; ++z) acc[r][z] = _mm512_fmadd_ps(ar, mv[z], acc[r][z]);
     }
@@ -180,23 +183,27 @@ TileFn tile_for_cpu() {
 }
 
 #if FR_AVX2_KERNEL
-template <int Vectors, int... Rows>
+template <int Vectors, bool ATransposed, int... Rows>
 const TileFn* avx512_tiles(std::integer_sequence<int, Rows...>) {
-  static const TileFn tiles[] = {tile_avx512<Rows + 1, Vectors / 2>...};
+  static const TileFn tiles[] = {tile_avx512<Rows + 1, Vectors / 2, ATransposed>...};
   return tiles;
+}
+
+template <bool ATransposed>
+TileFn avx512_tile(int vectors, int64_t rows) {
+  static const TileFn* const four =
+      avx512_tiles<4, ATransposed>(std::make_integer_sequence<int, kAvx512Accumulators / 2>());
+  static const TileFn* const six =
+      avx512_tiles<6, ATransposed>(std::make_integer_sequence<int, kAvx512Accumulators / 3>());
+  return vectors == 4 ? four[rows - 1] : six[rows - 1];
 }
 #endif
 
 // The kernel for `rows` (1..layout.max_rows) rows of a layout of `vectors` vectors.
-TileFn tile_kernel(int vectors, int64_t rows) {
+TileFn tile_kernel(int vectors, int64_t rows, bool a_transposed) {
 #if FR_AVX2_KERNEL
-  if (kernel_isa() == Isa::avx512) {
-    static const TileFn* const four =
-        avx512_tiles<4>(std::make_integer_sequence<int, kAvx512Accumulators / 2>());
-    static const TileFn* const six =
-        avx512_tiles<6>(std::make_integer_sequence<int, kAvx512Accumulators / 3>());
-    return vectors == 4 ? four[rows - 1] : six[rows - 1];
-  }
+  if (kernel_isa() == Isa::avx512)
+    return a_transposed ? avx512_tile<true>(vectors, rows) : avx512_tile<false>(vectors, rows);
 #endif
   static const TileFn four[3] = {tile_for_cpu<1, 4>(), tile_for_cpu<2, 4>(),
                                  tile_for_cpu<3, 4>()};
@@ -325,7 +332,9 @@ void pack_panels(const ProductShape& shape, const float* w, int64_t ldw, float* 
 
 void packed_multiply(const ProductShape& shape, const float* packed, int64_t p0, int64_t p1,
                      const float* a, int64_t lda, int64_t rows, float* c, int64_t ldc,
-                     bool accumulate) {
+                     bool accumulate, bool a_transposed) {
+  if (a_transposed && !packed_kernel_beats_blas())
+    detail::fail("packed_multiply: a transposed A needs the AVX-512 kernel");
   const PanelLayout layout = panel_layout(shape.segments);
   const int64_t width = layout.vectors * kLanes;
   const int64_t panel_floats = shape.k * width;
@@ -357,10 +366,10 @@ void packed_multiply(const ProductShape& shape, const float* packed, int64_t p0,
       const int64_t tile_rows = step_end(step) - r0;
       const float* a_rows[kMaxRows];
       for (int64_t i = 0; i < tile_rows; ++i) {
-        a_rows[i] = a + (r0 + i) * lda;
+        a_rows[i] = a_transposed ? a + r0 + i : a + (r0 + i) * lda;
         out.rows[i] = whole ? c + (r0 + i) * ldc : tile + i * width;
       }
-      TileIn in{a_rows, panel, width, shape.k};
+      TileIn in{a_rows, panel, width, shape.k, a_transposed ? lda : 0};
       if (halves && step == row_steps - 1) {
         four_rows_half_panel()(in, out);
         TileOut upper = out;
@@ -369,7 +378,7 @@ void packed_multiply(const ProductShape& shape, const float* packed, int64_t p0,
         in.panel += 2 * kLanes;
         four_rows_half_panel()(in, upper);
       } else {
-        tile_kernel(layout.vectors, tile_rows)(in, out);
+        tile_kernel(layout.vectors, tile_rows, a_transposed)(in, out);
       }
       if (!whole) {
         for (int64_t i = 0; i < tile_rows; ++i) {

@@ -50,10 +50,11 @@ bool packed_kernel_beats_blas();
 int64_t packed_floats(const ProductShape& shape);
 int64_t packed_panels(const ProductShape& shape);
 void pack_panels(const ProductShape& shape, const float* w, int64_t ldw, float* packed);
-// C[:, units of panels [p0, p1)] (+)= A · M, from the packed panels.
+// C[:, units of panels [p0, p1)] (+)= A · M, from the packed panels. A[r][k] is a[r·lda + k],
+// or, a_transposed (with the AVX-512 kernel only), a[k·lda + r].
 void packed_multiply(const ProductShape& shape, const float* packed, int64_t p0, int64_t p1,
                      const float* a, int64_t lda, int64_t rows, float* c, int64_t ldc,
-                     bool accumulate);
+                     bool accumulate, bool a_transposed = false);
 
 template <typename T>
 class RecurrentProduct {

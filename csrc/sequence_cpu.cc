@@ -9,8 +9,8 @@
 
 #include "blas.h"
 #include "cells_cpu.h"
+#include "chunk_product.h"
 #include "fusedrnn/rnn.h"
-#include "input_projection.h"
 #include "rnn_common.h"
 #include "workspace.h"
 
@@ -191,7 +191,8 @@ void forward(const ForwardArgs<Real>& a) {
   using Products = cpu::StepProducts<Real>;
   const int64_t main_packing = Products::main_packing(a.cell, H, B, true);
   const int64_t n_gate_packing = Products::n_gate_packing(a.cell, H, B, true);
-  const int64_t projection_packing = cpu::InputProjection<Real>::packing_size(d.I, G, H);
+  const cpu::ProductShape projection_shape{true, d.I, G, H};  // x·W_ihᵀ
+  const int64_t projection_packing = cpu::ChunkProduct<Real>::packing_size(projection_shape);
   const Chunks chunks(T, B, a.reverse);
   const int64_t xproj_size = chunks.steps() * B * GH;
   cpu::Workspace ws(cpu::Workspace::bytes_for<Real>({xproj_size, B * GH, a.weights.b_ih ? 0 : GH,
@@ -205,8 +206,8 @@ void forward(const ForwardArgs<Real>& a) {
   Real* scratch_states = ws.take<Real>(states_scratch);
   const Products products(a.cell, H, true, a.weights.w_hh, take_or_null<Real>(ws, main_packing),
                           take_or_null<Real>(ws, n_gate_packing));
-  const cpu::InputProjection<Real> project(d.I, G, H, a.weights.w_ih,
-                                            take_or_null<Real>(ws, projection_packing));
+  const cpu::ChunkProduct<Real> project(projection_shape, a.weights.w_ih, d.I,
+                                         take_or_null<Real>(ws, projection_packing));
   const double recurrent_flops = 2.0 * double(B) * double(GH) * double(H);  // a step's
 
   const Real* b_ih = a.weights.b_ih ? a.weights.b_ih : no_bias;
@@ -230,7 +231,7 @@ void forward(const ForwardArgs<Real>& a) {
   };
   for (int64_t c = 0; c < chunks.count(); ++c) {
     const Chunk k = chunks[c];
-    project(a.x + k.t0 * B * d.I, k.steps * B, xproj);
+    project(a.x + k.t0 * B * d.I, d.I, false, k.steps * B, xproj, GH, false);
     products.for_walk_rows(B, k.steps * recurrent_flops, [&](int64_t r0, int64_t r1) {
       for (int64_t s = k.s0; s < k.s1; ++s)
         step_forward(a.cell, cpu::rows_of(step_io(s, k), r0, r1, GH, width), training);
@@ -261,9 +262,14 @@ void backward(const BackwardArgs<Real>& a) {
   using Products = cpu::StepProducts<Real>;
   const int64_t main_packing = Products::main_packing(cell, H, B, false);
   const int64_t n_gate_packing = Products::n_gate_packing(cell, H, B, false);
+  const cpu::ProductShape dx_shape{false, GH, 1, I};  // dG·W_ih
+  const int64_t dx_packing = cpu::ChunkProduct<Real>::packing_size(dx_shape);
+  // The weight gradients' M, x or h of a chunk, packed for each product in turn.
+  const int64_t m_packing =
+      cpu::ChunkProduct<Real>::packing_size({false, chunks.steps() * B, 1, std::max(I, H)});
   cpu::Workspace ws(cpu::Workspace::bytes_for<Real>(
       {chunk_size, own_dgh ? 2 * B * GH : 0, B * GH, BH, a.dy ? 0 : BH, main_packing,
-       n_gate_packing}));
+       n_gate_packing, dx_packing, m_packing}));
   Real* dgx = ws.take<Real>(chunk_size);
   Real* dgh_steps = own_dgh ? ws.take<Real>(2 * B * GH) : nullptr;
   // The recurrent gate gradients of the last step walked in a chunk, which the first step of the
@@ -275,6 +281,9 @@ void backward(const BackwardArgs<Real>& a) {
   if (no_dy) std::fill(no_dy, no_dy + BH, Real(0));
   const Products products(cell, H, false, a.weights.w_hh, take_or_null<Real>(ws, main_packing),
                           take_or_null<Real>(ws, n_gate_packing));
+  const cpu::ChunkProduct<Real> input_grads(dx_shape, a.weights.w_ih, I,
+                                            take_or_null<Real>(ws, dx_packing));
+  Real* m_packed = take_or_null<Real>(ws, m_packing);
   const double recurrent_flops = 2.0 * double(B) * double(GH) * double(H);  // a step's
   copy_or_zero(a.dh0, a.dh_n, BH);  // dh0/dc0 carry the running gradient through the walk
   if (has_c) copy_or_zero(a.dc0, a.dc_n, BH);
@@ -326,21 +335,26 @@ void backward(const BackwardArgs<Real>& a) {
     const Real* x = a.x + k.t0 * B * I;
     const Real* h = h_read + k.t0 * BH;
     const Real* gates = width ? tape.gates() + k.t0 * B * width : nullptr;
-    cpu::parallel_gemm(Op::T, Op::N, GH, I, rows, Real(1), dgx, GH, x, I, beta, a.dw_ih, I);
+    // dw[gate_rows, columns] (+)= dgx[:, first gate row...]ᵀ · m[rows, columns], m rows ldm apart.
+    const auto weight_grads = [&](const Real* m, int64_t ldm, int64_t gate_rows, int64_t first,
+                                  Real* dw, int64_t columns, Real beta_) {
+      const cpu::ProductShape shape{false, rows, 1, columns};
+      const cpu::ChunkProduct<Real> product(shape, m, ldm, m_packed);
+      product(dgx + first, GH, true, gate_rows, dw, columns, beta_ != Real(0));
+    };
+    weight_grads(x, I, GH, 0, a.dw_ih, I, beta);
     if (has_bias) column_sums(dgx, rows, GH, beta, a.db_ih);
-    cpu::parallel_gemm(Op::N, Op::N, rows, I, GH, Real(1), dgx, GH, a.weights.w_ih, I, Real(0),
-                       a.dx + k.t0 * B * I, I);
+    input_grads(dgx, GH, false, rows, a.dx + k.t0 * B * I, I, false);
     // From here dgx holds the recurrent side's gradients.
     if (own_dgh)
       cpu::GruStep<Real, true>::input_to_recurrent_grads(dgx, gates, k.t0, k.steps, B, H,
                                                          tape.lengths());
     if (cell == Cell::GRU_RESET_BEFORE) {
       // n's recurrent product reads r⊙h (the tape's fourth block), not h.
-      cpu::parallel_gemm(Op::T, Op::N, 2 * H, H, rows, Real(1), dgx, GH, h, H, beta, a.dw_hh, H);
-      cpu::parallel_gemm(Op::T, Op::N, H, H, rows, Real(1), dgx + 2 * H, GH, gates + 3 * H, width,
-                         beta, a.dw_hh + 2 * H * H, H);
+      weight_grads(h, H, 2 * H, 0, a.dw_hh, H, beta);
+      weight_grads(gates + 3 * H, width, H, 2 * H, a.dw_hh + 2 * H * H, H, beta);
     } else {
-      cpu::parallel_gemm(Op::T, Op::N, GH, H, rows, Real(1), dgx, GH, h, H, beta, a.dw_hh, H);
+      weight_grads(h, H, GH, 0, a.dw_hh, H, beta);
     }
     // Both biases enter the same pre-activation except in GRU's n gate.
     if (has_bias && own_dgh) column_sums(dgx, rows, GH, beta, a.db_hh);
@@ -361,9 +375,11 @@ BuildInfo build_info() {
 #endif
   // What the pointwise rows run (cells_cpu.h's FR_ROW clones, chosen by the loader).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  info.simd = __builtin_cpu_supports("avx2")
-                  ? "avx2 (chosen at run time over the sse2 baseline)"
-                  : "sse2 (x86-64 baseline; this CPU lacks avx2)";
+  info.simd = __builtin_cpu_supports("avx512f")
+                  ? "avx512f (chosen at run time over avx2 and the sse2 baseline)"
+                  : __builtin_cpu_supports("avx2")
+                        ? "avx2 (chosen at run time over the sse2 baseline)"
+                        : "sse2 (x86-64 baseline; this CPU lacks avx2)";
 #elif defined(__SSE2__)
   info.simd = "sse2 (x86-64 baseline)";
 #else
