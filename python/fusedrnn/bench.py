@@ -195,7 +195,7 @@ def _set_threads(threads):
 
 
 def gemm_ceiling(dtype="float32", threads=None):
-    """GFLOP/s of a 2048² GEMM through the kernels' BLAS (median of 5), or None without it."""
+    """GFLOP/s of a 2048² product through the kernels' GEMM (median of 5), or None without it."""
     if _core is None:
         return None
     _set_threads(threads)
@@ -368,7 +368,7 @@ def run_cases(cases, runs=7, with_numpy=False, memory=False, progress=None, out=
         print(f"device: {_device_name(cases[0])}; peer: torch.nn on CUDA (cuDNN); CUDA events",
               file=out)
     if ceiling:
-        print(f"GEMM ceiling ({dtype}, 2048², the kernels' BLAS): {ceiling:.1f} GFLOP/s", file=out)
+        print(f"GEMM ceiling ({dtype}, 2048², the kernels' GEMM): {ceiling:.1f} GFLOP/s", file=out)
     cols = _columns(with_numpy, memory, ceiling)
     header = " ".join(f"{n:<{w}}" if n == "case" else f"{n:>{w}}" for n, w in cols)
     print(header, file=out)
