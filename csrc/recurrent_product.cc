@@ -126,10 +126,10 @@ __attribute__((target("avx512f"))) void tile_avx512(const TileIn& in, const Tile
     __m512 mv[Registers];
 #pragma GCC unroll 3
     for (int z = 0; z < Registers; ++z) mv[z] = _mm512_loadu_ps(m + z * 2 * kLanes);
-    const float* a_k = a[0] + k * in.lda_t;  // A transposed: the tile's rows side by side
 #pragma GCC unroll 12
     for (int r = 0; r < Rows; ++r) {
-      const __m512 ar = _mm512_set1_ps(ATransposed ? a_k[r] : a[r][k]);
+      // A transposed: the tile's rows lie side by side in A's k-th row.
+      const __m512 ar = _mm512_set1_ps(ATransposed ? a[0][k * in.lda_t + r] : a[r][k]);
 #pragma GCC unroll 3
       for (int z = 0; z < Registers; ++z) acc[r][z] = _mm512_fmadd_ps(ar, mv[z], acc[r][z]);
     }

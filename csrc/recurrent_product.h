@@ -41,7 +41,8 @@ PanelLayout panel_layout(int64_t segments);
 // "avx512f", "avx2+fma" or "portable": what this CPU runs, capped by FUSEDRNN_KERNEL_ISA.
 const char* recurrent_kernel_isa();
 
-// Whether the kernel multiplies many rows (an input projection) faster than the BLAS: with
+// Whether the kernel runs the products over a chunk's rows (chunk_product.h) faster than the
+// BLAS: with
 // AVX-512, which the kernel uses and OpenBLAS may not (OPENBLAS_CORETYPE=Haswell, or a CPU it
 // does not know): one Zen 5 core ran it at 230-250 GFLOP/s, OpenBLAS's AVX2 kernels at 129.
 // With AVX2 the two were level (86 and 87.5 on a Zen 3 core), and BLAS keeps the job.

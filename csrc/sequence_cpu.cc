@@ -337,12 +337,11 @@ void backward(const BackwardArgs<Real>& a) {
     const Real* gates = width ? tape.gates() + k.t0 * B * width : nullptr;
     // dw[gate_rows, columns] (+)= dgx[:, first gate row...]ᵀ · m[rows, columns], m rows ldm apart.
     const auto weight_grads = [&](const Real* m, int64_t ldm, int64_t gate_rows, int64_t first,
-                                  Real* dw, int64_t columns, Real beta_) {
-      const cpu::ProductShape shape{false, rows, 1, columns};
-      const cpu::ChunkProduct<Real> product(shape, m, ldm, m_packed);
-      product(dgx + first, GH, true, gate_rows, dw, columns, beta_ != Real(0));
+                                  Real* dw, int64_t columns) {
+      const cpu::ChunkProduct<Real> product({false, rows, 1, columns}, m, ldm, m_packed);
+      product(dgx + first, GH, true, gate_rows, dw, columns, beta != Real(0));
     };
-    weight_grads(x, I, GH, 0, a.dw_ih, I, beta);
+    weight_grads(x, I, GH, 0, a.dw_ih, I);
     if (has_bias) column_sums(dgx, rows, GH, beta, a.db_ih);
     input_grads(dgx, GH, false, rows, a.dx + k.t0 * B * I, I, false);
     // From here dgx holds the recurrent side's gradients.
@@ -351,10 +350,10 @@ void backward(const BackwardArgs<Real>& a) {
                                                          tape.lengths());
     if (cell == Cell::GRU_RESET_BEFORE) {
       // n's recurrent product reads r⊙h (the tape's fourth block), not h.
-      weight_grads(h, H, 2 * H, 0, a.dw_hh, H, beta);
-      weight_grads(gates + 3 * H, width, H, 2 * H, a.dw_hh + 2 * H * H, H, beta);
+      weight_grads(h, H, 2 * H, 0, a.dw_hh, H);
+      weight_grads(gates + 3 * H, width, H, 2 * H, a.dw_hh + 2 * H * H, H);
     } else {
-      weight_grads(h, H, GH, 0, a.dw_hh, H, beta);
+      weight_grads(h, H, GH, 0, a.dw_hh, H);
     }
     // Both biases enter the same pre-activation except in GRU's n gate.
     if (has_bias && own_dgh) column_sums(dgx, rows, GH, beta, a.db_hh);
