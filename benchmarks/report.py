@@ -26,10 +26,12 @@ def gemm_flops(case):
 
 def table(report, command):
     m, s = report["machine"], report["summary"]
+    build = m.get("build", {})
     lines = [
         "# CPU sweep: fusedrnn against torch.nn",
         "",
-        f"Made with `{command}` on {m['cpu']} ({m['cores']} cores), fusedrnn {m['fusedrnn']}, "
+        f"Made with `{command}` on {m['cpu']} ({m['cores']} cores), fusedrnn {m['fusedrnn']} "
+        f"({build.get('recurrent_kernel', '?')} kernels; {build.get('blas', 'BLAS ?')}), "
         f"torch {m['torch']}, NumPy {m['numpy']}, Python {m['python']}. GEMM ceiling "
         f"{report['ceiling_gflops']:.1f} GFLOP/s (float32, measured by the tool at start).",
         "Times are medians of interleaved runs in one process (a run under 0.5 s timed after "

@@ -1,9 +1,13 @@
 // The products over all rows of a chunk of steps: the forward's input projection x·W_ihᵀ, the
 // backward's dx = dG·W_ih, and its weight gradients dGᵀ·x and dGᵀ·h, whose sum over the chunk's
 // rows is the product's k. Where fusedrnn's own kernel is faster than the BLAS (AVX-512, see
-// packed_kernel_beats_blas), float M is packed into the kernel's panels (W once per call, as
-// W_hh is in recurrent_product.h; x and h once per chunk) and C's rows go to the threads in
-// blocks; otherwise each product is one parallel_gemm.
+// packed_kernel_beats_blas), C's rows go to the threads in blocks of that kernel. M's columns
+// are rows of W_ih, x or h for all but the projection, whose M is read where it lies
+// (recurrent_product.h's in_place); the projection's W_ih is packed a group of panels at a time,
+// each group multiplied by all the chunk's rows before the next is packed into the same scratch:
+// a whole packed W_ih (12 MB for GRU I = H = 1024) doubled a training step's peak memory over
+// torch's, and packing it again for each chunk costs ~3% of the chunk's product.
+// Otherwise each product is one parallel_gemm.
 #pragma once
 
 #include <algorithm>
@@ -19,20 +23,18 @@ namespace cpu {
 template <typename T>
 class ChunkProduct {
  public:
-  // Elements of packing a product of `shape` needs (0: BLAS).
+  // Elements of scratch a product of `shape` needs.
   static int64_t packing_size(const ProductShape& shape) {
-    if constexpr (std::is_same<T, float>::value) {
-      if (packed_kernel_beats_blas()) return packed_floats(shape);
-    }
-    return 0;
+    if (!uses_kernel()) return 0;
+    return shape.transposed ? group_panels(shape) * panel_floats(shape) : tail_floats(shape);
   }
 
-  // C = A·M with M read from w as recurrent_product.h's ProductShape says; `packing` holds
-  // packing_size(shape) elements (null where that is 0).
+  // C = A·M with M read from w as recurrent_product.h's ProductShape says (untransposed shapes:
+  // one segment); `packing` holds packing_size(shape) elements (null where that is 0).
   ChunkProduct(const ProductShape& shape, const T* w, int64_t ldw, T* packing)
-      : shape_(shape), w_(w), ldw_(ldw), packed_(packing) {
+      : shape_(shape), w_(w), ldw_(ldw), packing_(packing) {
     if constexpr (std::is_same<T, float>::value) {
-      if (packed_) pack_panels(shape_, w_, ldw_, packed_);
+      if (uses_kernel() && !shape.transposed) panels_ = in_place(shape, w, ldw, packing);
     }
   }
 
@@ -41,16 +43,26 @@ class ChunkProduct {
                   bool accumulate) const {
     const int64_t k = shape_.k, columns = shape_.segments * shape_.width;
     if constexpr (std::is_same<T, float>::value) {
-      if (packed_) {
+      if (uses_kernel()) {
         // Blocks of rows whose A (at most 256 KB) stays in L2 while every panel passes over it.
         const int64_t per_block = std::max<int64_t>(16, (int64_t{1} << 16) / k);
         const int64_t blocks = even_blocks((rows + per_block - 1) / per_block, kMaxBlocks);
         const int64_t panels = packed_panels(shape_);
-        return parallel_for(blocks, [&](int64_t i) {
-          const int64_t r0 = rows * i / blocks, r1 = rows * (i + 1) / blocks;
-          packed_multiply(shape_, packed_, 0, panels, a + (a_transposed ? r0 : r0 * lda), lda,
-                          r1 - r0, c + r0 * ldc, ldc, accumulate, a_transposed);
-        });
+        const int64_t group = shape_.transposed ? group_panels(shape_) : panels;
+        for (int64_t p0 = 0; p0 < panels; p0 += group) {
+          const int64_t p1 = std::min(panels, p0 + group);
+          Panels at = panels_;
+          if (shape_.transposed) {
+            pack_panels(shape_, w_, ldw_, p0, p1, packing_);
+            at = packed_at(shape_, packing_, p0);
+          }
+          parallel_for(blocks, [&](int64_t i) {
+            const int64_t r0 = rows * i / blocks, r1 = rows * (i + 1) / blocks;
+            packed_multiply(shape_, at, p0, p1, a + (a_transposed ? r0 : r0 * lda), lda, r1 - r0,
+                            c + r0 * ldc, ldc, accumulate, a_transposed);
+          });
+        }
+        return;
       }
     }
     parallel_gemm(a_transposed ? Op::T : Op::N, shape_.transposed ? Op::T : Op::N, rows, columns,
@@ -58,10 +70,18 @@ class ChunkProduct {
   }
 
  private:
+  static bool uses_kernel() { return std::is_same<T, float>::value && packed_kernel_beats_blas(); }
+  // Panels packed at a time: about kGroupFloats.
+  static int64_t group_panels(const ProductShape& shape) {
+    return std::clamp<int64_t>(kGroupFloats / panel_floats(shape), 1, packed_panels(shape));
+  }
+  static constexpr int64_t kGroupFloats = int64_t{1} << 19;  // 2 MB
+
   ProductShape shape_;
   const T* w_;
   int64_t ldw_;
-  T* packed_;
+  T* packing_;
+  Panels panels_{};
 };
 
 }  // namespace cpu

@@ -50,10 +50,29 @@ bool packed_kernel_beats_blas();
 
 int64_t packed_floats(const ProductShape& shape);
 int64_t packed_panels(const ProductShape& shape);
+int64_t panel_floats(const ProductShape& shape);  // one panel's
 void pack_panels(const ProductShape& shape, const float* w, int64_t ldw, float* packed);
-// C[:, units of panels [p0, p1)] (+)= A · M, from the packed panels. A[r][k] is a[r·lda + k],
-// or, a_transposed (with the AVX-512 kernel only), a[k·lda + r].
-void packed_multiply(const ProductShape& shape, const float* packed, int64_t p0, int64_t p1,
+// Panels [p0, p1) only, (p1 - p0)·panel_floats(shape) floats at `packed`.
+void pack_panels(const ProductShape& shape, const float* w, int64_t ldw, int64_t p0, int64_t p1,
+                 float* packed);
+// Where the kernel reads M's panels: row k of panel p's vectors at base + (p - first)·panel_step
+// + k·k_step; but the last panel, when it is cut short and `tail` is set, at tail + k·units.
+struct Panels {
+  const float* base;
+  int64_t first, panel_step, k_step;
+  const float* tail;
+};
+// The panels from p0 on that pack_panels wrote to `packed`.
+Panels packed_at(const ProductShape& shape, const float* packed, int64_t p0 = 0);
+// M read where it lies, for an untransposed one-segment shape (its panels are then columns of W,
+// rows ldw apart) with the AVX-512 kernel, whose loads need no alignment: no copy of W but of a
+// last panel cut short (tail_floats(shape) floats at `tail`), which would read past W's end.
+int64_t tail_floats(const ProductShape& shape);
+Panels in_place(const ProductShape& shape, const float* w, int64_t ldw, float* tail);
+
+// C[:, units of panels [p0, p1)] (+)= A · M. A[r][k] is a[r·lda + k], or, a_transposed (with
+// the AVX-512 kernel only), a[k·lda + r].
+void packed_multiply(const ProductShape& shape, const Panels& panels, int64_t p0, int64_t p1,
                      const float* a, int64_t lda, int64_t rows, float* c, int64_t ldc,
                      bool accumulate, bool a_transposed = false);
 
@@ -114,7 +133,7 @@ class RecurrentProduct {
     if constexpr (kPacks) {
       if (packed_) {
         const int64_t units = unit_step();
-        return packed_multiply(shape_, packed_, u0 / units, (u1 + units - 1) / units, a, lda,
+        return packed_multiply(shape_, packed_at(shape_, packed_), u0 / units, (u1 + units - 1) / units, a, lda,
                                rows, c, ldc, accumulate);
       }
     }

@@ -264,9 +264,11 @@ void backward(const BackwardArgs<Real>& a) {
   const int64_t n_gate_packing = Products::n_gate_packing(cell, H, B, false);
   const cpu::ProductShape dx_shape{false, GH, 1, I};  // dG·W_ih
   const int64_t dx_packing = cpu::ChunkProduct<Real>::packing_size(dx_shape);
-  // The weight gradients' M, x or h of a chunk, packed for each product in turn.
+  // The weight gradients' M, x or h of a chunk: its last panel, when cut short, for each
+  // product in turn.
   const int64_t m_packing =
-      cpu::ChunkProduct<Real>::packing_size({false, chunks.steps() * B, 1, std::max(I, H)});
+      std::max(cpu::ChunkProduct<Real>::packing_size({false, chunks.steps() * B, 1, I}),
+               cpu::ChunkProduct<Real>::packing_size({false, chunks.steps() * B, 1, H}));
   cpu::Workspace ws(cpu::Workspace::bytes_for<Real>(
       {chunk_size, own_dgh ? 2 * B * GH : 0, B * GH, BH, a.dy ? 0 : BH, main_packing,
        n_gate_packing, dx_packing, m_packing}));

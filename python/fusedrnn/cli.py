@@ -50,14 +50,23 @@ def _version(code, major, minor):
 
 
 def _cpu_model():
+    """The first CPU's model name, with its family and model numbers where /proc/cpuinfo has
+    them: a virtual machine may name only the brand ("AMD EPYC"), and the generation (AVX2 or
+    AVX-512 units) changes what the kernels run."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # the end of the first CPU's entry
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    name = fields.get("model name") or platform.processor() or "unknown"
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 def bench(args):
