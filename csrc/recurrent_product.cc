@@ -339,27 +339,7 @@ void pack_panels(const ProductShape& shape, const float* w, int64_t ldw, int64_t
 }
 
 Panels packed_at(const ProductShape& shape, const float* packed, int64_t p0) {
-  const int64_t width = panel_layout(shape.segments).vectors * kLanes;
-  return {packed, p0, shape.k * width, width, nullptr};
-}
-
-int64_t tail_floats(const ProductShape& shape) {
-  const int64_t units = panel_layout(shape.segments).units;
-  return shape.width % units ? shape.k * units : 0;
-}
-
-Panels in_place(const ProductShape& shape, const float* w, int64_t ldw, float* tail) {
-  if (shape.transposed || shape.segments != 1 || !packed_kernel_beats_blas())
-    detail::fail("in_place: M is read in place only untransposed, one segment, with AVX-512");
-  const int64_t units = panel_layout(1).units;
-  const int64_t first = shape.width / units * units, cut = shape.width - first;
-  if (cut) {
-    for (int64_t k = 0; k < shape.k; ++k) {
-      std::copy(w + k * ldw + first, w + k * ldw + shape.width, tail + k * units);
-      std::fill(tail + k * units + cut, tail + (k + 1) * units, 0.0f);
-    }
-  }
-  return {w, 0, units, ldw, cut ? tail : nullptr};
+  return {packed, p0, panel_floats(shape)};
 }
 
 void packed_multiply(const ProductShape& shape, const Panels& panels, int64_t p0, int64_t p1,
@@ -369,7 +349,6 @@ void packed_multiply(const ProductShape& shape, const Panels& panels, int64_t p0
     detail::fail("packed_multiply: a transposed A needs the AVX-512 kernel");
   const PanelLayout layout = panel_layout(shape.segments);
   const int64_t width = layout.vectors * kLanes;
-  const int64_t last = panel_count(shape) - 1;
   // The rows go in near-equal tiles of at most max_rows; but a 3-row AVX2 layout's last four
   // rows are one step of two half-panel tiles.
   const bool halves = layout.max_rows == 3 && layout.vectors == 4 && rows % 3 == 1 && rows > 1;
@@ -380,10 +359,7 @@ void packed_multiply(const ProductShape& shape, const Panels& panels, int64_t p0
   };
   alignas(64) float tile[kMaxRows * kMaxVectors * kLanes];
   for (int64_t p = p0; p < p1; ++p) {
-    const bool tail = p == last && panels.tail;
-    const float* panel =
-        tail ? panels.tail : panels.base + (p - panels.first) * panels.panel_step;
-    const int64_t stride = tail ? width : panels.k_step;
+    const float* panel = panels.base + (p - panels.first) * panels.panel_floats;
     const int64_t first = p * layout.units;
     const int64_t units = std::min(layout.units, shape.width - first);
     // A whole panel's sums go straight to C, each vector to its segment's columns. The last
@@ -404,7 +380,7 @@ void packed_multiply(const ProductShape& shape, const Panels& panels, int64_t p0
         a_rows[i] = a_transposed ? a + r0 + i : a + (r0 + i) * lda;
         out.rows[i] = whole ? c + (r0 + i) * ldc : tile + i * width;
       }
-      TileIn in{a_rows, panel, stride, shape.k, a_transposed ? lda : 0};
+      TileIn in{a_rows, panel, width, shape.k, a_transposed ? lda : 0};
       if (halves && step == row_steps - 1) {
         four_rows_half_panel()(in, out);
         TileOut upper = out;

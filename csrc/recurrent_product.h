@@ -55,20 +55,13 @@ void pack_panels(const ProductShape& shape, const float* w, int64_t ldw, float* 
 // Panels [p0, p1) only, (p1 - p0)·panel_floats(shape) floats at `packed`.
 void pack_panels(const ProductShape& shape, const float* w, int64_t ldw, int64_t p0, int64_t p1,
                  float* packed);
-// Where the kernel reads M's panels: row k of panel p's vectors at base + (p - first)·panel_step
-// + k·k_step; but the last panel, when it is cut short and `tail` is set, at tail + k·units.
+// Packed panels [first, ...) at base, panel_floats apart: a whole packing (first 0), or a group.
 struct Panels {
   const float* base;
-  int64_t first, panel_step, k_step;
-  const float* tail;
+  int64_t first, panel_floats;
 };
 // The panels from p0 on that pack_panels wrote to `packed`.
 Panels packed_at(const ProductShape& shape, const float* packed, int64_t p0 = 0);
-// M read where it lies, for an untransposed one-segment shape (its panels are then columns of W,
-// rows ldw apart) with the AVX-512 kernel, whose loads need no alignment: no copy of W but of a
-// last panel cut short (tail_floats(shape) floats at `tail`), which would read past W's end.
-int64_t tail_floats(const ProductShape& shape);
-Panels in_place(const ProductShape& shape, const float* w, int64_t ldw, float* tail);
 
 // C[:, units of panels [p0, p1)] (+)= A · M. A[r][k] is a[r·lda + k], or, a_transposed (with
 // the AVX-512 kernel only), a[k·lda + r].

@@ -264,8 +264,7 @@ void backward(const BackwardArgs<Real>& a) {
   const int64_t n_gate_packing = Products::n_gate_packing(cell, H, B, false);
   const cpu::ProductShape dx_shape{false, GH, 1, I};  // dG·W_ih
   const int64_t dx_packing = cpu::ChunkProduct<Real>::packing_size(dx_shape);
-  // The weight gradients' M, x or h of a chunk: its last panel, when cut short, for each
-  // product in turn.
+  // The weight gradients' M, x or h of a chunk, packed by groups for each product in turn.
   const int64_t m_packing =
       std::max(cpu::ChunkProduct<Real>::packing_size({false, chunks.steps() * B, 1, I}),
                cpu::ChunkProduct<Real>::packing_size({false, chunks.steps() * B, 1, H}));
