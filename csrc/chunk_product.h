@@ -39,9 +39,14 @@ class ChunkProduct {
     const int64_t k = shape_.k, columns = shape_.segments * shape_.width;
     if constexpr (std::is_same<T, float>::value) {
       if (uses_kernel()) {
-        // Blocks of rows whose A (at most 256 KB) stays in L2 while every panel passes over it.
+        // Blocks of rows whose A (at most 256 KB) stays in L2 while every panel passes over it,
+        // and of at most ~kBlockFlops: a projection of I=32 was one block for 1024 rows, and
+        // one thread's.
         const int64_t per_block = std::max<int64_t>(16, (int64_t{1} << 16) / k);
-        const int64_t blocks = even_blocks((rows + per_block - 1) / per_block, kMaxBlocks);
+        const double flops = 2.0 * double(rows) * double(columns) * double(k);
+        const int64_t wanted = std::max((rows + per_block - 1) / per_block,
+                                        static_cast<int64_t>(flops / kBlockFlops));
+        const int64_t blocks = even_blocks(wanted, std::clamp<int64_t>(rows / 16, 1, kMaxBlocks));
         const int64_t panels = packed_panels(shape_);
         const int64_t group = group_panels(shape_);
         for (int64_t p0 = 0; p0 < panels; p0 += group) {
