@@ -25,7 +25,8 @@ double median_gflops(int64_t n, int repeats) {
   const cpu::ProductShape shape{true, n, 1, n};  // C = A·Bᵀ
   std::vector<T> packing(static_cast<std::size_t>(cpu::ChunkProduct<T>::packing_size(shape)));
   const auto product = [&] {
-    const cpu::ChunkProduct<T> b_t(shape, b.data(), n, packing.empty() ? nullptr : packing.data());
+    T* scratch = packing.empty() ? nullptr : packing.data();
+    const cpu::ChunkProduct<T> b_t(shape, b.data(), n, scratch);
     b_t(a.data(), n, false, n, c.data(), n, false);
   };
   product();  // warm-up: BLAS thread start and buffer allocation

@@ -126,8 +126,8 @@ class RecurrentProduct {
     if constexpr (kPacks) {
       if (packed_) {
         const int64_t units = unit_step();
-        return packed_multiply(shape_, packed_at(shape_, packed_), u0 / units, (u1 + units - 1) / units, a, lda,
-                               rows, c, ldc, accumulate);
+        return packed_multiply(shape_, packed_at(shape_, packed_), u0 / units,
+                               (u1 + units - 1) / units, a, lda, rows, c, ldc, accumulate);
       }
     }
     const int64_t n = u1 - u0;
