@@ -26,11 +26,6 @@ using detail::fail;
 using detail::StepPlan;
 
 template <typename T>
-std::unique_ptr<T[]> uninitialized(int64_t n) {
-  return std::unique_ptr<T[]>(new T[static_cast<std::size_t>(n)]);
-}
-
-template <typename T>
 T* take_or_null(cpu::Workspace& ws, int64_t count) {
   return count ? ws.take<T>(count) : nullptr;
 }
@@ -138,11 +133,16 @@ Tape<T>::Tape(Cell cell, const Dims& dims, bool reverse, const int64_t* lengths)
   const int64_t c_slots = has_cell_state(cell) ? slots : 0;
   const int64_t gate_values = dims.T * dims.B * tape_gate_width(cell) * dims.H;
   const int64_t values = slots + c_slots + gate_values;
-  owned_ = uninitialized<T>(values);
-  cpu::advise_huge_pages(owned_.get(), sizeof(T) * values);
-  buffers_.h_states = owned_.get();
-  buffers_.c_states = c_slots ? owned_.get() + slots : nullptr;
-  buffers_.gates = gate_values ? owned_.get() + slots + c_slots : nullptr;
+  owned_ = cpu::TapeMemory::take(sizeof(T) * static_cast<std::size_t>(values), &owned_bytes_);
+  T* const block = reinterpret_cast<T*>(owned_.get());  // new[]'s alignment suits any T
+  buffers_.h_states = block;
+  buffers_.c_states = c_slots ? block + slots : nullptr;
+  buffers_.gates = gate_values ? block + slots + c_slots : nullptr;
+}
+
+template <typename T>
+Tape<T>::~Tape() {
+  if (owned_) cpu::TapeMemory::give_back(std::move(owned_), owned_bytes_);
 }
 
 template <typename T>
@@ -393,7 +393,10 @@ BuildInfo build_info() {
 
 void set_num_threads(int threads) { cpu::set_pool_threads(threads); }
 
-void release_memory() { cpu::Workspace::release_thread_block(); }
+void release_memory() {
+  cpu::Workspace::release_thread_block();
+  cpu::TapeMemory::release_all();
+}
 
 template class Tape<float>;
 template class Tape<double>;

@@ -3,6 +3,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <vector>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -20,6 +22,15 @@ struct ThreadBlock {
 };
 
 thread_local ThreadBlock thread_block;
+
+// TapeMemory's blocks, least recently given back first. Tapes are dropped on whichever thread
+// releases them (Python's), hence the lock.
+struct KeptBlock {
+  std::unique_ptr<unsigned char[]> data;
+  std::size_t size;
+};
+std::mutex kept_mutex;
+std::vector<KeptBlock> kept_blocks;
 
 unsigned char* aligned(unsigned char* p) {
   const auto address = reinterpret_cast<std::uintptr_t>(p);
@@ -48,6 +59,45 @@ void advise_huge_pages(void* p, std::size_t bytes) {
   (void)p;
   (void)bytes;
 #endif
+}
+
+std::unique_ptr<unsigned char[]> TapeMemory::take(std::size_t bytes, std::size_t* capacity) {
+  {
+    std::lock_guard<std::mutex> lock(kept_mutex);
+    auto best = kept_blocks.end();
+    for (auto it = kept_blocks.begin(); it != kept_blocks.end(); ++it) {
+      const bool fits = it->size >= bytes && it->size / 2 <= bytes;
+      if (fits && (best == kept_blocks.end() || it->size < best->size)) best = it;
+    }
+    if (best != kept_blocks.end()) {
+      std::unique_ptr<unsigned char[]> block = std::move(best->data);
+      *capacity = best->size;
+      kept_blocks.erase(best);
+      return block;
+    }
+  }
+  std::unique_ptr<unsigned char[]> block(new unsigned char[bytes]);
+  advise_huge_pages(block.get(), bytes);
+  *capacity = bytes;
+  return block;
+}
+
+void TapeMemory::give_back(std::unique_ptr<unsigned char[]> block, std::size_t capacity) {
+  std::unique_ptr<unsigned char[]> oldest;  // freed after the lock is released
+  std::lock_guard<std::mutex> lock(kept_mutex);
+  if (kept_blocks.size() == kMaxKept) {
+    oldest = std::move(kept_blocks.front().data);
+    kept_blocks.erase(kept_blocks.begin());
+  }
+  kept_blocks.push_back({std::move(block), capacity});
+}
+
+void TapeMemory::release_all() {
+  std::vector<KeptBlock> blocks;
+  {
+    std::lock_guard<std::mutex> lock(kept_mutex);
+    blocks.swap(kept_blocks);
+  }
 }
 
 void Workspace::release_thread_block() {

@@ -25,6 +25,25 @@ namespace cpu {
 // fragmented memory a huge-page fault may wait for the kernel to compact memory.
 void advise_huge_pages(void* p, std::size_t bytes);
 
+// The memory of dropped tapes, kept for the next tapes. A training loop allocates the same tapes
+// at every step, and memory fresh from the system is faulted in and cleared page by page: on
+// this machine's VM at 0.5 to 1 GB/s, so that a 2-layer LSTM training step at T=200, B=128,
+// H=512 (two tapes of 315 MB) took 2.27 s, against 1.76 s with the tapes' memory reused. At most
+// kMaxKept blocks are kept, the least recently dropped freed first; fusedrnn.release_memory()
+// frees them all. A step's peak does not change: a kept block is memory a tape already held.
+class TapeMemory {
+ public:
+  static constexpr std::size_t kMaxKept = 8;
+
+  // A block of at least `bytes`: the smallest kept one that holds them without being more than
+  // twice as large (a small tape does not pin a large block), or else a fresh one, advised for
+  // huge pages. `capacity` receives its size.
+  static std::unique_ptr<unsigned char[]> take(std::size_t bytes, std::size_t* capacity);
+  // Keeps a tape's block (of `capacity` bytes) for a later take.
+  static void give_back(std::unique_ptr<unsigned char[]> block, std::size_t capacity);
+  static void release_all();
+};
+
 class Workspace {
  public:
   static constexpr std::size_t kMaxRetainedBytes = std::size_t{256} << 20;

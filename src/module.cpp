@@ -399,7 +399,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("dtype"), py::arg("n") = 2048, py::arg("repeats") = 5,
         "Median GFLOP/s of n×n×n GEMMs through the kernels' BLAS: the bench's ceiling.");
   m.def("release_memory", &fusedrnn::release_memory,
-        "Frees the scratch memory the calling thread keeps between calls.");
+        "Frees the scratch memory the calling thread keeps between calls and the memory of\n"
+        "dropped tapes kept for the next tapes.");
   m.def("set_num_threads", &fusedrnn::set_num_threads, py::arg("threads"),
         "Threads for the kernels (GEMM blocks and pointwise rows); results do not depend on it.");
 }

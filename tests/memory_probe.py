@@ -3,7 +3,7 @@ its own) and printed as one JSON line:
 
     python tests/memory_probe.py steady   N       RSS after warm-up and after N more steps
     python tests/memory_probe.py retained N       the same, keeping every tape (a real leak)
-    python tests/memory_probe.py tape     CELL    RSS with a big tape held and after dropping it
+    python tests/memory_probe.py tape     CELL    RSS with a tape held, dropped, reused, released
     python tests/memory_probe.py peak     CELL    peak RSS of one ops.forward+backward
     python tests/memory_probe.py hugepage CELL    whether a tape's mapping is advised for huge pages
 (CELL is a kernel cell name: lstm, gru, gru_reset_before, rnn_tanh, rnn_relu.)
@@ -87,15 +87,25 @@ SIZES = dict(T=64, B=64, I=64, H=256)  # float32 LSTM tape: about 25 MB
 
 
 def tape(cell):
+    """RSS with a tape held; after dropping it (its memory kept for the next tape); with a second
+    tape of the same size held, which reuses that memory; and after fr.release_memory()."""
+    # Warm-up (BLAS buffers, the kernels' scratch) on a quarter of the steps: its tape is too
+    # small for the measured ones to reuse, and stays kept throughout.
+    forward(cell, arrays(cell, **dict(SIZES, T=SIZES["T"] // 4)))
     a = arrays(cell, **SIZES)
-    forward(cell, a)  # warm-up: BLAS buffers
     before = rss()
     res = forward(cell, a)
     held = rss()
     nbytes = res.tape.nbytes
     outputs = sum(v.nbytes for v in res[:3] if v is not None)
     del res
-    return dict(before=before, held=held, after=rss(), tape_nbytes=nbytes, outputs=outputs)
+    dropped = rss()
+    res = forward(cell, a)
+    again = rss()
+    del res
+    fr.release_memory()
+    return dict(before=before, held=held, dropped=dropped, again=again, after=rss(),
+                tape_nbytes=nbytes, outputs=outputs)
 
 
 def peak(cell):

@@ -89,6 +89,10 @@ class Tape {
   // the cell needs is null or one it does not use is given. lengths are copied.
   Tape(Cell cell, const Dims& dims, bool reverse, const int64_t* lengths,
        const TapeBuffers<T>& buffers);
+  // A tape's own buffers are kept for the next tape (release_memory() frees them).
+  ~Tape();
+  Tape(const Tape&) = delete;
+  Tape& operator=(const Tape&) = delete;
 
   Cell cell() const { return cell_; }
   const Dims& dims() const { return dims_; }
@@ -109,7 +113,8 @@ class Tape {
   Dims dims_;
   bool reverse_;
   std::vector<int64_t> lengths_;
-  std::unique_ptr<T[]> owned_;  // the buffers, when the tape allocated them (one block)
+  std::unique_ptr<unsigned char[]> owned_;  // the buffers, when the tape allocated them
+  std::size_t owned_bytes_ = 0;             // that block's size
   TapeBuffers<T> buffers_;
 };
 
@@ -167,7 +172,8 @@ BuildInfo build_info();
 // depend on it. Default: the cores this process may use.
 void set_num_threads(int threads);
 // Frees the scratch memory the calling thread keeps between calls (the input projection and gate
-// gradients of its largest call, up to 256 MB): the next call allocates it again.
+// gradients of its largest call, up to 256 MB) and the memory of dropped tapes kept for the next
+// tapes (up to 8 blocks): the next calls allocate them again.
 void release_memory();
 
 // The GEMM ceiling of this machine as the kernels' BLAS reaches it, with its current threads:
