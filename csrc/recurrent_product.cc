@@ -97,14 +97,16 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const TileIn& in, const TileO
       for (int r = 0; r < Rows; ++r) acc[r][v] = _mm256_fmadd_ps(ar[r], mv, acc[r][v]);
     }
   }
+  // out's fields are read once: the stores go through a type that may alias anything, and
+  // would make GCC read them again after each (k=32 tiles ran 3% faster reading them once).
+  const TileOut o = out;
 #pragma GCC unroll 4
   for (int r = 0; r < Rows; ++r)
 #pragma GCC unroll 8
     for (int v = 0; v < Vectors; ++v) {
-      float* dst = out.rows[r] + out.columns[v];
-      const __m256 sum = out.accumulate ? _mm256_add_ps(_mm256_loadu_ps(dst), acc[r][v])
-                                        : acc[r][v];
-      _mm256_storeu_ps(dst, sum);
+      float* dst = o.rows[r] + o.columns[v];
+      _mm256_storeu_ps(dst, o.accumulate ? _mm256_add_ps(_mm256_loadu_ps(dst), acc[r][v])
+                                         : acc[r][v]);
     }
 }
 
@@ -134,6 +136,7 @@ __attribute__((target("avx512f"))) void tile_avx512(const TileIn& in, const Tile
       for (int z = 0; z < Registers; ++z) acc[r][z] = _mm512_fmadd_ps(ar, mv[z], acc[r][z]);
     }
   }
+  const TileOut o = out;  // read once, as in tile_avx2
 #pragma GCC unroll 12
   for (int r = 0; r < Rows; ++r)
 #pragma GCC unroll 3
@@ -142,9 +145,9 @@ __attribute__((target("avx512f"))) void tile_avx512(const TileIn& in, const Tile
       alignas(64) float sums[2 * kLanes];
       _mm512_store_ps(sums, acc[r][z]);
       for (int h = 0; h < 2; ++h) {
-        float* dst = out.rows[r] + out.columns[2 * z + h];
+        float* dst = o.rows[r] + o.columns[2 * z + h];
         const __m256 half = _mm256_load_ps(sums + h * kLanes);
-        _mm256_storeu_ps(dst, out.accumulate ? _mm256_add_ps(_mm256_loadu_ps(dst), half) : half);
+        _mm256_storeu_ps(dst, o.accumulate ? _mm256_add_ps(_mm256_loadu_ps(dst), half) : half);
       }
     }
 }

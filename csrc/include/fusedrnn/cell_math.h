@@ -53,19 +53,21 @@ FR_ALWAYS_INLINE float exp_(float x_in) {
                   r2 * ((4.1665795894e-2f + 8.3334519073e-3f * r) +
                         r2 * (1.3981999507e-3f + 1.9875691500e-4f * r));
   const float p = (r2 * q + r) + 1.0f;
-  // p·2^n: n added to p's exponent field (the low 9 bits of `shifted` are n in two's
-  // complement; the bits above them shift out).
-  uint32_t p_bits, n_bits;
-  std::memcpy(&p_bits, &p, sizeof p);
+  // p·2^n, 2^n built in an exponent field from the low 9 bits of `shifted` (n in two's
+  // complement; the bits above them shift out); exact, p·2^n being a normal float. Above the
+  // range 2^n is +inf, so e^x overflows to +inf (from 88.0, where expf does from 88.72):
+  // sigmoid(x) = 1/(1 + e^-x) is then exactly 0 for x < -88 rather than 1/FLT_MAX ~ 2.9e-39,
+  // which a huge state multiplied into a visible gradient (GRU, h ~ 1e35). Below it, e^x stays
+  // ~2.5e-38 (at most that far off). A NaN reaches p, and p·2^n is NaN whatever 2^n is. The
+  // special cases pick 2^n, not the result: a select on the result let GCC copy each division
+  // by 1 + e^x into both of its arms, two divisions a sigmoid. The same bits as that select
+  // for every float (checked over all 2^32), and LSTM's forward row 8% faster on AVX-512.
+  uint32_t n_bits;
   std::memcpy(&n_bits, &shifted, sizeof shifted);
-  p_bits += n_bits << 23;
-  float e;
-  std::memcpy(&e, &p_bits, sizeof e);
-  // Above the range e^x overflows to +inf (from 88.0, where expf does from 88.72): sigmoid(x) =
-  // 1/(1 + e^-x) is then exactly 0 for x < -88 rather than 1/FLT_MAX ~ 2.9e-39, which a huge
-  // state multiplied into a visible gradient (GRU, h ~ 1e35). Below it, e^x stays ~2.5e-38 (at
-  // most that far off). A NaN's n bits are arbitrary, so NaN is passed through by a select.
-  return x_in > 88.0f ? HUGE_VALF : (x_in == x_in ? e : x_in);
+  const uint32_t scale_bits = x_in > 88.0f ? 0x7F800000u : (n_bits << 23) + (127u << 23);
+  float scale;
+  std::memcpy(&scale, &scale_bits, sizeof scale);
+  return p * scale;
 }
 
 FR_ALWAYS_INLINE float tanh_(float x) {
