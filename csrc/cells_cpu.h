@@ -63,11 +63,14 @@ struct StepProducts {
     return ProductShape{forward, H, 1, H};
   }
   static bool has_n_gate(Cell cell) { return cell == Cell::GRU_RESET_BEFORE; }
-  static int64_t main_packing(Cell cell, int64_t H, int64_t B, bool forward) {
-    return RecurrentProduct<T>::packing_size(main_shape(cell, H, forward), B);
+  // Elements to pack for a call of `steps` steps of B rows.
+  static int64_t main_packing(Cell cell, int64_t H, int64_t B, int64_t steps, bool forward) {
+    return RecurrentProduct<T>::packing_size(main_shape(cell, H, forward), B, steps);
   }
-  static int64_t n_gate_packing(Cell cell, int64_t H, int64_t B, bool forward) {
-    return has_n_gate(cell) ? RecurrentProduct<T>::packing_size(n_gate_shape(H, forward), B) : 0;
+  static int64_t n_gate_packing(Cell cell, int64_t H, int64_t B, int64_t steps, bool forward) {
+    return has_n_gate(cell)
+               ? RecurrentProduct<T>::packing_size(n_gate_shape(H, forward), B, steps)
+               : 0;
   }
 
   // The packings hold main_packing and n_gate_packing elements (null where that is 0).

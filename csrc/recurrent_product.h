@@ -7,7 +7,8 @@
 // float packs W_hh once per call into column panels for fusedrnn's own register-blocked kernel
 // (recurrent_product.cc). OpenBLAS packs its operand again at every call, which for a step's
 // small product (a 16x128 h against a 512x128 W_hh, say) costs about as much as the product.
-// double, and a batch of one (a matrix-vector product), go through BLAS on each block.
+// double, and a batch of one in a short call (a matrix-vector product), go through BLAS on each
+// block.
 #pragma once
 
 #include <cstdint>
@@ -73,7 +74,7 @@ template <typename T>
 class RecurrentProduct {
  public:
   RecurrentProduct() = default;
-  // `packing` holds packing_size(shape, rows) elements.
+  // `packing` holds packing_size(shape, rows, steps) elements.
   RecurrentProduct(const ProductShape& shape, const T* w, int64_t ldw, T* packing)
       : shape_(shape), w_(w), ldw_(ldw), packed_(packing) {
     if constexpr (kPacks) {
@@ -85,11 +86,19 @@ class RecurrentProduct {
     make_blas_single_threaded();  // once per call, not at every block of every step
   }
 
-  // Packed panels for float products of several rows; 0 for BLAS: double, and a batch of one,
-  // whose matrix-vector product reads W once per step either way (packing cost ~10 steps).
-  static int64_t packing_size(const ProductShape& shape, int64_t rows) {
-    if constexpr (kPacks) return rows > 1 ? packed_floats(shape) : 0;
-    else return 0;
+  // Packed panels for float products of several rows, in a call of `steps` steps; 0 for BLAS:
+  // double, and a batch of one unless the AVX-512 kernel runs it over enough steps. A matrix-
+  // vector product reads W once per step either way, and packing costs ~10 steps; but one row
+  // against a panel in L2 ran at 79 GFLOP/s on a Zen 5 core, OpenBLAS's AVX2 gemv at 42 (from
+  // L3, both 48).
+  static int64_t packing_size(const ProductShape& shape, int64_t rows, int64_t steps) {
+    if constexpr (kPacks) {
+      const bool packs =
+          rows > 1 || (packed_kernel_beats_blas() && steps >= kMinStepsPackingOneRow);
+      return packs ? packed_floats(shape) : 0;
+    } else {
+      return 0;
+    }
   }
 
   // Unit blocks handed to threads start on multiples of this.
@@ -144,6 +153,7 @@ class RecurrentProduct {
 
  private:
   static constexpr bool kPacks = std::is_same<T, float>::value;
+  static constexpr int64_t kMinStepsPackingOneRow = 32;
 
   ProductShape shape_{};
   const T* w_ = nullptr;

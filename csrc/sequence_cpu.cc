@@ -189,8 +189,8 @@ void forward(const ForwardArgs<Real>& a) {
   const int64_t gates_scratch = !training && a.cell == Cell::GRU_RESET_BEFORE ? B * width : 0;
   const int64_t states_scratch = training ? 0 : (has_c ? 4 : 2) * BH;
   using Products = cpu::StepProducts<Real>;
-  const int64_t main_packing = Products::main_packing(a.cell, H, B, true);
-  const int64_t n_gate_packing = Products::n_gate_packing(a.cell, H, B, true);
+  const int64_t main_packing = Products::main_packing(a.cell, H, B, T, true);
+  const int64_t n_gate_packing = Products::n_gate_packing(a.cell, H, B, T, true);
   const cpu::ProductShape projection_shape{true, d.I, G, H};  // x·W_ihᵀ
   const int64_t projection_packing = cpu::ChunkProduct<Real>::packing_size(projection_shape);
   const Chunks chunks(T, B, a.reverse);
@@ -260,8 +260,8 @@ void backward(const BackwardArgs<Real>& a) {
   const Chunks chunks(T, B, tape.reverse());
   const int64_t chunk_size = chunks.steps() * B * GH;
   using Products = cpu::StepProducts<Real>;
-  const int64_t main_packing = Products::main_packing(cell, H, B, false);
-  const int64_t n_gate_packing = Products::n_gate_packing(cell, H, B, false);
+  const int64_t main_packing = Products::main_packing(cell, H, B, T, false);
+  const int64_t n_gate_packing = Products::n_gate_packing(cell, H, B, T, false);
   const cpu::ProductShape dx_shape{false, GH, 1, I};  // dG·W_ih
   const int64_t dx_packing = cpu::ChunkProduct<Real>::packing_size(dx_shape);
   // The weight gradients' M, x or h of a chunk, packed by groups for each product in turn.

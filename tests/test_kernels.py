@@ -93,9 +93,12 @@ def check_random_lengths_against_reference(rng, kcell, dtype, shape, reverse=Fal
 # and products too small to cut by rows or columns, which parallel_gemm.h cuts along k: weight
 # gradients of H=32 over 704 rows, and a batch of one's input projection over I=8000 (a
 # matrix-vector product).
+# A batch of one runs BLAS's matrix-vector product, or, with AVX-512 and 32 steps or more, the
+# packed kernel one row at a time (T40B1, T32B1).
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 1, 2, 3), (5, 3, 4, 1), (4, 2, 9, 13),
                                    (2, 40, 5, 33), (3, 8, 7, 161), (2, 8, 5, 300),
-                                   (11, 64, 100, 32), (1, 1, 8000, 63)],
+                                   (11, 64, 100, 32), (1, 1, 8000, 63), (40, 1, 5, 33),
+                                   (32, 1, 3, 161)],
                          ids=lambda s: "T{}B{}I{}H{}".format(*s))
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("dtype", DTYPES)
