@@ -67,7 +67,10 @@ class Pool {
   void run(int64_t chunks, ChunkFn fn, const void* ctx) {
     if (chunks <= 0) return;
     const auto run_here = [&] {
+      const bool outer = inside_chunk;
+      inside_chunk = true;
       for (int64_t i = 0; i < chunks; ++i) fn(ctx, i);
+      inside_chunk = outer;
     };
     // A loop inside a chunk runs here before busy_ is tried: the calling thread of the outer
     // loop holds it, and try_lock on a mutex the thread owns is undefined behaviour.
@@ -178,6 +181,8 @@ Pool& pool() {
 }  // namespace
 
 int pool_threads() { return pool().threads(); }
+
+bool inside_parallel_loop() { return inside_chunk; }
 
 void set_pool_threads(int threads) {
   if (threads < 1 || threads > 1024)

@@ -29,6 +29,9 @@ using ChunkFn = void (*)(const void* ctx, int64_t chunk);
 // from inside a chunk (the inner loop runs on the calling thread).
 void parallel_for_chunks(int64_t chunks, ChunkFn fn, const void* ctx);
 
+// Whether the calling thread is running a chunk of a parallel loop, where a loop runs inline.
+bool inside_parallel_loop();
+
 template <typename F>
 void parallel_for(int64_t chunks, const F& body) {
   if (chunks == 1) return body(int64_t{0});
