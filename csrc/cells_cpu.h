@@ -63,9 +63,12 @@ struct StepProducts {
     return ProductShape{forward, H, 1, H};
   }
   static bool has_n_gate(Cell cell) { return cell == Cell::GRU_RESET_BEFORE; }
-  // Elements to pack for a call of `steps` steps of B rows.
+  // Elements to pack for a call of `steps` steps of B rows. A batch of one packs only for cells
+  // of several gates: an RNN's packed W_hh put its training step at B=1, T=200, H=512 above
+  // torch's peak (2.8 against 2.3 MB) for a step already 3x as fast as torch's without it.
   static int64_t main_packing(Cell cell, int64_t H, int64_t B, int64_t steps, bool forward) {
-    return RecurrentProduct<T>::packing_size(main_shape(cell, H, forward), B, steps);
+    return RecurrentProduct<T>::packing_size(main_shape(cell, H, forward), B,
+                                             gate_count(cell) > 1 ? steps : 0);
   }
   static int64_t n_gate_packing(Cell cell, int64_t H, int64_t B, int64_t steps, bool forward) {
     return has_n_gate(cell)

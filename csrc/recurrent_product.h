@@ -87,10 +87,10 @@ class RecurrentProduct {
   }
 
   // Packed panels for float products of several rows, in a call of `steps` steps; 0 for BLAS:
-  // double, and a batch of one unless the AVX-512 kernel runs it over enough steps. A matrix-
-  // vector product reads W once per step either way, and packing costs ~10 steps; but one row
-  // against a panel in L2 ran at 79 GFLOP/s on a Zen 5 core, OpenBLAS's AVX2 gemv at 42 (from
-  // L3, both 48).
+  // double, and a batch of one unless the AVX-512 kernel runs it over enough steps (steps 0:
+  // never). A matrix-vector product reads W once per step either way, and packing costs ~10
+  // steps; but one row against a panel in L2 ran at 79 GFLOP/s on a Zen 5 core, OpenBLAS's AVX2
+  // gemv at 42 (from L3, both 48).
   static int64_t packing_size(const ProductShape& shape, int64_t rows, int64_t steps) {
     if constexpr (kPacks) {
       const bool packs =
