@@ -39,6 +39,13 @@ constexpr int kSpinsBeforeSleep = 20000;
 constexpr int kSpinsBeforeYield = 2000;
 
 thread_local bool inside_chunk = false;  // nested loops run on the calling thread
+
+// Marks the calling thread as running a chunk for its lifetime (restored if the chunk throws).
+struct InsideChunk {
+  bool outer = inside_chunk;
+  InsideChunk() { inside_chunk = true; }
+  ~InsideChunk() { inside_chunk = outer; }
+};
 std::atomic<bool> forked_child{false};   // a fork()ed child has no workers: run inline
 
 int available_cores() {
@@ -67,10 +74,8 @@ class Pool {
   void run(int64_t chunks, ChunkFn fn, const void* ctx) {
     if (chunks <= 0) return;
     const auto run_here = [&] {
-      const bool outer = inside_chunk;
-      inside_chunk = true;
+      const InsideChunk inside;
       for (int64_t i = 0; i < chunks; ++i) fn(ctx, i);
-      inside_chunk = outer;
     };
     // A loop inside a chunk runs here before busy_ is tried: the calling thread of the outer
     // loop holds it, and try_lock on a mutex the thread owns is undefined behaviour.
@@ -110,9 +115,10 @@ class Pool {
       const uint64_t next = claim & 0xFFFFFFFFu;
       if (next == kClosed || static_cast<int64_t>(next) >= chunks) return;
       if (!claim_.compare_exchange_weak(claim, claim + 1)) continue;  // claim was reloaded
-      inside_chunk = true;
-      fn(ctx, static_cast<int64_t>(next));
-      inside_chunk = false;
+      {
+        const InsideChunk inside;
+        fn(ctx, static_cast<int64_t>(next));
+      }
       done_.fetch_add(1);
       claim = claim_.load();
     }

@@ -1,11 +1,14 @@
 #include "workspace.h"
 
+#include <array>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
-#include <vector>
 
+#if defined(__unix__)
+#include <pthread.h>
+#endif
 #if defined(__linux__)
 #include <sys/mman.h>
 #include <unistd.h>
@@ -23,14 +26,32 @@ struct ThreadBlock {
 
 thread_local ThreadBlock thread_block;
 
-// TapeMemory's blocks, least recently given back first. Tapes are dropped on whichever thread
-// releases them (Python's), hence the lock.
-struct KeptBlock {
-  std::unique_ptr<unsigned char[]> data;
-  std::size_t size;
+// TapeMemory's blocks. Tapes are dropped on whichever thread releases them (Python's), hence
+// the lock. A fixed array, so that giving a block back (in ~Tape) never allocates; never
+// destroyed, as a tape may outlive static destructors.
+struct KeptBlocks {
+  struct Block {
+    std::unique_ptr<unsigned char[]> data;  // null: an empty slot
+    std::size_t size = 0;
+    uint64_t given = 0;  // when it was given back, for evicting the least recent
+  };
+  std::mutex mutex;
+  std::array<Block, TapeMemory::kMaxKept> blocks;
+  uint64_t clock = 0;
 };
-std::mutex kept_mutex;
-std::vector<KeptBlock> kept_blocks;
+
+KeptBlocks& kept() {
+  static KeptBlocks* const blocks = [] {
+    auto* k = new KeptBlocks;
+#if defined(__unix__)
+    // A fork() while another thread holds the lock would leave the child's copy locked forever.
+    pthread_atfork([] { kept().mutex.lock(); }, [] { kept().mutex.unlock(); },
+                   [] { kept().mutex.unlock(); });
+#endif
+    return k;
+  }();
+  return *blocks;
+}
 
 unsigned char* aligned(unsigned char* p) {
   const auto address = reinterpret_cast<std::uintptr_t>(p);
@@ -62,20 +83,24 @@ void advise_huge_pages(void* p, std::size_t bytes) {
 }
 
 std::unique_ptr<unsigned char[]> TapeMemory::take(std::size_t bytes, std::size_t* capacity) {
+  KeptBlocks& k = kept();
+  std::unique_ptr<unsigned char[]> stale[kMaxKept];  // freed after the lock is released
   {
-    std::lock_guard<std::mutex> lock(kept_mutex);
-    auto best = kept_blocks.end();
-    for (auto it = kept_blocks.begin(); it != kept_blocks.end(); ++it) {
-      const bool fits = it->size >= bytes && it->size / 2 <= bytes;
-      if (fits && (best == kept_blocks.end() || it->size < best->size)) best = it;
+    std::lock_guard<std::mutex> lock(k.mutex);
+    KeptBlocks::Block* best = nullptr;
+    for (KeptBlocks::Block& b : k.blocks) {
+      const bool fits = b.data && b.size >= bytes && b.size / 2 <= bytes;
+      if (fits && (!best || b.size < best->size)) best = &b;
     }
-    if (best != kept_blocks.end()) {
-      std::unique_ptr<unsigned char[]> block = std::move(best->data);
+    if (best) {
       *capacity = best->size;
-      kept_blocks.erase(best);
-      return block;
+      return std::move(best->data);
     }
+    // No kept block fits: the tapes changed sizes (T or B). The kept blocks are freed before the
+    // new one is allocated, so that they never sit beside fresh memory.
+    for (std::size_t i = 0; i < kMaxKept; ++i) stale[i] = std::move(k.blocks[i].data);
   }
+  for (auto& block : stale) block.reset();
   std::unique_ptr<unsigned char[]> block(new unsigned char[bytes]);
   advise_huge_pages(block.get(), bytes);
   *capacity = bytes;
@@ -83,21 +108,26 @@ std::unique_ptr<unsigned char[]> TapeMemory::take(std::size_t bytes, std::size_t
 }
 
 void TapeMemory::give_back(std::unique_ptr<unsigned char[]> block, std::size_t capacity) {
-  std::unique_ptr<unsigned char[]> oldest;  // freed after the lock is released
-  std::lock_guard<std::mutex> lock(kept_mutex);
-  if (kept_blocks.size() == kMaxKept) {
-    oldest = std::move(kept_blocks.front().data);
-    kept_blocks.erase(kept_blocks.begin());
+  KeptBlocks& k = kept();
+  std::unique_ptr<unsigned char[]> evicted;  // freed after the lock is released
+  std::lock_guard<std::mutex> lock(k.mutex);
+  KeptBlocks::Block* slot = &k.blocks[0];
+  for (KeptBlocks::Block& b : k.blocks) {
+    if (!b.data) {
+      slot = &b;
+      break;
+    }
+    if (b.given < slot->given) slot = &b;  // all full: the least recently given back goes
   }
-  kept_blocks.push_back({std::move(block), capacity});
+  evicted = std::move(slot->data);
+  *slot = {std::move(block), capacity, ++k.clock};
 }
 
 void TapeMemory::release_all() {
-  std::vector<KeptBlock> blocks;
-  {
-    std::lock_guard<std::mutex> lock(kept_mutex);
-    blocks.swap(kept_blocks);
-  }
+  KeptBlocks& k = kept();
+  std::unique_ptr<unsigned char[]> freed[kMaxKept];  // after the lock is released
+  std::lock_guard<std::mutex> lock(k.mutex);
+  for (std::size_t i = 0; i < kMaxKept; ++i) freed[i] = std::move(k.blocks[i].data);
 }
 
 void Workspace::release_thread_block() {

@@ -88,11 +88,12 @@ SIZES = dict(T=64, B=64, I=64, H=256)  # float32 LSTM tape: about 25 MB
 
 def tape(cell):
     """RSS with a tape held; after dropping it (its memory kept for the next tape); with a second
-    tape of the same size held, which reuses that memory; and after fr.release_memory()."""
-    # Warm-up (BLAS buffers, the kernels' scratch) on a quarter of the steps: its tape is too
-    # small for the measured ones to reuse, and stays kept throughout.
-    forward(cell, arrays(cell, **dict(SIZES, T=SIZES["T"] // 4)))
+    tape of the same size held, which reuses that memory; after dropping that one too; after
+    fr.release_memory(); and the growth while a tape is made that no kept block fits."""
     a = arrays(cell, **SIZES)
+    # Warm-up (BLAS buffers, the kernels' scratch), its tape held throughout: nothing is kept
+    # when the measured tapes start.
+    warm = forward(cell, a)
     before = rss()
     res = forward(cell, a)
     held = rss()
@@ -103,9 +104,20 @@ def tape(cell):
     res = forward(cell, a)
     again = rss()
     del res
+    kept = rss()
     fr.release_memory()
-    return dict(before=before, held=held, dropped=dropped, again=again, after=rss(),
-                tape_nbytes=nbytes, outputs=outputs)
+    released = rss()
+    # A kept tape too small for the next one is freed before that one's memory is allocated.
+    small = forward(cell, arrays(cell, **dict(SIZES, T=SIZES["T"] // 4)))
+    small_nbytes = small.tape.nbytes
+    del small
+    before_miss = rss()
+    res = forward(cell, a)
+    missed = rss() - before_miss
+    del res, warm
+    return dict(before=before, held=held, dropped=dropped, again=again, kept=kept,
+                released=released, missed=missed, small_nbytes=small_nbytes, tape_nbytes=nbytes,
+                outputs=outputs)
 
 
 def peak(cell):
