@@ -4,6 +4,7 @@ its own) and printed as one JSON line:
     python tests/memory_probe.py steady   N       RSS after warm-up and after N more steps
     python tests/memory_probe.py retained N       the same, keeping every tape (a real leak)
     python tests/memory_probe.py tape     CELL    RSS with a tape held, dropped, reused, released
+    python tests/memory_probe.py kept     CELL    RSS as nine tapes are dropped (eight are kept)
     python tests/memory_probe.py peak     CELL    peak RSS of one ops.forward+backward
     python tests/memory_probe.py hugepage CELL    whether a tape's mapping is advised for huge pages
 (CELL is a kernel cell name: lstm, gru, gru_reset_before, rnn_tanh, rnn_relu.)
@@ -120,6 +121,26 @@ def tape(cell):
                 outputs=outputs)
 
 
+def kept_tapes(cell):
+    """RSS as nine tapes of one size are dropped (at most eight are kept, the first dropped freed)
+    and after fr.release_memory(); a tape of half their size then takes a kept block."""
+    a = arrays(cell, **dict(SIZES, T=SIZES["T"] // 4))
+    b = arrays(cell, **dict(SIZES, T=SIZES["T"] // 8))
+    tapes = [forward(cell, a).tape for _ in range(9)]
+    nbytes = tapes[0].nbytes
+    before = rss()
+    del tapes
+    dropped = rss()
+    half = forward(cell, b)  # takes a kept block
+    with_half = rss()
+    half_tape = half.tape.nbytes
+    half_outputs = sum(v.nbytes for v in half[:3] if v is not None)
+    del half
+    fr.release_memory()
+    return dict(before=before, dropped=dropped, with_half=with_half, released=rss(),
+                tape_nbytes=nbytes, half_tape_nbytes=half_tape, half_outputs=half_outputs)
+
+
 def peak(cell):
     """The peak of one training step over the RSS before it, with what it allocates."""
     a = arrays(cell, **SIZES)
@@ -159,7 +180,7 @@ def main(what, arg):
     if what in ("steady", "retained"):
         out = steady(int(arg), keep=what == "retained")
     else:
-        out = {"tape": tape, "peak": peak, "hugepage": hugepage}[what](arg)
+        out = {"tape": tape, "kept": kept_tapes, "peak": peak, "hugepage": hugepage}[what](arg)
     print(json.dumps(out))
 
 
