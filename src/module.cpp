@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -119,6 +120,61 @@ std::optional<py::array> optional_array(const py::object& obj, const char* name,
   return checked(obj, name, dtype, shape);
 }
 
+// A (T, B, H) array whose rows (t, b) lie at a uniform stride `ld` >= H elements, each row's H
+// values contiguous: a C-contiguous array (ld = H), or the columns [j, j + H) of a C-contiguous
+// (T, B, W) one, as a bidirectional layer's two directions write and read y's halves.
+struct RowStrided {
+  py::array a;
+  int64_t ld;
+};
+
+std::optional<RowStrided> optional_rows(const py::object& obj, const char* name,
+                                        const py::dtype& dtype, int64_t T, int64_t B, int64_t H,
+                                        bool writable) {
+  if (obj.is_none()) return std::nullopt;
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string(name) + ": expected a numpy.ndarray, got " +
+                         type_name(obj));
+  auto a = py::reinterpret_borrow<py::array>(obj);
+  if (!a.dtype().is(dtype) && !a.dtype().equal(dtype))
+    throw py::type_error(std::string(name) + ": expected dtype " + std::string(py::str(dtype)) +
+                         ", got " + std::string(py::str(a.dtype())));
+  if (a.ndim() != 3 || a.shape(0) != T || a.shape(1) != B || a.shape(2) != H)
+    throw py::value_error(std::string(name) + ": expected shape " + shape_str({T, B, H}) +
+                          ", got " + shape_str(a));
+  if (writable && !a.writeable())
+    throw py::value_error(std::string(name) + ": expected a writeable array, got a read-only one");
+  const py::ssize_t size = a.itemsize();
+  // Strides of axes of length 1 are never used: take them as those of a packed layout.
+  const py::ssize_t unit = H > 1 ? a.strides(2) : size;
+  const py::ssize_t row = B > 1 ? a.strides(1) : T > 1 ? a.strides(0) / B : H * size;
+  const py::ssize_t step = T > 1 ? a.strides(0) : B * row;
+  const bool uniform = unit == size && row % size == 0 && row >= H * size && step == B * row;
+  if (!uniform || reinterpret_cast<std::uintptr_t>(a.data()) % size != 0)
+    throw py::value_error(std::string(name) + ": expected an aligned array whose (t, b) rows are "
+                          "contiguous and evenly spaced (C-contiguous, or a slice of the last "
+                          "axis of one), got strides " + shape_str({a.strides(0), a.strides(1),
+                          a.strides(2)}) + " with itemsize " + std::to_string(size));
+  return RowStrided{a, static_cast<int64_t>(row / size)};
+}
+
+// The bytes an array's elements span, first to last.
+std::pair<const char*, const char*> byte_span(const py::array& a) {
+  const char* lo = static_cast<const char*>(a.data());
+  const char* hi = lo;
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+    const py::ssize_t reach = (a.shape(i) - 1) * a.strides(i);
+    (reach < 0 ? lo : hi) += reach;
+  }
+  return {lo, hi + a.itemsize()};
+}
+
+bool overlaps(const py::array& a, const py::array& b) {
+  const auto [a0, a1] = byte_span(a);
+  const auto [b0, b1] = byte_span(b);
+  return a.size() > 0 && b.size() > 0 && a0 < b1 && b0 < a1;
+}
+
 Inputs check_inputs(const py::object& cell_id, const py::object& x_obj, const py::object& h0,
                     const py::object& c0, const py::object& w_ih_obj, const py::object& w_hh_obj,
                     const py::object& b_ih, const py::object& b_hh, const py::object& lengths) {
@@ -159,10 +215,11 @@ Inputs check_inputs(const py::object& cell_id, const py::object& x_obj, const py
 }
 
 template <typename T>
-py::tuple forward_typed(Inputs& in, bool reverse, bool training) {
+py::tuple forward_typed(Inputs& in, const std::optional<RowStrided>& y_out, bool reverse,
+                        bool training) {
   const auto& d = in.dims;
   const bool has_c = fusedrnn::has_cell_state(in.cell);
-  py::array y(in.dtype, std::vector<py::ssize_t>{d.T, d.B, d.H});
+  py::array y = y_out ? y_out->a : py::array(in.dtype, std::vector<py::ssize_t>{d.T, d.B, d.H});
   py::array h_n(in.dtype, std::vector<py::ssize_t>{d.B, d.H});
   py::object c_n = py::none();
   py::array c_arr;
@@ -181,7 +238,7 @@ py::tuple forward_typed(Inputs& in, bool reverse, bool training) {
                cptr<T>(in.b_ih), cptr<T>(in.b_hh)};
   a.lengths = cptr<int64_t>(in.lengths);
   a.y = mptr<T>(y);
-  a.ldy = d.H;
+  a.ldy = y_out ? y_out->ld : d.H;
   a.h_n = mptr<T>(h_n);
   a.c_n = has_c ? mptr<T>(c_arr) : nullptr;
   std::unique_ptr<fusedrnn::Tape<T>> tape;
@@ -209,16 +266,34 @@ py::tuple forward_typed(Inputs& in, bool reverse, bool training) {
 py::tuple forward(const py::object& cell, const py::object& x, const py::object& h0,
                   const py::object& c0, const py::object& w_ih, const py::object& w_hh,
                   const py::object& b_ih, const py::object& b_hh, const py::object& lengths,
-                  const py::object& reverse_obj, const py::object& training_obj) {
+                  const py::object& reverse_obj, const py::object& training_obj,
+                  const py::object& y) {
   Inputs in = check_inputs(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths);
   const bool reverse = to_flag(reverse_obj, "reverse"), training = to_flag(training_obj, "training");
-  if (in.dtype.equal(py::dtype::of<float>())) return forward_typed<float>(in, reverse, training);
-  return forward_typed<double>(in, reverse, training);
+  const auto& d = in.dims;
+  const auto y_out = optional_rows(y, "y", in.dtype, d.T, d.B, d.H, true);
+  if (y_out) {
+    // The kernels read the inputs while they write y: they must not share memory.
+    const std::pair<const char*, const std::optional<py::array>*> optional[] = {
+        {"b_ih", &in.b_ih}, {"b_hh", &in.b_hh}, {"h0", &in.h0}, {"c0", &in.c0},
+        {"lengths", &in.lengths}};
+    std::vector<std::pair<const char*, const py::array*>> inputs = {
+        {"x", &in.x}, {"w_ih", &in.w_ih}, {"w_hh", &in.w_hh}};
+    for (const auto& [name, arr] : optional)
+      if (*arr) inputs.emplace_back(name, &**arr);
+    for (const auto& [name, arr] : inputs)
+      if (overlaps(y_out->a, *arr))
+        throw py::value_error(std::string("y: expected an array that shares no memory with the "
+                                          "inputs, got one that overlaps ") + name);
+  }
+  if (in.dtype.equal(py::dtype::of<float>()))
+    return forward_typed<float>(in, y_out, reverse, training);
+  return forward_typed<double>(in, y_out, reverse, training);
 }
 
 template <typename T>
 py::tuple backward_typed(const PyTape& pt, const fusedrnn::Tape<T>& tape,
-                         const std::optional<py::array>& dy, const std::optional<py::array>& dh_n,
+                         const std::optional<RowStrided>& dy, const std::optional<py::array>& dh_n,
                          const std::optional<py::array>& dc_n) {
   const auto& d = tape.dims();
   const bool has_c = fusedrnn::has_cell_state(tape.cell());
@@ -240,8 +315,8 @@ py::tuple backward_typed(const PyTape& pt, const fusedrnn::Tape<T>& tape,
   a.x = static_cast<const T*>(pt.x.data());
   a.weights = {static_cast<const T*>(pt.w_ih.data()), static_cast<const T*>(pt.w_hh.data()),
                cptr<T>(pt.b_ih), cptr<T>(pt.b_hh)};
-  a.dy = cptr<T>(dy);
-  a.lddy = d.H;
+  a.dy = dy ? static_cast<const T*>(dy->a.data()) : nullptr;
+  a.lddy = dy ? dy->ld : d.H;
   a.dh_n = cptr<T>(dh_n);
   a.dc_n = cptr<T>(dc_n);
   a.dx = mptr<T>(dx);
@@ -269,7 +344,7 @@ py::tuple backward(const py::object& tape_obj, const py::object& dy, const py::o
                          std::string(py::str(py::type::of(tape_obj).attr("__name__"))));
   const PyTape& pt = tape_obj.cast<const PyTape&>();
   const auto& d = pt.dims();
-  auto dy_a = optional_array(dy, "dy", pt.dtype, {d.T, d.B, d.H});
+  auto dy_a = optional_rows(dy, "dy", pt.dtype, d.T, d.B, d.H, false);
   auto dh_a = optional_array(dh_n, "dh_n", pt.dtype, {d.B, d.H});
   std::optional<py::array> dc_a;
   if (fusedrnn::has_cell_state(pt.cell())) dc_a = optional_array(dc_n, "dc_n", pt.dtype, {d.B, d.H});
@@ -367,10 +442,13 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("forward", &forward, py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"),
         py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"),
-        py::arg("reverse"), py::arg("training"),
-        "One layer, one direction. Returns (y, h_n, c_n or None, tape or None).");
+        py::arg("reverse"), py::arg("training"), py::arg("y") = py::none(),
+        "One layer, one direction. Returns (y, h_n, c_n or None, tape or None). y, when given,\n"
+        "is written in place of a new array: (T, B, H), rows evenly spaced (the columns of one\n"
+        "direction in a bidirectional layer's output), sharing no memory with the inputs.");
   m.def("backward", &backward, py::arg("tape"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
-        "Returns (dx, dh0, dc0 or None, dw_ih, dw_hh, db_ih or None, db_hh or None).");
+        "Returns (dx, dh0, dc0 or None, dw_ih, dw_hh, db_ih or None, db_hh or None). dy's rows\n"
+        "may be evenly spaced, as y's (one direction's columns of a bidirectional dy).");
   m.def("tape_from_arrays", &tape_from_arrays, py::arg("cell"), py::arg("x"), py::arg("w_ih"),
         py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"),
         py::arg("h_states"), py::arg("c_states"), py::arg("gates"),

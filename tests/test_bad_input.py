@@ -606,6 +606,20 @@ def core_bwd(tape=None, dy=None, dh_n=None, dc_n=None):
 
 A = core_args()
 
+
+def read_only(a):
+    a.flags.writeable = False
+    return a
+
+
+def overlapping(name):
+    """A forward whose y would be written over the memory of input `name`."""
+    want = A[name]
+    buf = np.zeros(max(want.size, T * B * H), want.dtype)
+    inp = buf[:want.size].reshape(want.shape)
+    inp[...] = want
+    return core_fwd(**{name: inp}, y=buf[:T * B * H].reshape(T, B, H))
+
 CORE_CASES = [
     # forward: cell id
     ("cell -1", lambda: core_fwd(cell=-1), ValueError, r"cell: expected 0\.\.4 .*, got -1"),
@@ -695,6 +709,21 @@ CORE_CASES = [
      r"h0: expected an aligned, C-contiguous array, got a strided one"),
     ("lengths strided", lambda: core_fwd(lengths=np.arange(2 * B, dtype=np.int64)[1::2]),
      ValueError, r"lengths: expected an aligned, C-contiguous array, got a strided one"),
+    # forward: an output array to write y into
+    ("y float64", lambda: core_fwd(y=np.zeros((T, B, H))), TypeError,
+     r"y: expected dtype float32, got float64"),
+    ("y list", lambda: core_fwd(y=np.zeros((T, B, H)).tolist()), TypeError,
+     r"y: expected a numpy\.ndarray, got list"),
+    ("y misshapen", lambda: core_fwd(y=np.zeros((T, B, H + 1), F32)), ValueError,
+     r"y: expected shape \(4, 3, 6\), got \(4, 3, 7\)"),
+    ("y read-only", lambda: core_fwd(y=read_only(np.zeros((T, B, H), F32))), ValueError,
+     r"y: expected a writeable array, got a read-only one"),
+    ("y strided units", lambda: core_fwd(y=np.zeros((T, B, 2 * H), F32)[..., 1::2]), ValueError,
+     r"y: expected an aligned array whose \(t, b\) rows are contiguous and evenly spaced"),
+    ("y overlapping h0", lambda: overlapping("h0"), ValueError,
+     r"y: expected an array that shares no memory with the inputs, got one that overlaps h0"),
+    ("y overlapping w_hh", lambda: overlapping("w_hh"), ValueError,
+     r"y: expected an array that shares no memory with the inputs, got one that overlaps w_hh"),
     # forward: lengths out of range, inference and training
     ("lengths 0", lambda: core_fwd(lengths=np.array([T, 0, 1], np.int64)), ValueError,
      r"lengths\[1\]: expected 1\.\.4, got 0"),
@@ -725,10 +754,14 @@ CORE_CASES = [
      r"dy: expected dtype float32, got float64"),
     ("dy list", lambda: core_bwd(dy=np.zeros((T, B, H)).tolist()), TypeError,
      r"dy: expected a numpy\.ndarray, got list"),
-    ("dy strided", lambda: core_bwd(dy=np.zeros((T, B, 2 * H), F32)[..., :H]), ValueError,
-     r"dy: expected an aligned, C-contiguous array, got a strided one"),
+    ("dy strided units", lambda: core_bwd(dy=np.zeros((T, B, 2 * H), F32)[..., ::2]),
+     ValueError, r"dy: expected an aligned array whose \(t, b\) rows are contiguous and evenly "
+                 r"spaced .*, got strides \(144, 48, 8\) with itemsize 4"),
+    ("dy batch-first view", lambda: core_bwd(dy=np.zeros((B, T, H), F32).transpose(1, 0, 2)),
+     ValueError, r"dy: expected an aligned array whose \(t, b\) rows .*, got strides "
+                 r"\(24, 96, 4\)"),
     ("dy misaligned", lambda: core_bwd(dy=unaligned(np.zeros((T, B, H), F32))), ValueError,
-     r"dy: expected an aligned, C-contiguous array, got an unaligned one"),
+     r"dy: expected an aligned array whose \(t, b\) rows"),
     ("dh_n misshapen", lambda: core_bwd(dh_n=np.zeros((B, H - 1), F32)), ValueError,
      r"dh_n: expected shape \(3, 6\), got \(3, 5\)"),
     ("dc_n float64", lambda: core_bwd(dc_n=np.zeros((B, H))), TypeError,

@@ -169,6 +169,29 @@ def test_op_accepts_non_contiguous_arrays(kcell):
         np.testing.assert_array_equal(got[name], value, err_msg=name)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kcell", KERNEL_CELLS)
+def test_one_direction_of_a_shared_output(kcell, dtype):
+    """What a bidirectional layer does with each direction: forward writes y into its columns
+    of a (T, B, 2H) array (the other columns untouched), backward reads dy from them; bitwise
+    what a forward's own y and a contiguous dy give."""
+    rng = np.random.default_rng(7)
+    arrays = layer_arrays(rng, kcell, dtype, T, B, I, H)
+    grads = output_grads(rng, kcell, dtype, "both")
+    cell, reset_after = KERNEL_CELLS[kcell]
+    both = np.full((T, B, 2 * H), 7.0, dtype)
+    dy_both = np.zeros((T, B, 2 * H), dtype)
+    dy_both[..., H:] = grads["dy"]
+    got = _core.forward(list(_core.CELLS).index(kcell), arrays["x"], arrays["h0"], arrays["c0"],
+                        arrays["w_ih"], arrays["w_hh"], arrays["b_ih"], arrays["b_hh"],
+                        LENGTHS["mixed"], True, True, both[..., H:])
+    want = forward_backward("cpu", kcell, arrays, grads, LENGTHS["mixed"], reverse=True)
+    np.testing.assert_array_equal(both[..., H:], want["y"])
+    np.testing.assert_array_equal(both[..., :H], 7.0)
+    dx = _core.backward(got[3], dy_both[..., H:], grads["dh_n"], grads["dc_n"])[0]
+    np.testing.assert_array_equal(dx, want["dx"])
+
+
 @pytest.mark.parametrize("backend", ["cpu", "numpy"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("kcell", KERNEL_CELLS)

@@ -214,6 +214,10 @@ class RNNBase:
         inp = x
         for layer in range(self.num_layers):
             outs, tapes = [], []
+            # On the CPU both directions write their halves of one output: joined afterwards, the
+            # copy and the fresh memory it faults in cost a bidirectional LSTM inference at T=200,
+            # B=128, H=512 ~15% of its time.
+            y_both = xp.empty((T, B, D * H), self.dtype) if D > 1 and backend is not None else None
             for d in range(D):
                 k = layer * D + d
                 if backend is None:
@@ -225,16 +229,20 @@ class RNNBase:
                 else:
                     # The parameters were checked when set, x and the state above: no checks
                     # per direction (the C++ glue still checks what it gets).
+                    y_d = None if y_both is None else y_both[..., d * H:(d + 1) * H]
                     res = ops.run_forward(self._kernel_cell, backend, inp,
                                           *self._layer_weights(layer, d), h0[k],
                                           None if c0 is None else c0[k], lengths, bool(d),
-                                          training)
+                                          training, y_d)
                 outs.append(res.y)
                 tapes.append(res.tape)
                 h_n[k] = res.h_n
                 if c_n is not None:
                     c_n[k] = res.c_n
-            inp = outs[0] if D == 1 else xp.concatenate(outs, axis=2)
+            if y_both is not None:
+                inp = y_both
+            else:
+                inp = outs[0] if D == 1 else xp.concatenate(outs, axis=2)
             mask = None
             if training and self.dropout > 0 and layer < self.num_layers - 1:
                 keep = self._rng.random(inp.shape) >= self.dropout
@@ -308,10 +316,12 @@ class RNNBase:
                 if self.device == "cuda":
                     g = ops.backward(op_tape, xp.ascontiguousarray(dy_d), dh_k, dc_k)
                 else:
-                    g = ops.run_backward(op_tape, np.require(dy_d, requirements=("C", "A")),
-                                         dh_k, dc_k)
+                    g = ops.run_backward(op_tape, dy_d, dh_k, dc_k)  # dy_d's rows evenly spaced
                 with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, as in the kernels
-                    dx = g.dx if dx is None else dx + g.dx
+                    if dx is None:
+                        dx = g.dx
+                    else:  # in place: no fresh memory to fault in
+                        xp.add(dx, g.dx, out=dx)
                 dh0[k] = g.dh0
                 if dc0 is not None:
                     dc0[k] = g.dc0

@@ -125,10 +125,12 @@ def forward(cell, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, leng
                        training)
 
 
-def run_forward(kcell, backend, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, training):
+def run_forward(kcell, backend, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, training,
+                y=None):
     """:func:`forward` on arguments already checked and made contiguous (a kernel cell name, a
     resolved backend): what the layers call for their own, already checked, parameters. The C++
-    glue checks again regardless."""
+    glue checks again regardless. ``y``, a (T, B, H) array whose rows are evenly spaced (one
+    direction's columns of a bidirectional output), receives y instead of a new array."""
     T, B, I = x.shape
     H = w_hh.shape[1]
     if backend == "numpy":
@@ -136,11 +138,16 @@ def run_forward(kcell, backend, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reve
         if kcell == "lstm" and c0 is None:
             c0 = np.zeros((B, H), x.dtype)
         with np.errstate(all="ignore"):  # inf and overflow give NaN silently, as the kernels do
-            y, h_n, c_n, impl = reference.forward(kcell, x, h0, c0, w_ih, w_hh, b_ih, b_hh,
-                                                  lengths, reverse)
+            y_new, h_n, c_n, impl = reference.forward(kcell, x, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                                      lengths, reverse)
+        if y is None:
+            y = y_new
+        else:
+            y[...] = y_new
     else:
         y, h_n, c_n, impl = _backend._core.forward(_KERNEL_CELLS.index(kcell), x, h0, c0, w_ih,
-                                                   w_hh, b_ih, b_hh, lengths, reverse, training)
+                                                   w_hh, b_ih, b_hh, lengths, reverse, training,
+                                                   y)
     public = "gru" if kcell == "gru_reset_before" else kcell
     tape = Tape(backend, public, (T, B, I, H), x.dtype, impl) if training else None
     return ForwardResult(y, h_n, c_n, tape)
@@ -239,7 +246,8 @@ def backward(tape, dy=None, dh_n=None, dc_n=None):
 
 
 def run_backward(tape, dy, dh_n, dc_n):
-    """:func:`backward` on arguments already checked and made contiguous."""
+    """:func:`backward` on arguments already checked and made contiguous, but for dy, whose rows
+    need only be evenly spaced (one direction's columns of a bidirectional dy)."""
     if tape.backend == "numpy":
         with np.errstate(all="ignore"):
             grads = reference.backward(tape._impl, dy, dh_n, dc_n)
