@@ -31,9 +31,9 @@ std::string shape_str(const std::vector<int64_t>& shape) {
   return s + (shape.size() == 1 ? ",)" : ")");
 }
 
-// A C-contiguous array of the given dtype and shape, or a ValueError/TypeError naming it.
-py::array checked(const py::handle& obj, const char* name, const py::dtype& dtype,
-                  const std::vector<int64_t>& shape) {
+// An array of the given dtype and shape, or a TypeError/ValueError naming it.
+py::array typed(const py::handle& obj, const char* name, const py::dtype& dtype,
+                const std::vector<int64_t>& shape) {
   if (!py::isinstance<py::array>(obj))
     throw py::type_error(std::string(name) + ": expected a numpy.ndarray, got " +
                          std::string(py::str(py::type::of(obj).attr("__name__"))));
@@ -46,9 +46,20 @@ py::array checked(const py::handle& obj, const char* name, const py::dtype& dtyp
   if (!same)
     throw py::value_error(std::string(name) + ": expected shape " + shape_str(shape) + ", got " +
                           shape_str(a));
+  return a;
+}
+
+bool aligned(const py::array& a) {
+  return reinterpret_cast<std::uintptr_t>(a.data()) % a.itemsize() == 0;
+}
+
+// A C-contiguous array of the given dtype and shape, or a ValueError/TypeError naming it.
+py::array checked(const py::handle& obj, const char* name, const py::dtype& dtype,
+                  const std::vector<int64_t>& shape) {
+  auto a = typed(obj, name, dtype, shape);
   // Aligned too: the kernels' loops may use aligned vector loads on element pointers.
   const bool contiguous = a.flags() & py::array::c_style;
-  if (!contiguous || reinterpret_cast<std::uintptr_t>(a.data()) % a.itemsize() != 0)
+  if (!contiguous || !aligned(a))
     throw py::value_error(std::string(name) + ": expected an aligned, C-contiguous array, got " +
                           (contiguous ? "an unaligned" : "a strided") +
                           " one (numpy.require(a, requirements='CA') makes one)");
@@ -132,33 +143,31 @@ std::optional<RowStrided> optional_rows(const py::object& obj, const char* name,
                                         const py::dtype& dtype, int64_t T, int64_t B, int64_t H,
                                         bool writable) {
   if (obj.is_none()) return std::nullopt;
-  if (!py::isinstance<py::array>(obj))
-    throw py::type_error(std::string(name) + ": expected a numpy.ndarray, got " +
-                         type_name(obj));
-  auto a = py::reinterpret_borrow<py::array>(obj);
-  if (!a.dtype().is(dtype) && !a.dtype().equal(dtype))
-    throw py::type_error(std::string(name) + ": expected dtype " + std::string(py::str(dtype)) +
-                         ", got " + std::string(py::str(a.dtype())));
-  if (a.ndim() != 3 || a.shape(0) != T || a.shape(1) != B || a.shape(2) != H)
-    throw py::value_error(std::string(name) + ": expected shape " + shape_str({T, B, H}) +
-                          ", got " + shape_str(a));
+  auto a = typed(obj, name, dtype, {T, B, H});
   if (writable && !a.writeable())
     throw py::value_error(std::string(name) + ": expected a writeable array, got a read-only one");
+  if (!aligned(a))
+    throw py::value_error(std::string(name) + ": expected an aligned array, got an unaligned one");
+  // Empty: nothing to read or write (the kernels refuse T or B of 0 themselves).
+  if (a.size() == 0) return RowStrided{a, H};
+  // Strides of axes of length 1 are never used: take them as a packed layout's. Row (t, b) lies
+  // at (t·B + b)·ld, so with B = 1 the step stride is the row stride.
   const py::ssize_t size = a.itemsize();
-  // Strides of axes of length 1 are never used: take them as those of a packed layout.
   const py::ssize_t unit = H > 1 ? a.strides(2) : size;
-  const py::ssize_t row = B > 1 ? a.strides(1) : T > 1 ? a.strides(0) / B : H * size;
-  const py::ssize_t step = T > 1 ? a.strides(0) : B * row;
-  const bool uniform = unit == size && row % size == 0 && row >= H * size && step == B * row;
-  if (!uniform || reinterpret_cast<std::uintptr_t>(a.data()) % size != 0)
-    throw py::value_error(std::string(name) + ": expected an aligned array whose (t, b) rows are "
+  const py::ssize_t row = B > 1 ? a.strides(1) : T > 1 ? a.strides(0) : H * size;
+  py::ssize_t step = 0;
+  const bool uniform = unit == size && row % size == 0 && row >= H * size &&
+                       !__builtin_mul_overflow(static_cast<py::ssize_t>(B), row, &step) &&
+                       (T == 1 || a.strides(0) == step);
+  if (!uniform)
+    throw py::value_error(std::string(name) + ": expected an array whose (t, b) rows are "
                           "contiguous and evenly spaced (C-contiguous, or a slice of the last "
                           "axis of one), got strides " + shape_str({a.strides(0), a.strides(1),
                           a.strides(2)}) + " with itemsize " + std::to_string(size));
   return RowStrided{a, static_cast<int64_t>(row / size)};
 }
 
-// The bytes an array's elements span, first to last.
+// The bytes from an array's lowest element to the end of its highest (non-empty arrays).
 std::pair<const char*, const char*> byte_span(const py::array& a) {
   const char* lo = static_cast<const char*>(a.data());
   const char* hi = lo;
@@ -169,10 +178,13 @@ std::pair<const char*, const char*> byte_span(const py::array& a) {
   return {lo, hi + a.itemsize()};
 }
 
-bool overlaps(const py::array& a, const py::array& b) {
+// Whether two arrays' spans overlap: they may share memory (arrays interleaved without
+// touching count too).
+bool may_share_memory(const py::array& a, const py::array& b) {
+  if (a.size() == 0 || b.size() == 0) return false;
   const auto [a0, a1] = byte_span(a);
   const auto [b0, b1] = byte_span(b);
-  return a.size() > 0 && b.size() > 0 && a0 < b1 && b0 < a1;
+  return a0 < b1 && b0 < a1;
 }
 
 Inputs check_inputs(const py::object& cell_id, const py::object& x_obj, const py::object& h0,
@@ -282,9 +294,9 @@ py::tuple forward(const py::object& cell, const py::object& x, const py::object&
     for (const auto& [name, arr] : optional)
       if (*arr) inputs.emplace_back(name, &**arr);
     for (const auto& [name, arr] : inputs)
-      if (overlaps(y_out->a, *arr))
-        throw py::value_error(std::string("y: expected an array that shares no memory with the "
-                                          "inputs, got one that overlaps ") + name);
+      if (may_share_memory(y_out->a, *arr))
+        throw py::value_error(std::string("y: expected an array apart from the inputs' memory, "
+                                          "got one that may share memory with ") + name);
   }
   if (in.dtype.equal(py::dtype::of<float>()))
     return forward_typed<float>(in, y_out, reverse, training);

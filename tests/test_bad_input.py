@@ -612,13 +612,14 @@ def read_only(a):
     return a
 
 
-def overlapping(name):
-    """A forward whose y would be written over the memory of input `name`."""
+def overlapping(name, offset=0):
+    """A forward whose y starts `offset` values into the memory of float32 input `name` (at
+    its end: the y of a forward that must succeed)."""
     want = A[name]
-    buf = np.zeros(max(want.size, T * B * H), want.dtype)
+    buf = np.zeros(offset + T * B * H + want.size, F32)
     inp = buf[:want.size].reshape(want.shape)
     inp[...] = want
-    return core_fwd(**{name: inp}, y=buf[:T * B * H].reshape(T, B, H))
+    return core_fwd(**{name: inp}, y=buf[offset:offset + T * B * H].reshape(T, B, H))
 
 CORE_CASES = [
     # forward: cell id
@@ -719,11 +720,21 @@ CORE_CASES = [
     ("y read-only", lambda: core_fwd(y=read_only(np.zeros((T, B, H), F32))), ValueError,
      r"y: expected a writeable array, got a read-only one"),
     ("y strided units", lambda: core_fwd(y=np.zeros((T, B, 2 * H), F32)[..., 1::2]), ValueError,
-     r"y: expected an aligned array whose \(t, b\) rows are contiguous and evenly spaced"),
-    ("y overlapping h0", lambda: overlapping("h0"), ValueError,
-     r"y: expected an array that shares no memory with the inputs, got one that overlaps h0"),
-    ("y overlapping w_hh", lambda: overlapping("w_hh"), ValueError,
-     r"y: expected an array that shares no memory with the inputs, got one that overlaps w_hh"),
+     r"y: expected an array whose \(t, b\) rows are contiguous and evenly spaced"),
+    ("y misaligned", lambda: core_fwd(y=unaligned(np.zeros((T, B, H), F32))), ValueError,
+     r"y: expected an aligned array, got an unaligned one"),
+    ("y reversed view", lambda: core_fwd(y=np.zeros((T, B, H), F32)[::-1]), ValueError,
+     r"y: expected an array whose \(t, b\) rows .*, got strides \(-72, 24, 4\)"),
+    ("y over h0", lambda: overlapping("h0"), ValueError,
+     r"y: expected an array apart from the inputs' memory, got one that may share memory with "
+     r"h0"),
+    ("y over w_hh", lambda: overlapping("w_hh"), ValueError,
+     r"y: expected an array apart .*, got one that may share memory with w_hh"),
+    ("y over the end of x", lambda: overlapping("x", offset=T * B * I - 3), ValueError,
+     r"y: expected an array apart .*, got one that may share memory with x"),
+    ("y with B=0", lambda: core_fwd(x=A["x"][:, :0], h0=None, c0=None, lengths=None,
+                                    y=np.zeros((T, 0, H), F32)), ValueError,
+     r"B \(batch size\): expected 1\.\.\d+, got 0"),
     # forward: lengths out of range, inference and training
     ("lengths 0", lambda: core_fwd(lengths=np.array([T, 0, 1], np.int64)), ValueError,
      r"lengths\[1\]: expected 1\.\.4, got 0"),
@@ -755,13 +766,13 @@ CORE_CASES = [
     ("dy list", lambda: core_bwd(dy=np.zeros((T, B, H)).tolist()), TypeError,
      r"dy: expected a numpy\.ndarray, got list"),
     ("dy strided units", lambda: core_bwd(dy=np.zeros((T, B, 2 * H), F32)[..., ::2]),
-     ValueError, r"dy: expected an aligned array whose \(t, b\) rows are contiguous and evenly "
+     ValueError, r"dy: expected an array whose \(t, b\) rows are contiguous and evenly "
                  r"spaced .*, got strides \(144, 48, 8\) with itemsize 4"),
     ("dy batch-first view", lambda: core_bwd(dy=np.zeros((B, T, H), F32).transpose(1, 0, 2)),
-     ValueError, r"dy: expected an aligned array whose \(t, b\) rows .*, got strides "
+     ValueError, r"dy: expected an array whose \(t, b\) rows .*, got strides "
                  r"\(24, 96, 4\)"),
     ("dy misaligned", lambda: core_bwd(dy=unaligned(np.zeros((T, B, H), F32))), ValueError,
-     r"dy: expected an aligned array whose \(t, b\) rows"),
+     r"dy: expected an aligned array, got an unaligned one"),
     ("dh_n misshapen", lambda: core_bwd(dh_n=np.zeros((B, H - 1), F32)), ValueError,
      r"dh_n: expected shape \(3, 6\), got \(3, 5\)"),
     ("dc_n float64", lambda: core_bwd(dc_n=np.zeros((B, H))), TypeError,
@@ -777,6 +788,14 @@ CORE_CASES = [
 def test_core_rejects(bad, exc, match):
     with pytest.raises(exc, match=match):
         bad()
+
+
+@needs_core
+def test_core_takes_a_y_right_after_x():
+    """y may start where x's memory ends, and the forward leaves x as it was."""
+    y, x = overlapping("x", offset=T * B * I)[0], A["x"]
+    assert np.shares_memory(y, y.base) and not np.shares_memory(y, x)
+    np.testing.assert_array_equal(y, core_fwd()[0])
 
 
 @needs_core

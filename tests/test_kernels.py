@@ -169,9 +169,10 @@ def test_op_accepts_non_contiguous_arrays(kcell):
         np.testing.assert_array_equal(got[name], value, err_msg=name)
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kcell", KERNEL_CELLS)
-def test_one_direction_of_a_shared_output(kcell, dtype):
+def test_one_direction_of_a_shared_output(kcell, dtype, training):
     """What a bidirectional layer does with each direction: forward writes y into its columns
     of a (T, B, 2H) array (the other columns untouched), backward reads dy from them; bitwise
     what a forward's own y and a contiguous dy give."""
@@ -182,14 +183,50 @@ def test_one_direction_of_a_shared_output(kcell, dtype):
     both = np.full((T, B, 2 * H), 7.0, dtype)
     dy_both = np.zeros((T, B, 2 * H), dtype)
     dy_both[..., H:] = grads["dy"]
+    half = both[..., H:]
     got = _core.forward(list(_core.CELLS).index(kcell), arrays["x"], arrays["h0"], arrays["c0"],
                         arrays["w_ih"], arrays["w_hh"], arrays["b_ih"], arrays["b_hh"],
-                        LENGTHS["mixed"], True, True, both[..., H:])
+                        LENGTHS["mixed"], True, training, half)
     want = forward_backward("cpu", kcell, arrays, grads, LENGTHS["mixed"], reverse=True)
-    np.testing.assert_array_equal(both[..., H:], want["y"])
+    assert got[0] is half
+    np.testing.assert_array_equal(half, want["y"])
     np.testing.assert_array_equal(both[..., :H], 7.0)
-    dx = _core.backward(got[3], dy_both[..., H:], grads["dh_n"], grads["dc_n"])[0]
-    np.testing.assert_array_equal(dx, want["dx"])
+    if training:
+        dx = _core.backward(got[3], dy_both[..., H:], grads["dh_n"], grads["dc_n"])[0]
+        np.testing.assert_array_equal(dx, want["dx"])
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 4), (4, 1, 4), (4, 3, 1), (1, 1, 1)],
+                         ids=lambda s: "T=%d B=%d H=%d" % s)
+def test_shared_output_where_an_axis_has_length_one(shape):
+    """Axes of length 1 carry strides the kernels never use: y and dy as the columns of a
+    wider array still give the plain call's bits."""
+    T_, B_, H_ = shape
+    rng = np.random.default_rng(8)
+    arrays = layer_arrays(rng, "lstm", np.float32, T_, B_, 3, H_)
+    args = [arrays[k] for k in ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh")]
+    wide = np.zeros((T_, B_, 3 * H_), np.float32)
+    y, _, _, tape = _core.forward(0, *args, None, False, True, wide[..., H_:2 * H_])
+    plain, _, _, plain_tape = _core.forward(0, *args, None, False, True)
+    np.testing.assert_array_equal(y, plain)
+    dy = rng.uniform(-1, 1, (T_, B_, H_)).astype(np.float32)
+    wide[..., H_:2 * H_] = dy
+    np.testing.assert_array_equal(_core.backward(tape, wide[..., H_:2 * H_], None, None)[0],
+                                  _core.backward(plain_tape, dy, None, None)[0])
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_layer_backward_takes_an_unaligned_dy(bidirectional):
+    """An unaligned dy is copied aligned once, as x is in forward."""
+    layer = fr.LSTM(input_size=3, hidden_size=4, bidirectional=bidirectional, seed=0)
+    x = np.random.default_rng(9).uniform(-1, 1, (5, 2, 3)).astype(np.float32)
+    y, _, tape = layer.forward(x, training=True)
+    buf = np.zeros(y.nbytes + 1, np.uint8)
+    dy = np.frombuffer(buf.data, np.float32, y.size, offset=1).reshape(y.shape)
+    dy[...] = 1.0
+    dx = layer.backward(tape, dy)[0]
+    y, _, tape = layer.forward(x, training=True)
+    np.testing.assert_array_equal(dx, layer.backward(tape, np.ones_like(y))[0])
 
 
 @pytest.mark.parametrize("backend", ["cpu", "numpy"])

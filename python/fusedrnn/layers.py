@@ -234,15 +234,16 @@ class RNNBase:
                                           *self._layer_weights(layer, d), h0[k],
                                           None if c0 is None else c0[k], lengths, bool(d),
                                           training, y_d)
-                outs.append(res.y)
+                if y_both is None:
+                    outs.append(res.y)
                 tapes.append(res.tape)
                 h_n[k] = res.h_n
                 if c_n is not None:
                     c_n[k] = res.c_n
-            if y_both is not None:
-                inp = y_both
-            else:
+            if y_both is None:  # one direction, or on the GPU
                 inp = outs[0] if D == 1 else xp.concatenate(outs, axis=2)
+            else:
+                inp = y_both
             mask = None
             if training and self.dropout > 0 and layer < self.num_layers - 1:
                 keep = self._rng.random(inp.shape) >= self.dropout
@@ -295,11 +296,12 @@ class RNNBase:
             raise ValueError(f"dy: expected shape {expect} (as y), got {dy.shape}")
         dh_n, dc_n = (None, None) if dstate is None else self._initial_state(
             dstate, B, unbatched, name="dstate")
-        # Contiguous once here: a batch_first dy is a transposed view, and the GPU ops take
-        # C-contiguous arrays only.
-        dy = self._xp.ascontiguousarray(self._time_major(dy, layout=tape.layout)[0])
-        dparams = {}
+        # Contiguous (and on the CPU aligned) once here: a batch_first dy is a transposed view,
+        # and the GPU ops take C-contiguous arrays only.
+        dy = self._time_major(dy, layout=tape.layout)[0]
         xp = self._xp
+        dy = np.require(dy, requirements=("C", "A")) if xp is np else xp.ascontiguousarray(dy)
+        dparams = {}
         dh0 = xp.empty((L * D, B, H), self.dtype)
         dc0 = xp.empty_like(dh0) if self._cell == "lstm" else None
         for layer in reversed(range(L)):

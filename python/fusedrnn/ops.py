@@ -142,6 +142,9 @@ def run_forward(kcell, backend, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reve
                                                       lengths, reverse)
         if y is None:
             y = y_new
+        elif y.shape != y_new.shape or y.dtype != y_new.dtype:
+            raise ValueError(f"y: expected a {y_new.dtype} array of shape {y_new.shape}, got a "
+                             f"{y.dtype} one of shape {y.shape}")
         else:
             y[...] = y_new
     else:
