@@ -31,12 +31,16 @@ std::string shape_str(const std::vector<int64_t>& shape) {
   return s + (shape.size() == 1 ? ",)" : ")");
 }
 
+std::string type_name(const py::handle& obj) {
+  return std::string(py::str(py::type::of(obj).attr("__name__")));
+}
+
 // An array of the given dtype and shape, or a TypeError/ValueError naming it.
 py::array typed(const py::handle& obj, const char* name, const py::dtype& dtype,
                 const std::vector<int64_t>& shape) {
   if (!py::isinstance<py::array>(obj))
     throw py::type_error(std::string(name) + ": expected a numpy.ndarray, got " +
-                         std::string(py::str(py::type::of(obj).attr("__name__"))));
+                         type_name(obj));
   auto a = py::reinterpret_borrow<py::array>(obj);
   if (!a.dtype().is(dtype) && !a.dtype().equal(dtype))
     throw py::type_error(std::string(name) + ": expected dtype " +
@@ -102,10 +106,6 @@ struct Inputs {
   py::array x, w_ih, w_hh;
   std::optional<py::array> h0, c0, b_ih, b_hh, lengths;
 };
-
-std::string type_name(const py::handle& obj) {
-  return std::string(py::str(py::type::of(obj).attr("__name__")));
-}
 
 // Taken as objects rather than int/bool parameters: pybind11's own conversion failure lists the
 // whole signature without saying which argument was wrong.
@@ -194,7 +194,7 @@ Inputs check_inputs(const py::object& cell_id, const py::object& x_obj, const py
   in.cell = to_cell(cell_id);
   if (!py::isinstance<py::array>(x_obj))
     throw py::type_error("x: expected a numpy.ndarray, got " +
-                         std::string(py::str(py::type::of(x_obj).attr("__name__"))));
+                         type_name(x_obj));
   auto x = py::reinterpret_borrow<py::array>(x_obj);
   if (x.ndim() != 3)
     throw py::value_error("x: expected a 3-d array (T, B, I), got shape " + shape_str(x));
@@ -205,7 +205,7 @@ Inputs check_inputs(const py::object& cell_id, const py::object& x_obj, const py
   const int64_t T = x.shape(0), B = x.shape(1), I = x.shape(2);
   if (!py::isinstance<py::array>(w_hh_obj))
     throw py::type_error("w_hh: expected a numpy.ndarray, got " +
-                         std::string(py::str(py::type::of(w_hh_obj).attr("__name__"))));
+                         type_name(w_hh_obj));
   if (py::reinterpret_borrow<py::array>(w_hh_obj).ndim() != 2)
     throw py::value_error("w_hh: expected a 2-d array (G*H, H), got shape " +
                           shape_str(py::reinterpret_borrow<py::array>(w_hh_obj)));
@@ -221,7 +221,7 @@ Inputs check_inputs(const py::object& cell_id, const py::object& x_obj, const py
   if (fusedrnn::has_cell_state(in.cell)) in.c0 = optional_array(c0, "c0", in.dtype, {B, H});
   else if (!c0.is_none())
     throw py::value_error("c0: expected None for a cell without c state, got " +
-                          std::string(py::str(py::type::of(c0).attr("__name__"))));
+                          type_name(c0));
   in.lengths = optional_array(lengths, "lengths", py::dtype::of<int64_t>(), {B});
   return in;
 }
@@ -286,15 +286,13 @@ py::tuple forward(const py::object& cell, const py::object& x, const py::object&
   const auto y_out = optional_rows(y, "y", in.dtype, d.T, d.B, d.H, true);
   if (y_out) {
     // The kernels read the inputs while they write y: they must not share memory.
-    const std::pair<const char*, const std::optional<py::array>*> optional[] = {
-        {"b_ih", &in.b_ih}, {"b_hh", &in.b_hh}, {"h0", &in.h0}, {"c0", &in.c0},
-        {"lengths", &in.lengths}};
-    std::vector<std::pair<const char*, const py::array*>> inputs = {
-        {"x", &in.x}, {"w_ih", &in.w_ih}, {"w_hh", &in.w_hh}};
-    for (const auto& [name, arr] : optional)
-      if (*arr) inputs.emplace_back(name, &**arr);
+    const auto present = [](const std::optional<py::array>& a) { return a ? &*a : nullptr; };
+    const std::pair<const char*, const py::array*> inputs[] = {
+        {"x", &in.x}, {"w_ih", &in.w_ih}, {"w_hh", &in.w_hh}, {"b_ih", present(in.b_ih)},
+        {"b_hh", present(in.b_hh)}, {"h0", present(in.h0)}, {"c0", present(in.c0)},
+        {"lengths", present(in.lengths)}};
     for (const auto& [name, arr] : inputs)
-      if (may_share_memory(y_out->a, *arr))
+      if (arr && may_share_memory(y_out->a, *arr))
         throw py::value_error(std::string("y: expected an array apart from the inputs' memory, "
                                           "got one that may share memory with ") + name);
   }
@@ -353,7 +351,7 @@ py::tuple backward(const py::object& tape_obj, const py::object& dy, const py::o
                    const py::object& dc_n) {
   if (!py::isinstance<PyTape>(tape_obj))
     throw py::type_error("tape: expected a fusedrnn._core.Tape from a training forward, got " +
-                         std::string(py::str(py::type::of(tape_obj).attr("__name__"))));
+                         type_name(tape_obj));
   const PyTape& pt = tape_obj.cast<const PyTape&>();
   const auto& d = pt.dims();
   auto dy_a = optional_rows(dy, "dy", pt.dtype, d.T, d.B, d.H, false);
@@ -362,7 +360,7 @@ py::tuple backward(const py::object& tape_obj, const py::object& dy, const py::o
   if (fusedrnn::has_cell_state(pt.cell())) dc_a = optional_array(dc_n, "dc_n", pt.dtype, {d.B, d.H});
   else if (!dc_n.is_none())
     throw py::value_error("dc_n: expected None for a cell without c state, got " +
-                          std::string(py::str(py::type::of(dc_n).attr("__name__"))));
+                          type_name(dc_n));
   return std::visit(
       [&](const auto& t) { return backward_typed(pt, *t, dy_a, dh_a, dc_a); }, pt.tape);
 }
@@ -413,11 +411,11 @@ py::object tape_from_arrays(const py::object& cell, const py::object& x, const p
   if (fusedrnn::has_cell_state(in.cell)) c = checked(c_states, "c_states", in.dtype, {d.T + 1, d.B, d.H});
   else if (!c_states.is_none())
     throw py::value_error("c_states: expected None for a cell without c state, got " +
-                          std::string(py::str(py::type::of(c_states).attr("__name__"))));
+                          type_name(c_states));
   if (width) g = checked(gates, "gates", in.dtype, {d.T, d.B, width * d.H});
   else if (!gates.is_none())
     throw py::value_error("gates: expected None for an RNN cell, got " +
-                          std::string(py::str(py::type::of(gates).attr("__name__"))));
+                          type_name(gates));
   auto t = std::make_unique<PyTape>();
   if (in.dtype.equal(py::dtype::of<float>())) t->tape = tape_view<float>(in, reverse, h, c, g);
   else t->tape = tape_view<double>(in, reverse, h, c, g);

@@ -204,8 +204,7 @@ class RNNBase:
                                  f"{type_name(lengths)}")
             lengths = lengths_array(lengths, B, T)
         xp = self._xp
-        # Once, rather than in each direction's op; aligned too on the CPU (the kernels need it).
-        x = np.require(x, requirements=("C", "A")) if xp is np else xp.ascontiguousarray(x)
+        x = self._kernel_array(x)  # once, rather than in each direction's op
         backend = None if self.device == "cuda" else _backend.resolve(self.backend)
         D, H = self.num_directions, self.hidden_size
         h_n = xp.empty((self.num_layers * D, B, H), self.dtype)
@@ -296,11 +295,9 @@ class RNNBase:
             raise ValueError(f"dy: expected shape {expect} (as y), got {dy.shape}")
         dh_n, dc_n = (None, None) if dstate is None else self._initial_state(
             dstate, B, unbatched, name="dstate")
-        # Contiguous (and on the CPU aligned) once here: a batch_first dy is a transposed view,
-        # and the GPU ops take C-contiguous arrays only.
-        dy = self._time_major(dy, layout=tape.layout)[0]
+        # Once here: a batch_first dy is a transposed view.
+        dy = self._kernel_array(self._time_major(dy, layout=tape.layout)[0])
         xp = self._xp
-        dy = np.require(dy, requirements=("C", "A")) if xp is np else xp.ascontiguousarray(dy)
         dparams = {}
         dh0 = xp.empty((L * D, B, H), self.dtype)
         dc0 = xp.empty_like(dh0) if self._cell == "lstm" else None
@@ -337,6 +334,12 @@ class RNNBase:
         return (wrap(self._from_time_major(dy, tape.layout)),
                 self._final_state(wrap(dh0), None if dc0 is None else wrap(dc0), unbatched),
                 dparams)
+
+    def _kernel_array(self, a):
+        """a as the kernels take it: C-contiguous, and on the CPU aligned too."""
+        if self._xp is np:
+            return np.require(a, requirements=("C", "A"))
+        return self._xp.ascontiguousarray(a)
 
     # -- devices ----------------------------------------------------------------------------
     def _on_device(self, value, name):
@@ -414,8 +417,7 @@ class RNNBase:
             if arr.shape != want:
                 raise ValueError(f"{label}: expected shape {want}, got {arr.shape}")
             arr = arr.reshape(shape)
-            out.append(np.require(arr, requirements=("C", "A")) if self._xp is np
-                       else self._xp.ascontiguousarray(arr))
+            out.append(self._kernel_array(arr))
         return out[0], (out[1] if is_lstm else None)
 
     @staticmethod
