@@ -37,17 +37,17 @@ void copy_or_zero(T* dst, const T* src, int64_t n) {
   else std::memset(dst, 0, sizeof(T) * n);
 }
 
-// db[k] = beta·db[k] + Σ_rows dg[row, k] (beta 0 or 1), in blocks of columns (each summed in
-// row order, whatever the threads).
+// db[k] = beta·db[k] + Σ_rows dg[row, k] (rows ld apart; beta 0 or 1), in blocks of columns
+// (each summed in row order, whatever the threads).
 template <typename T>
-void column_sums(const T* dg, int64_t rows, int64_t cols, T beta, T* db) {
+void column_sums(const T* dg, int64_t rows, int64_t cols, int64_t ld, T beta, T* db) {
   const cpu::Split blocks(cols, std::max<int64_t>(1, cols / 256));
   cpu::parallel_for(blocks.count, [&](int64_t i) {
     T* FR_R out = db + blocks.begin(i);
     const int64_t width = blocks.size(i);
     if (beta == T(0)) std::fill(out, out + width, T(0));
     for (int64_t r = 0; r < rows; ++r) {
-      const T* FR_R in = dg + r * cols + blocks.begin(i);
+      const T* FR_R in = dg + r * ld + blocks.begin(i);
       for (int64_t k = 0; k < width; ++k) out[k] += in[k];
     }
   });
@@ -194,12 +194,13 @@ void forward(const ForwardArgs<Real>& a) {
   const cpu::ProductShape projection_shape{true, d.I, G, H};  // x·W_ihᵀ
   const int64_t projection_packing = cpu::ChunkProduct<Real>::packing_size(projection_shape);
   const Chunks chunks(T, B, a.reverse);
-  const int64_t xproj_size = chunks.steps() * B * GH;
-  cpu::Workspace ws(cpu::Workspace::bytes_for<Real>({xproj_size, B * GH, a.weights.b_ih ? 0 : GH,
+  const int64_t ldg = cpu::pre_activation_stride<Real>(GH);
+  const int64_t xproj_size = chunks.steps() * B * ldg;
+  cpu::Workspace ws(cpu::Workspace::bytes_for<Real>({xproj_size, B * ldg, a.weights.b_ih ? 0 : GH,
                                                      gates_scratch, states_scratch, main_packing,
                                                      n_gate_packing, projection_packing}));
   Real* xproj = ws.take<Real>(xproj_size);
-  Real* rec = ws.take<Real>(B * GH);
+  Real* rec = ws.take<Real>(B * ldg);
   Real* no_bias = a.weights.b_ih ? nullptr : ws.take<Real>(GH);
   if (no_bias) std::fill(no_bias, no_bias + GH, Real(0));
   Real* scratch_gates = ws.take<Real>(gates_scratch);
@@ -223,18 +224,18 @@ void forward(const ForwardArgs<Real>& a) {
 
   const auto step_io = [&](int64_t s, const Chunk& k) {
     const StepPlan p = slots(s);
-    return cpu::StepIO<Real>{B, H, p.t, a.lengths, xproj + (p.t - k.t0) * B * GH, &products,
+    return cpu::StepIO<Real>{B, H, p.t, a.lengths, xproj + (p.t - k.t0) * B * ldg, &products,
                              b_ih, b_hh, hs + p.read * BH, has_c ? cs + p.read * BH : nullptr,
                              hs + p.write * BH, has_c ? cs + p.write * BH : nullptr,
                              training ? a.tape->gates() + p.t * B * width : scratch_gates,
-                             a.y + p.t * B * a.ldy, a.ldy, rec};
+                             a.y + p.t * B * a.ldy, a.ldy, rec, ldg};
   };
   for (int64_t c = 0; c < chunks.count(); ++c) {
     const Chunk k = chunks[c];
-    project(a.x + k.t0 * B * d.I, d.I, false, k.steps * B, xproj, GH, false);
+    project(a.x + k.t0 * B * d.I, d.I, false, k.steps * B, xproj, ldg, false);
     products.for_walk_rows(B, k.steps * recurrent_flops, [&](int64_t r0, int64_t r1) {
       for (int64_t s = k.s0; s < k.s1; ++s)
-        step_forward(a.cell, cpu::rows_of(step_io(s, k), r0, r1, GH, width), training);
+        step_forward(a.cell, cpu::rows_of(step_io(s, k), r0, r1, width), training);
     });
   }
 
@@ -258,7 +259,8 @@ void backward(const BackwardArgs<Real>& a) {
   // get them from the input side's afterwards. The other cells' are the input side's.
   const bool own_dgh = cell == Cell::GRU;
   const Chunks chunks(T, B, tape.reverse());
-  const int64_t chunk_size = chunks.steps() * B * GH;
+  const int64_t ldg = cpu::pre_activation_stride<Real>(GH);
+  const int64_t chunk_size = chunks.steps() * B * ldg;
   using Products = cpu::StepProducts<Real>;
   const int64_t main_packing = Products::main_packing(cell, H, B, T, false);
   const int64_t n_gate_packing = Products::n_gate_packing(cell, H, B, T, false);
@@ -269,13 +271,13 @@ void backward(const BackwardArgs<Real>& a) {
       std::max(cpu::ChunkProduct<Real>::packing_size({false, chunks.steps() * B, 1, I}),
                cpu::ChunkProduct<Real>::packing_size({false, chunks.steps() * B, 1, H}));
   cpu::Workspace ws(cpu::Workspace::bytes_for<Real>(
-      {chunk_size, own_dgh ? 2 * B * GH : 0, B * GH, BH, a.dy ? 0 : BH, main_packing,
+      {chunk_size, own_dgh ? 2 * B * ldg : 0, B * ldg, BH, a.dy ? 0 : BH, main_packing,
        n_gate_packing, dx_packing, m_packing}));
   Real* dgx = ws.take<Real>(chunk_size);
-  Real* dgh_steps = own_dgh ? ws.take<Real>(2 * B * GH) : nullptr;
+  Real* dgh_steps = own_dgh ? ws.take<Real>(2 * B * ldg) : nullptr;
   // The recurrent gate gradients of the last step walked in a chunk, which the first step of the
   // next chunk multiplies by W_hh after the chunk's buffers are reused.
-  Real* dg_carry = ws.take<Real>(B * GH);
+  Real* dg_carry = ws.take<Real>(B * ldg);
   Real* scratch = ws.take<Real>(BH);
   // No dy means zeros: one zero row block read at every step keeps the row loops branch-free.
   Real* no_dy = a.dy ? nullptr : ws.take<Real>(BH);
@@ -302,22 +304,22 @@ void backward(const BackwardArgs<Real>& a) {
                                  hs + p.write * BH, has_c ? cs + p.write * BH : nullptr,
                                  width ? tape.gates() + p.t * B * width : nullptr,
                                  a.dy ? a.dy + p.t * B * a.lddy : no_dy, a.dy ? a.lddy : H, a.dh0,
-                                 has_c ? a.dc0 : nullptr, dgx_t, dgh_t, scratch};
+                                 has_c ? a.dc0 : nullptr, dgx_t, dgh_t, scratch, ldg};
   };
   // The gate gradients step s writes: the input side's among the chunk's rows, the recurrent
   // side's in GRU's two step buffers (the other cells', the same).
   const auto dgx_of = [&](int64_t s, const Chunk& k) {
-    return dgx + (StepPlan(s, T, tape.reverse()).t - k.t0) * B * GH;
+    return dgx + (StepPlan(s, T, tape.reverse()).t - k.t0) * B * ldg;
   };
   const auto dgh_of = [&](int64_t s, const Chunk& k) {
-    return own_dgh ? dgh_steps + (s % 2) * B * GH : dgx_of(s, k);
+    return own_dgh ? dgh_steps + (s % 2) * B * ldg : dgx_of(s, k);
   };
   // Chunk k's steps walked backwards over batch rows [r0, r1), the first from dg_next.
   const auto walk_rows = [&](const Chunk& k, int64_t r0, int64_t r1) {
     const Real* dg_prior = dg_next;
     for (int64_t s = k.s1 - 1; s >= k.s0; --s) {
-      step_backward(cell, cpu::rows_of(step_io(s, dg_prior, dgx_of(s, k), dgh_of(s, k)), r0, r1,
-                                       GH, width));
+      step_backward(cell,
+                    cpu::rows_of(step_io(s, dg_prior, dgx_of(s, k), dgh_of(s, k)), r0, r1, width));
       dg_prior = dgh_of(s, k);
     }
   };
@@ -327,7 +329,7 @@ void backward(const BackwardArgs<Real>& a) {
     products.for_walk_rows(B, k.steps * recurrent_flops,
                            [&](int64_t r0, int64_t r1) { walk_rows(k, r0, r1); });
     dg_next = dgh_of(k.s0, k);
-    std::memcpy(dg_carry, dg_next, sizeof(Real) * B * GH);
+    std::memcpy(dg_carry, dg_next, sizeof(Real) * B * ldg);
     dg_next = dg_carry;
 
     // The chunk's weight gradients, added to the later chunks' (taken first), and its dx.
@@ -340,14 +342,14 @@ void backward(const BackwardArgs<Real>& a) {
     const auto weight_grads = [&](const Real* m, int64_t ldm, int64_t gate_rows, int64_t first,
                                   Real* dw, int64_t columns) {
       const cpu::ChunkProduct<Real> product({false, rows, 1, columns}, m, ldm, m_packed);
-      product(dgx + first, GH, true, gate_rows, dw, columns, beta != Real(0));
+      product(dgx + first, ldg, true, gate_rows, dw, columns, beta != Real(0));
     };
     weight_grads(x, I, GH, 0, a.dw_ih, I);
-    if (has_bias) column_sums(dgx, rows, GH, beta, a.db_ih);
-    input_grads(dgx, GH, false, rows, a.dx + k.t0 * B * I, I, false);
+    if (has_bias) column_sums(dgx, rows, GH, ldg, beta, a.db_ih);
+    input_grads(dgx, ldg, false, rows, a.dx + k.t0 * B * I, I, false);
     // From here dgx holds the recurrent side's gradients.
     if (own_dgh)
-      cpu::GruStep<Real, true>::input_to_recurrent_grads(dgx, gates, k.t0, k.steps, B, H,
+      cpu::GruStep<Real, true>::input_to_recurrent_grads(dgx, ldg, gates, k.t0, k.steps, B, H,
                                                          tape.lengths());
     if (cell == Cell::GRU_RESET_BEFORE) {
       // n's recurrent product reads r⊙h (the tape's fourth block), not h.
@@ -357,7 +359,7 @@ void backward(const BackwardArgs<Real>& a) {
       weight_grads(h, H, GH, 0, a.dw_hh, H);
     }
     // Both biases enter the same pre-activation except in GRU's n gate.
-    if (has_bias && own_dgh) column_sums(dgx, rows, GH, beta, a.db_hh);
+    if (has_bias && own_dgh) column_sums(dgx, rows, GH, ldg, beta, a.db_hh);
   }
   // Step 0's recurrent gradient, with no pointwise pass.
   step_backward(cell, step_io(-1, dg_next, nullptr, nullptr));
