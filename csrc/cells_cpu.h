@@ -269,88 +269,119 @@ void zero_gate_row(T* dg, int64_t H, int G, int64_t u0, int64_t u1) {
 template <typename IO>
 double step_flops(const IO& s, int G) { return 2.0 * s.B * s.H * G * s.H; }
 
+// run(b0, b1) for each run [b0, b1) of consecutive rows of [r0, r1) still running at step t,
+// inactive(b) for the others. The pointwise functions take whole runs: one call a row spent a
+// tenth of a 16-unit row in the call, and kept rows from overlapping one another's latency.
+template <typename Run, typename Inactive>
+void for_row_runs(const int64_t* lengths, int64_t t, int64_t r0, int64_t r1, const Run& run,
+                  const Inactive& inactive) {
+  for (int64_t b = r0; b < r1;) {
+    if (!row_active(lengths, b, t)) {
+      inactive(b++);
+      continue;
+    }
+    int64_t end = b + 1;
+    while (end < r1 && row_active(lengths, end, t)) ++end;
+    run(b, end);
+    b = end;
+  }
+}
+
 // A forward pass over step blocks with one product: the block's share of `a`·W (into rec at
-// column `c_offset`), then row(b, u0, u1) for the rows still running and carry for the others.
-template <typename T, typename Row>
+// column `c_offset`), then rows(b0, b1, u0, u1) for each run [b0, b1) of rows still running and
+// carry for the others.
+template <typename T, typename Rows>
 void forward_pass(const StepIO<T>& s, const RecurrentProduct<T>& product, int G, const T* a,
-                  int64_t lda, int64_t c_offset, bool has_c, const Row& row) {
+                  int64_t lda, int64_t c_offset, bool has_c, const Rows& rows) {
   for_step_blocks(product, s.B, s.H, step_flops(s, G), [&](const StepBlock& k) {
     product.multiply(a + k.r0 * lda, lda, k.r1 - k.r0, k.u0, k.u1,
                      s.rec + k.r0 * s.ldg + c_offset, s.ldg, false);
-    for (int64_t b = k.r0; b < k.r1; ++b) {
-      if (row_active(s.lengths, b, s.t)) row(b, k.u0, k.u1);
-      else carry_row(s, b, has_c, k.u0, k.u1);
-    }
+    for_row_runs(
+        s.lengths, s.t, k.r0, k.r1, [&](int64_t b0, int64_t b1) { rows(b0, b1, k.u0, k.u1); },
+        [&](int64_t b) { carry_row(s, b, has_c, k.u0, k.u1); });
   });
 }
 
 // A backward pass over step blocks: dh += dg_next·W for the block (when a step was walked
-// before), then row(b, u0, u1) for the rows still running; the others get zero gate gradients
-// in dgx and dgh.
-template <typename T, typename Row>
+// before), then rows(b0, b1, u0, u1) for each run of rows still running; the others get zero
+// gate gradients in dgx and dgh.
+template <typename T, typename Rows>
 void backward_pass(const BackStepIO<T>& s, const RecurrentProduct<T>& product, int G,
-                   const Row& row) {
+                   const Rows& rows) {
   const int64_t H = s.H, ldg = s.ldg;
   for_step_blocks(product, s.B, H, step_flops(s, G), [&](const StepBlock& k) {
     if (s.dg_next)
       product.multiply(s.dg_next + k.r0 * ldg, ldg, k.r1 - k.r0, k.u0, k.u1, s.dh + k.r0 * H, H,
                        true);
     if (!s.pointwise) return;
-    for (int64_t b = k.r0; b < k.r1; ++b) {
-      if (row_active(s.lengths, b, s.t)) {
-        row(b, k.u0, k.u1);
-      } else {
-        zero_gate_row(s.dgx + b * ldg, H, G, k.u0, k.u1);
-        if (s.dgh != s.dgx) zero_gate_row(s.dgh + b * ldg, H, G, k.u0, k.u1);
-      }
-    }
+    for_row_runs(
+        s.lengths, s.t, k.r0, k.r1, [&](int64_t b0, int64_t b1) { rows(b0, b1, k.u0, k.u1); },
+        [&](int64_t b) {
+          zero_gate_row(s.dgx + b * ldg, H, G, k.u0, k.u1);
+          if (s.dgh != s.dgx) zero_gate_row(s.dgh + b * ldg, H, G, k.u0, k.u1);
+        });
   });
 }
 
-// The row functions below take the gate stride H and the count n of units to run from the
-// (already offset) first unit of the block.
+// The row functions below take `rows` consecutive batch rows (the arrays offset to the first
+// row and to the block's first unit; rows of the states H apart, of y and dy ldy and lddy, of
+// the pre-activations and their gradients ldg, of the tape's gates the tape's width), the gate
+// stride H, and the count n of units to run. GRU reset-before's functions take one row.
 // ---------------------------------------------------------------------------------------------
 template <typename T, bool Training>
 struct LstmStep {
   static constexpr int G = 4;
-  FR_ROW static void forward_row(int64_t H, int64_t n, const T* FR_R xp, const T* FR_R rp,
-                                 const T* FR_R b_ih, const T* FR_R b_hh, const T* FR_R c_prev,
-                                 T* FR_R c_new, T* FR_R h_new, T* FR_R y, T* FR_R gates) {
-    for (int64_t j = 0; j < n; ++j) {
-      T pre[4], act[4];
-      FR_UNROLL for (int k = 0; k < 4; ++k)
-        pre[k] = xp[k * H + j] + b_ih[k * H + j] + rp[k * H + j] + b_hh[k * H + j];
-      cell::lstm_forward(pre, c_prev[j], act, c_new[j], h_new[j]);
-      y[j] = h_new[j];
-      if (Training) FR_UNROLL for (int k = 0; k < 4; ++k) gates[k * H + j] = act[k];
+  FR_ROW static void forward_rows(int64_t rows, int64_t H, int64_t n, int64_t ldg,
+                                  const T* FR_R xp, const T* FR_R rp, const T* FR_R b_ih,
+                                  const T* FR_R b_hh, const T* FR_R c_prev, T* FR_R c_new,
+                                  T* FR_R h_new, int64_t ldy, T* FR_R y, T* FR_R gates) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* FR_R x_r = xp + r * ldg;
+      const T* FR_R h_r = rp + r * ldg;
+      for (int64_t j = 0; j < n; ++j) {
+        T pre[4], act[4];
+        FR_UNROLL for (int k = 0; k < 4; ++k)
+          pre[k] = x_r[k * H + j] + b_ih[k * H + j] + h_r[k * H + j] + b_hh[k * H + j];
+        cell::lstm_forward(pre, c_prev[r * H + j], act, c_new[r * H + j], h_new[r * H + j]);
+        y[r * ldy + j] = h_new[r * H + j];
+        if (Training) FR_UNROLL for (int k = 0; k < 4; ++k) gates[r * 4 * H + k * H + j] = act[k];
+      }
     }
   }
   static void forward(const StepIO<T>& s) {
     const int64_t H = s.H, GH = G * H;
     forward_pass(s, s.products->main, G, s.h_prev, H, 0, true,
-                 [&](int64_t b, int64_t u0, int64_t u1) {
-      forward_row(H, u1 - u0, s.xproj + b * s.ldg + u0, s.rec + b * s.ldg + u0, s.b_ih + u0,
-                  s.b_hh + u0, s.c_prev + b * H + u0, s.c_new + b * H + u0, s.h_new + b * H + u0,
-                  s.y + b * s.ldy + u0, Training ? s.gates + b * GH + u0 : nullptr);
+                 [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
+      forward_rows(b1 - b0, H, u1 - u0, s.ldg, s.xproj + b0 * s.ldg + u0,
+                   s.rec + b0 * s.ldg + u0, s.b_ih + u0, s.b_hh + u0, s.c_prev + b0 * H + u0,
+                   s.c_new + b0 * H + u0, s.h_new + b0 * H + u0, s.ldy, s.y + b0 * s.ldy + u0,
+                   Training ? s.gates + b0 * GH + u0 : nullptr);
     });
   }
-  FR_ROW static void backward_row(int64_t H, int64_t n, const T* FR_R gates, const T* FR_R c_prev,
-                                  const T* FR_R c_new, const T* FR_R dy, T* FR_R dh, T* FR_R dc,
-                                  T* FR_R dg) {
-    for (int64_t j = 0; j < n; ++j) {
-      T act[4], dpre[4];
-      FR_UNROLL for (int k = 0; k < 4; ++k) act[k] = gates[k * H + j];
-      cell::lstm_backward(act, c_prev[j], c_new[j], dh[j] + dy[j], dc[j], dpre, dc[j]);
-      FR_UNROLL for (int k = 0; k < 4; ++k) dg[k * H + j] = dpre[k];
-      dh[j] = T(0);  // h_prev reaches h only through the recurrent product
+  FR_ROW static void backward_rows(int64_t rows, int64_t H, int64_t n, const T* FR_R gates,
+                                   const T* FR_R c_prev, const T* FR_R c_new, int64_t lddy,
+                                   const T* FR_R dy, T* FR_R dh, T* FR_R dc, int64_t ldg,
+                                   T* FR_R dg) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* FR_R act_r = gates + r * 4 * H;
+      T* FR_R dg_r = dg + r * ldg;
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t i = r * H + j;
+        T act[4], dpre[4];
+        FR_UNROLL for (int k = 0; k < 4; ++k) act[k] = act_r[k * H + j];
+        cell::lstm_backward(act, c_prev[i], c_new[i], dh[i] + dy[r * lddy + j], dc[i], dpre,
+                            dc[i]);
+        FR_UNROLL for (int k = 0; k < 4; ++k) dg_r[k * H + j] = dpre[k];
+        dh[i] = T(0);  // h_prev reaches h only through the recurrent product
+      }
     }
   }
   static void backward(const BackStepIO<T>& s) {
     const int64_t H = s.H, GH = G * H;
-    backward_pass(s, s.products->main, G, [&](int64_t b, int64_t u0, int64_t u1) {
-      backward_row(H, u1 - u0, s.gates + b * GH + u0, s.c_prev + b * H + u0, s.c_new + b * H + u0,
-                   s.dy + b * s.lddy + u0, s.dh + b * H + u0, s.dc + b * H + u0,
-                   s.dgx + b * s.ldg + u0);
+    backward_pass(s, s.products->main, G, [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
+      backward_rows(b1 - b0, H, u1 - u0, s.gates + b0 * GH + u0, s.c_prev + b0 * H + u0,
+                    s.c_new + b0 * H + u0, s.lddy, s.dy + b0 * s.lddy + u0, s.dh + b0 * H + u0,
+                    s.dc + b0 * H + u0, s.ldg, s.dgx + b0 * s.ldg + u0);
     });
   }
 };
@@ -359,50 +390,66 @@ struct LstmStep {
 template <typename T, bool Training>
 struct GruStep {
   static constexpr int G = 3;
-  FR_ROW static void forward_row(int64_t H, int64_t n, const T* FR_R xp, const T* FR_R rp,
-                                 const T* FR_R b_ih, const T* FR_R b_hh, const T* FR_R h_prev,
-                                 T* FR_R h_new, T* FR_R y, T* FR_R gates) {
-    for (int64_t j = 0; j < n; ++j) {
-      T pre_x[3], pre_h[3], act[3];
-      FR_UNROLL for (int k = 0; k < 3; ++k) {
-        pre_x[k] = xp[k * H + j] + b_ih[k * H + j];
-        pre_h[k] = rp[k * H + j] + b_hh[k * H + j];
-      }
-      cell::gru_forward(pre_x, pre_h, h_prev[j], act, h_new[j]);
-      y[j] = h_new[j];
-      if (Training) {
-        FR_UNROLL for (int k = 0; k < 3; ++k) gates[k * H + j] = act[k];
-        gates[3 * H + j] = pre_h[2];
+  FR_ROW static void forward_rows(int64_t rows, int64_t H, int64_t n, int64_t ldg,
+                                  const T* FR_R xp, const T* FR_R rp, const T* FR_R b_ih,
+                                  const T* FR_R b_hh, const T* FR_R h_prev, T* FR_R h_new,
+                                  int64_t ldy, T* FR_R y, T* FR_R gates) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* FR_R x_r = xp + r * ldg;
+      const T* FR_R h_r = rp + r * ldg;
+      T* FR_R g_r = gates + r * 4 * H;
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t i = r * H + j;
+        T pre_x[3], pre_h[3], act[3];
+        FR_UNROLL for (int k = 0; k < 3; ++k) {
+          pre_x[k] = x_r[k * H + j] + b_ih[k * H + j];
+          pre_h[k] = h_r[k * H + j] + b_hh[k * H + j];
+        }
+        cell::gru_forward(pre_x, pre_h, h_prev[i], act, h_new[i]);
+        y[r * ldy + j] = h_new[i];
+        if (Training) {
+          FR_UNROLL for (int k = 0; k < 3; ++k) g_r[k * H + j] = act[k];
+          g_r[3 * H + j] = pre_h[2];
+        }
       }
     }
   }
   static void forward(const StepIO<T>& s) {
     const int64_t H = s.H;
     forward_pass(s, s.products->main, G, s.h_prev, H, 0, false,
-                 [&](int64_t b, int64_t u0, int64_t u1) {
-      forward_row(H, u1 - u0, s.xproj + b * s.ldg + u0, s.rec + b * s.ldg + u0, s.b_ih + u0,
-                  s.b_hh + u0, s.h_prev + b * H + u0, s.h_new + b * H + u0, s.y + b * s.ldy + u0,
-                  Training ? s.gates + b * 4 * H + u0 : nullptr);
+                 [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
+      forward_rows(b1 - b0, H, u1 - u0, s.ldg, s.xproj + b0 * s.ldg + u0,
+                   s.rec + b0 * s.ldg + u0, s.b_ih + u0, s.b_hh + u0, s.h_prev + b0 * H + u0,
+                   s.h_new + b0 * H + u0, s.ldy, s.y + b0 * s.ldy + u0,
+                   Training ? s.gates + b0 * 4 * H + u0 : nullptr);
     });
   }
-  FR_ROW static void backward_row(int64_t H, int64_t n, const T* FR_R gates, const T* FR_R h_prev,
-                                  const T* FR_R dy, T* FR_R dh, T* FR_R dgx, T* FR_R dgh) {
-    for (int64_t j = 0; j < n; ++j) {
-      const T act[3] = {gates[j], gates[H + j], gates[2 * H + j]};
-      T dpre_x[3], dpre_h[3];
-      cell::gru_backward(act, gates[3 * H + j], h_prev[j], dh[j] + dy[j], dpre_x, dpre_h, dh[j]);
-      FR_UNROLL for (int k = 0; k < 3; ++k) {
-        dgx[k * H + j] = dpre_x[k];
-        dgh[k * H + j] = dpre_h[k];
+  FR_ROW static void backward_rows(int64_t rows, int64_t H, int64_t n, const T* FR_R gates,
+                                   const T* FR_R h_prev, int64_t lddy, const T* FR_R dy,
+                                   T* FR_R dh, int64_t ldg, T* FR_R dgx, T* FR_R dgh) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* FR_R g_r = gates + r * 4 * H;
+      T* FR_R dgx_r = dgx + r * ldg;
+      T* FR_R dgh_r = dgh + r * ldg;
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t i = r * H + j;
+        const T act[3] = {g_r[j], g_r[H + j], g_r[2 * H + j]};
+        T dpre_x[3], dpre_h[3];
+        cell::gru_backward(act, g_r[3 * H + j], h_prev[i], dh[i] + dy[r * lddy + j], dpre_x,
+                           dpre_h, dh[i]);
+        FR_UNROLL for (int k = 0; k < 3; ++k) {
+          dgx_r[k * H + j] = dpre_x[k];
+          dgh_r[k * H + j] = dpre_h[k];
+        }
       }
     }
   }
   static void backward(const BackStepIO<T>& s) {
     const int64_t H = s.H;
-    backward_pass(s, s.products->main, G, [&](int64_t b, int64_t u0, int64_t u1) {
-      backward_row(H, u1 - u0, s.gates + b * 4 * H + u0, s.h_prev + b * H + u0,
-                   s.dy + b * s.lddy + u0, s.dh + b * H + u0, s.dgx + b * s.ldg + u0,
-                   s.dgh + b * s.ldg + u0);
+    backward_pass(s, s.products->main, G, [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
+      backward_rows(b1 - b0, H, u1 - u0, s.gates + b0 * 4 * H + u0, s.h_prev + b0 * H + u0,
+                    s.lddy, s.dy + b0 * s.lddy + u0, s.dh + b0 * H + u0, s.ldg,
+                    s.dgx + b0 * s.ldg + u0, s.dgh + b0 * s.ldg + u0);
     });
   }
 
@@ -469,10 +516,11 @@ struct GruResetBeforeStep {
                        s.gates + b * W + k.u0);
     });
     forward_pass(s, n_gate, 1, s.gates + 3 * H, W, 2 * H, false,
-                 [&](int64_t b, int64_t u0, int64_t u1) {
-      forward_n_row(H, u1 - u0, s.xproj + b * s.ldg + u0, s.rec + b * s.ldg + u0, s.b_ih + u0,
-                    s.b_hh + u0, s.h_prev + b * H + u0, s.gates + b * W + u0, s.h_new + b * H + u0,
-                    s.y + b * s.ldy + u0);
+                 [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
+      for (int64_t b = b0; b < b1; ++b)
+        forward_n_row(H, u1 - u0, s.xproj + b * s.ldg + u0, s.rec + b * s.ldg + u0,
+                      s.b_ih + u0, s.b_hh + u0, s.h_prev + b * H + u0, s.gates + b * W + u0,
+                      s.h_new + b * H + u0, s.y + b * s.ldy + u0);
     });
   }
   FR_ROW static void backward_zn_row(int64_t H, int64_t n, const T* FR_R g, const T* FR_R h_prev,
@@ -494,9 +542,10 @@ struct GruResetBeforeStep {
     const RecurrentProduct<T>& rz = s.products->main;
     const RecurrentProduct<T>& n_gate = s.products->n_gate;
     // dh += dg_next[r, z]·W_h(r,z), then z and n; their rows are zero past a row's length.
-    backward_pass(s, rz, G, [&](int64_t b, int64_t u0, int64_t u1) {
-      backward_zn_row(H, u1 - u0, s.gates + b * W + u0, s.h_prev + b * H + u0,
-                      s.dy + b * s.lddy + u0, s.dh + b * H + u0, s.dgx + b * s.ldg + u0);
+    backward_pass(s, rz, G, [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
+      for (int64_t b = b0; b < b1; ++b)
+        backward_zn_row(H, u1 - u0, s.gates + b * W + u0, s.h_prev + b * H + u0,
+                        s.dy + b * s.lddy + u0, s.dh + b * H + u0, s.dgx + b * s.ldg + u0);
     });
     if (!s.pointwise) return;
     // scratch = dpre_n·W_hn, the gradient reaching r⊙h; then r.
@@ -516,35 +565,45 @@ struct GruResetBeforeStep {
 template <typename T, bool Training, bool Relu>
 struct RnnStep {
   static constexpr int G = 1;
-  FR_ROW static void forward_row(int64_t n, const T* FR_R xp, const T* FR_R rp,
-                                 const T* FR_R b_ih, const T* FR_R b_hh, T* FR_R h_new, T* FR_R y) {
-    for (int64_t j = 0; j < n; ++j) {
-      const T pre = xp[j] + b_ih[j] + rp[j] + b_hh[j];
-      h_new[j] = Relu ? cell::rnn_relu_forward(pre) : cell::rnn_tanh_forward(pre);
-      y[j] = h_new[j];
+  FR_ROW static void forward_rows(int64_t rows, int64_t H, int64_t n, int64_t ldg,
+                                  const T* FR_R xp, const T* FR_R rp, const T* FR_R b_ih,
+                                  const T* FR_R b_hh, T* FR_R h_new, int64_t ldy, T* FR_R y) {
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t j = 0; j < n; ++j) {
+        const T pre = xp[r * ldg + j] + b_ih[j] + rp[r * ldg + j] + b_hh[j];
+        const T h = Relu ? cell::rnn_relu_forward(pre) : cell::rnn_tanh_forward(pre);
+        h_new[r * H + j] = h;
+        y[r * ldy + j] = h;
+      }
     }
   }
   static void forward(const StepIO<T>& s) {
     const int64_t H = s.H;
     forward_pass(s, s.products->main, G, s.h_prev, H, 0, false,
-                 [&](int64_t b, int64_t u0, int64_t u1) {
-      forward_row(u1 - u0, s.xproj + b * s.ldg + u0, s.rec + b * s.ldg + u0, s.b_ih + u0, s.b_hh + u0,
-                  s.h_new + b * H + u0, s.y + b * s.ldy + u0);
+                 [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
+      forward_rows(b1 - b0, H, u1 - u0, s.ldg, s.xproj + b0 * s.ldg + u0,
+                   s.rec + b0 * s.ldg + u0, s.b_ih + u0, s.b_hh + u0, s.h_new + b0 * H + u0,
+                   s.ldy, s.y + b0 * s.ldy + u0);
     });
   }
-  FR_ROW static void backward_row(int64_t n, const T* FR_R h_new, const T* FR_R dy, T* FR_R dh,
-                                  T* FR_R dg) {
-    for (int64_t j = 0; j < n; ++j) {
-      const T d = dh[j] + dy[j];
-      dg[j] = Relu ? cell::rnn_relu_backward(h_new[j], d) : cell::rnn_tanh_backward(h_new[j], d);
-      dh[j] = T(0);
+  FR_ROW static void backward_rows(int64_t rows, int64_t H, int64_t n, const T* FR_R h_new,
+                                   int64_t lddy, const T* FR_R dy, T* FR_R dh, int64_t ldg,
+                                   T* FR_R dg) {
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t i = r * H + j;
+        const T d = dh[i] + dy[r * lddy + j];
+        dg[r * ldg + j] =
+            Relu ? cell::rnn_relu_backward(h_new[i], d) : cell::rnn_tanh_backward(h_new[i], d);
+        dh[i] = T(0);
+      }
     }
   }
   static void backward(const BackStepIO<T>& s) {
     const int64_t H = s.H;
-    backward_pass(s, s.products->main, G, [&](int64_t b, int64_t u0, int64_t u1) {
-      backward_row(u1 - u0, s.h_new + b * H + u0, s.dy + b * s.lddy + u0, s.dh + b * H + u0,
-                   s.dgx + b * s.ldg + u0);
+    backward_pass(s, s.products->main, G, [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
+      backward_rows(b1 - b0, H, u1 - u0, s.h_new + b0 * H + u0, s.lddy, s.dy + b0 * s.lddy + u0,
+                    s.dh + b0 * H + u0, s.ldg, s.dgx + b0 * s.ldg + u0);
     });
   }
 };
