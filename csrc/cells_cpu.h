@@ -88,7 +88,23 @@ struct StepProducts {
   // (each W_hh fits in L2, see for_step_blocks), the walk can give each thread rows for a whole
   // chunk of steps instead of cutting every step. This many row blocks (1: cut each step), by
   // sizes only; `chunk_flops` is the chunk's recurrent products.
-  int64_t walk_row_blocks(int64_t B, double chunk_flops) const;
+  int64_t walk_row_blocks(int64_t B, double chunk_flops) const {
+    return row_blocks(main.weight_bytes(), n_gate.weight_bytes(), main.row_step(), B,
+                      chunk_flops);
+  }
+  // The same before the products exist, for a call of `steps` steps.
+  static int64_t walk_row_blocks(Cell cell, int64_t H, int64_t B, int64_t steps, bool forward,
+                                 double chunk_flops) {
+    using Product = RecurrentProduct<T>;
+    const ProductShape shape = main_shape(cell, H, forward);
+    const bool packs = main_packing(cell, H, B, steps, forward) > 0;
+    const int64_t n_gate_bytes =
+        has_n_gate(cell) ? Product::weight_bytes(n_gate_shape(H, forward),
+                                                 n_gate_packing(cell, H, B, steps, forward) > 0)
+                         : 0;
+    return row_blocks(Product::weight_bytes(shape, packs), n_gate_bytes,
+                      Product::row_step(shape, packs), B, chunk_flops);
+  }
 
   // walk(r0, r1) for the row blocks of a chunk, in parallel (one block: the whole batch, whose
   // steps then cut themselves over the threads).
@@ -99,6 +115,10 @@ struct StepProducts {
   }
 
   RecurrentProduct<T> main, n_gate;
+
+ private:
+  static int64_t row_blocks(int64_t main_bytes, int64_t n_gate_bytes, int64_t row_step,
+                            int64_t B, double chunk_flops);
 };
 
 // One step's products are cut into blocks of ~kStepBlockFlops: enough to outweigh handing a
@@ -156,11 +176,12 @@ constexpr double kWalkBlockFlops = 2e6;
 constexpr int64_t kMaxWalkBlocks = 16;
 
 template <typename T>
-int64_t StepProducts<T>::walk_row_blocks(int64_t B, double chunk_flops) const {
+int64_t StepProducts<T>::row_blocks(int64_t main_bytes, int64_t n_gate_bytes, int64_t row_step,
+                                    int64_t B, double chunk_flops) {
   // (A cell without an n-gate product has an empty one, of 0 bytes.)
-  if (main.weight_bytes() > kRowSplitBytes || n_gate.weight_bytes() > kRowSplitBytes) return 1;
+  if (main_bytes > kRowSplitBytes || n_gate_bytes > kRowSplitBytes) return 1;
   return even_blocks(static_cast<int64_t>(chunk_flops / kWalkBlockFlops),
-                     std::min(kMaxWalkBlocks, B / main.row_step()));
+                     std::min(kMaxWalkBlocks, B / row_step));
 }
 
 // Everything a forward step touches. Pointers are already offset to time step t.

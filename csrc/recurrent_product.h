@@ -114,19 +114,16 @@ class RecurrentProduct {
   }
 
   // Row blocks handed to threads hold at least this many rows: the kernel's tile rows.
-  int64_t row_step() const {
-    if constexpr (kPacks) {
-      if (packed_) return panel_layout(shape_.segments).rows;
-    }
-    return 1;
+  int64_t row_step() const { return row_step(shape_, packed_ != nullptr); }
+  static int64_t row_step(const ProductShape& shape, bool packed) {
+    return kPacks && packed ? panel_layout(shape.segments).rows : 1;
   }
 
   // Bytes of M that a product over all units reads.
-  int64_t weight_bytes() const {
-    if constexpr (kPacks) {
-      if (packed_) return packed_floats(shape_) * int64_t{sizeof(float)};
-    }
-    return shape_.k * shape_.segments * shape_.width * int64_t{sizeof(T)};
+  int64_t weight_bytes() const { return weight_bytes(shape_, packed_ != nullptr); }
+  static int64_t weight_bytes(const ProductShape& shape, bool packed) {
+    if (kPacks && packed) return packed_floats(shape) * int64_t{sizeof(float)};
+    return shape.k * shape.segments * shape.width * int64_t{sizeof(T)};
   }
 
   // C[:, units [u0, u1)] = A·M, or += when accumulate; u0 is a multiple of unit_step().
