@@ -422,7 +422,6 @@ struct GruStep {
     for (int64_t r = 0; r < rows; ++r) {
       const T* FR_R x_r = xp + r * ldg;
       const T* FR_R h_r = rp + r * ldg;
-      T* FR_R g_r = gates + r * 4 * H;
       for (int64_t j = 0; j < n; ++j) {
         const int64_t i = r * H + j;
         T pre_x[3], pre_h[3], act[3];
@@ -432,9 +431,9 @@ struct GruStep {
         }
         cell::gru_forward(pre_x, pre_h, h_prev[i], act, h_new[i]);
         y[r * ldy + j] = h_new[i];
-        if (Training) {
-          FR_UNROLL for (int k = 0; k < 3; ++k) g_r[k * H + j] = act[k];
-          g_r[3 * H + j] = pre_h[2];
+        if (Training) {  // gates is null in inference: no offset taken from it there
+          FR_UNROLL for (int k = 0; k < 3; ++k) gates[r * 4 * H + k * H + j] = act[k];
+          gates[r * 4 * H + 3 * H + j] = pre_h[2];
         }
       }
     }
