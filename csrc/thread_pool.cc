@@ -1,12 +1,20 @@
 // See thread_pool.h for why the kernels have their own threads.
 //
-// One job is in flight at a time. Its chunks are claimed through one 64-bit word, `claim_`:
-// the job's sequence number in the high half, the next unclaimed chunk in the low half. A
-// thread claims chunk i with a compare-and-swap that also proves the job is still the one it
-// read the fields of, so a worker that wakes late can never run a chunk of a finished job. The
-// caller waits only for chunks that were claimed, never for workers that are asleep or
-// descheduled. All atomics are sequentially consistent: a few per chunk, each chunk tens of
-// microseconds or more.
+// One job is in flight at a time. Its chunks are dealt into one slice per thread, in order
+// (the caller's first), and each thread works through its own slice before it helps with the
+// others'. So a thread gets the same chunks at every step of a sequence, and what they touch
+// (its share of W_hh, of the pre-activations, of the c state) stays in its core's caches from
+// step to step. Claimed from one counter, chunks went to whichever thread asked first: GRU
+// training T=20 B=16 H=1024 took 35.7-36.8 ms that way and 30.6-31.6 this way, LSTM inference
+// T=200 B=16 H=512 34.0-34.6 against 32.6-33.4.
+//
+// A slice's chunks are claimed through one 64-bit word: the job's sequence number in the high
+// half, the slice's next unclaimed chunk in the low half. A thread claims a chunk with a
+// compare-and-swap that also proves the job is still the one it read the fields of (every word
+// is closed before any field changes), so a worker that wakes late can never run a chunk of a
+// finished job. The caller waits only for chunks that were claimed, never for workers that are
+// asleep or descheduled. All atomics are sequentially consistent: a few per chunk, each chunk
+// tens of microseconds or more.
 #include "thread_pool.h"
 
 #include <pthread.h>
@@ -32,7 +40,7 @@ namespace fusedrnn {
 namespace cpu {
 namespace {
 
-constexpr uint64_t kClosed = 0xFFFFFFFFu;  // low half of claim_: no chunk may be claimed
+constexpr uint64_t kClosed = 0xFFFFFFFFu;  // low half of a claim word: no chunk may be claimed
 // How long an idle worker spins before sleeping: long enough to catch the next step of a
 // sequence (microseconds away), short enough not to burn a core between calls.
 constexpr int kSpinsBeforeSleep = 20000;
@@ -84,19 +92,21 @@ class Pool {
     if (threads_ == 1 || forked_child || !lock.owns_lock()) return run_here();
     if (workers_.empty()) start_workers();
     // Publish: close claiming, write the job, reopen claiming under the next sequence number.
-    const uint64_t seq = (claim_.load() >> 32) + 1;
-    claim_.store(seq << 32 | kClosed);
+    const uint64_t seq = (slices_[0].claim.load() >> 32) + 1;
+    for (Slice& slice : slices_) slice.claim.store(seq << 32 | kClosed);
     fn_.store(fn);
     ctx_.store(ctx);
     chunks_.store(chunks);
     done_.store(0);
-    claim_.store(seq << 32);
+    // Slice 0 last: a worker that finds it open finds every slice open and the fields written.
+    for (auto slice = slices_.rbegin(); slice != slices_.rend(); ++slice)
+      slice->claim.store(seq << 32);
     generation_.fetch_add(1);
     if (sleepers_.load() > 0) {
       std::lock_guard<std::mutex> sleep_lock(sleep_mutex_);
       wake_.notify_all();
     }
-    work_on(seq);
+    work_on(seq, 0);
     for (int spins = 0; done_.load() < chunks; ++spins) {
       if (spins < kSpinsBeforeYield) FR_CPU_RELAX();
       else std::this_thread::yield();
@@ -104,27 +114,37 @@ class Pool {
   }
 
  private:
-  // Claims and runs chunks of job `seq` until none is left (or the job is not `seq` any more).
-  void work_on(uint64_t seq) {
+  // Chunk i of slice j is chunk first(j) + i; slice j holds [first(j), first(j + 1)).
+  int64_t slice_start(int64_t chunks, int64_t j) const { return chunks * j / threads_; }
+
+  // Claims and runs chunks of job `seq` until none is left (or the job is not `seq` any more):
+  // those of slice `home` first, then each other slice's in turn.
+  void work_on(uint64_t seq, int home) {
     const ChunkFn fn = fn_.load();
     const void* ctx = ctx_.load();
     const int64_t chunks = chunks_.load();
-    uint64_t claim = claim_.load();
-    for (;;) {
-      if (claim >> 32 != seq) return;
-      const uint64_t next = claim & 0xFFFFFFFFu;
-      if (next == kClosed || static_cast<int64_t>(next) >= chunks) return;
-      if (!claim_.compare_exchange_weak(claim, claim + 1)) continue;  // claim was reloaded
-      {
-        const InsideChunk inside;
-        fn(ctx, static_cast<int64_t>(next));
+    for (int s = 0; s < threads_; ++s) {
+      const int j = (home + s) % threads_;
+      const int64_t first = slice_start(chunks, j), size = slice_start(chunks, j + 1) - first;
+      std::atomic<uint64_t>& word = slices_[j].claim;
+      uint64_t claim = word.load();
+      for (;;) {
+        if (claim >> 32 != seq) return;
+        const uint64_t next = claim & 0xFFFFFFFFu;
+        if (next == kClosed) return;
+        if (static_cast<int64_t>(next) >= size) break;
+        if (!word.compare_exchange_weak(claim, claim + 1)) continue;  // claim was reloaded
+        {
+          const InsideChunk inside;
+          fn(ctx, first + static_cast<int64_t>(next));
+        }
+        done_.fetch_add(1);
+        claim = word.load();
       }
-      done_.fetch_add(1);
-      claim = claim_.load();
     }
   }
 
-  void worker_loop() {
+  void worker_loop(int home) {
     uint64_t seen = generation_.load();
     for (;;) {
       uint64_t now = generation_.load();
@@ -141,15 +161,20 @@ class Pool {
       }
       if (stop_.load()) return;
       seen = now;
-      // The fields read in work_on belong to the sequence number read here, or the
-      // compare-and-swap fails: claim_ changes before any field does.
-      work_on(claim_.load() >> 32);
+      // A job is taken only from an open slice 0: its fields were all written before. A closed
+      // one is a job being published, whose fields may still be its predecessor's; the
+      // generation moves on once it is open. The fields read in work_on then belong to the
+      // sequence number read here, or the compare-and-swap fails: the claim words change before
+      // any field does.
+      const uint64_t word = slices_[0].claim.load();
+      if ((word & 0xFFFFFFFFu) != kClosed) work_on(word >> 32, home);
     }
   }
 
   void start_workers() {
     stop_ = false;
-    for (int i = 1; i < threads_; ++i) workers_.emplace_back([this] { worker_loop(); });
+    slices_ = std::vector<Slice>(threads_);
+    for (int i = 1; i < threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
   }
 
   void stop_workers() {
@@ -165,7 +190,12 @@ class Pool {
   std::mutex busy_;  // held by the one caller whose job is in flight
   int threads_;
   std::vector<std::thread> workers_;
-  std::atomic<uint64_t> claim_{0};
+  // One claim word per thread, a cache line each: the chunks of a job are dealt into one
+  // slice per thread, the caller's first.
+  struct alignas(64) Slice {
+    std::atomic<uint64_t> claim{0};
+  };
+  std::vector<Slice> slices_;
   std::atomic<ChunkFn> fn_{nullptr};
   std::atomic<const void*> ctx_{nullptr};
   std::atomic<int64_t> chunks_{0};

@@ -1,6 +1,7 @@
 // The threads of the CPU kernels. OpenBLAS runs single-threaded; every parallel loop (GEMM
-// blocks, pointwise rows) goes through parallel_for here, which hands out fixed chunks one at a
-// time to whichever thread asks first, the calling thread included.
+// blocks, pointwise rows) goes through parallel_for here, which hands out fixed chunks to its
+// threads, the calling thread included: each thread the same chunks every time it can (see the
+// .cc), the rest to whichever thread is free.
 //
 // Why not OpenBLAS's own threads: a recurrent step is a small GEMM, and OpenBLAS's fork-join
 // waits for every worker. When another process holds a core, a descheduled worker stalls each
