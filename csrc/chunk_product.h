@@ -23,15 +23,21 @@ namespace cpu {
 template <typename T>
 class ChunkProduct {
  public:
-  // Elements of scratch a product of `shape` needs.
-  static int64_t packing_size(const ProductShape& shape) {
-    return uses_kernel() ? group_panels(shape) * panel_floats(shape) : 0;
+  // Elements of scratch a product of `shape` needs: a group of panels, or `whole` M.
+  static int64_t packing_size(const ProductShape& shape, bool whole = false) {
+    if (!uses_kernel()) return 0;
+    return (whole ? packed_panels(shape) : group_panels(shape)) * panel_floats(shape);
   }
 
   // C = A·M with M read from w as recurrent_product.h's ProductShape says; `packing` holds
-  // packing_size(shape) elements (null where that is 0).
-  ChunkProduct(const ProductShape& shape, const T* w, int64_t ldw, T* packing)
-      : shape_(shape), w_(w), ldw_(ldw), packing_(packing) {}
+  // packing_size(shape, whole) elements (null where that is 0). With `whole`, M is packed here,
+  // once for every call, rather than a group at a time in each.
+  ChunkProduct(const ProductShape& shape, const T* w, int64_t ldw, T* packing, bool whole = false)
+      : shape_(shape), w_(w), ldw_(ldw), packing_(packing), whole_(whole) {
+    if constexpr (std::is_same<T, float>::value) {
+      if (whole_ && uses_kernel()) pack_panels(shape_, w_, ldw_, packing_);
+    }
+  }
 
   // c[rows, columns] (+)= A[rows, k]·M, A[r][k] = a[r·lda + k] or, a_transposed, a[k·lda + r].
   void operator()(const T* a, int64_t lda, bool a_transposed, int64_t rows, T* c, int64_t ldc,
@@ -51,8 +57,8 @@ class ChunkProduct {
         const int64_t group = group_panels(shape_);
         for (int64_t p0 = 0; p0 < panels; p0 += group) {
           const int64_t p1 = std::min(panels, p0 + group);
-          pack_panels(shape_, w_, ldw_, p0, p1, packing_);
-          const Panels at = packed_at(shape_, packing_, p0);
+          if (!whole_) pack_panels(shape_, w_, ldw_, p0, p1, packing_);
+          const Panels at = whole_ ? packed_at(shape_, packing_) : packed_at(shape_, packing_, p0);
           parallel_for(blocks, [&](int64_t i) {
             const int64_t r0 = rows * i / blocks, r1 = rows * (i + 1) / blocks;
             packed_multiply(shape_, at, p0, p1, a + (a_transposed ? r0 : r0 * lda), lda, r1 - r0,
@@ -78,6 +84,7 @@ class ChunkProduct {
   const T* w_;
   int64_t ldw_;
   T* packing_;
+  bool whole_;
 };
 
 }  // namespace cpu
