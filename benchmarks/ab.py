@@ -22,8 +22,9 @@ import time
 import numpy as np
 
 
-def load_layers(name, directory):
-    """fusedrnn from `directory`, imported as the package `name`; its layers module."""
+def load_layers(name, directory, threads):
+    """fusedrnn from `directory`, imported as the package `name`, running on `threads` threads
+    (None: all cores); its layers module."""
     spec = importlib.util.spec_from_file_location(
         name, f"{directory}/fusedrnn/__init__.py",
         submodule_search_locations=[f"{directory}/fusedrnn"])
@@ -33,6 +34,8 @@ def load_layers(name, directory):
     backend = importlib.import_module(name + "._backend")
     if backend._core is None:
         sys.exit(f"{directory}: no compiled kernels ({backend.CORE_ERROR})")
+    if threads:
+        package.set_num_threads(threads)
     return importlib.import_module(name + ".layers")
 
 
@@ -63,6 +66,7 @@ def main(argv=None):
     p.add_argument("--H", type=int, default=256)
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--bidirectional", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="kernel threads (default: all cores)")
     p.add_argument("--rounds", type=int, default=12, help="turns of each build")
     p.add_argument("--secs", type=float, default=0.5, help="seconds a turn")
     args = p.parse_args(argv)
@@ -76,7 +80,8 @@ def main(argv=None):
         sys.exit("DIR_A and DIR_B are the same directory: compare a copy of it")
     runs = {}
     for label, directory in (("A", args.dir_a), ("B", args.dir_b)):
-        runs[label] = runner(load_layers("fusedrnn_" + label, directory), args, x, dy)
+        layers = load_layers("fusedrnn_" + label, directory, args.threads)
+        runs[label] = runner(layers, args, x, dy)
         runs[label]()  # allocations, thread pool, lazy initialisation
     times = {"A": [], "B": []}
     for r in range(args.rounds):

@@ -101,6 +101,9 @@ class RecurrentProduct {
     }
   }
 
+  // Whether W is packed for fusedrnn's kernel (else BLAS runs the products).
+  bool packed() const { return packed_ != nullptr; }
+
   // Unit blocks handed to threads start on multiples of this.
   int64_t unit_step() const {
     if constexpr (kPacks) {

@@ -201,8 +201,12 @@ void forward(const ForwardArgs<Real>& a) {
   // fork-joined at every chunk. While this machine ran slow (fork-joins dear), LSTM inference
   // T=200 B=128 H=32 took 2.85-2.92 ms that way and 2.34-2.42 this way, T=20 B=128 H=128
   // 2.10-2.17 against 1.65-1.87; when it ran fast, both ways took the same.
-  const int64_t walk_blocks =
-      Products::walk_row_blocks(a.cell, H, B, T, true, chunks.steps() * recurrent_flops);
+  // A W_hh read from L3 is walked by rows in inference only: its walk packs W_ih whole, which
+  // training's peak memory has no room for (see chunk_product.h). Only with the kernel that
+  // also runs the chunks' projections, so that the cut changes no bit.
+  const bool walk_from_l3 = !training && cpu::packed_kernel_beats_blas();
+  const int64_t walk_blocks = Products::walk_row_blocks(
+      a.cell, H, B, T, true, chunks.steps() * recurrent_flops, walk_from_l3);
   const bool rows_walk_alone = walk_blocks > 1;
   // Training packs W_ih a group of panels at a time for each chunk, which keeps its peak under
   // torch's (chunk_product.h); inference has no such target and packs it whole, once: LSTM
@@ -357,7 +361,7 @@ void backward(const BackwardArgs<Real>& a) {
 
   for (int64_t c = chunks.count() - 1; c >= 0; --c) {
     const Chunk k = chunks[c];
-    products.for_walk_rows(B, k.steps * recurrent_flops,
+    products.for_walk_rows(B, k.steps * recurrent_flops, cpu::packed_kernel_beats_blas(),
                            [&](int64_t r0, int64_t r1) { walk_rows(k, r0, r1); });
     dg_next = dgh_of(k.s0, k);
     std::memcpy(dg_carry, dg_next, sizeof(Real) * B * ldg);

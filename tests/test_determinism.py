@@ -66,3 +66,30 @@ def test_same_digest_in_process_across_processes_and_thread_counts(threads_resto
         fr.set_num_threads(threads)
         assert digest() == here, f"{threads} threads"
     assert digest_in_child(2) == here  # a fresh process: other addresses, cold caches
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_walking_rows_or_cutting_units_gives_the_same_bits(kind, threads_restored):
+    """A float32 W_hh that fits in L3 but not in L2 (here 0.6-2.4 MB packed) is walked by batch
+    rows where the pool has no more threads than row blocks (2 at B=32), and cut by units at
+    every step where it has more (csrc/cells_cpu.h, kWalkFromL3Bytes); inference may walk where
+    training's forward cuts. Every way sums each element the same way: the bits agree."""
+    T, B, H = 24, 32, 384
+    rng = np.random.default_rng(5)
+    m = LAYERS[kind](H, H, dtype=np.float32, seed=4)
+    x = rng.uniform(-1, 1, (T, B, H)).astype(np.float32)
+    dy = rng.uniform(-1, 1, (T, B, H)).astype(np.float32)
+    results = {}
+    for threads in (1, 2, 3):
+        fr.set_num_threads(threads)
+        y_infer, state_infer = m(x)
+        y, state, tape = m.forward(x, training=True)
+        dx, dstate, dparams = m.backward(tape, dy)
+        arrays = [y_infer, *np.atleast_1d(state_infer), y, *np.atleast_1d(state), dx,
+                  *np.atleast_1d(dstate), *dparams.values()]
+        results[threads] = [np.ascontiguousarray(a).tobytes() for a in arrays]
+        n_state = len(np.atleast_1d(state))
+        assert results[threads][:1 + n_state] == results[threads][1 + n_state:2 + 2 * n_state], \
+            f"inference and training differ at {threads} threads"
+    assert results[2] == results[1], "2 threads"
+    assert results[3] == results[1], "3 threads"
