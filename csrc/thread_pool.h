@@ -9,8 +9,9 @@
 // machine). Here the caller takes every chunk nobody else has claimed, so a missing worker
 // slows a step down to one thread's speed, not to a time slice.
 //
-// Chunk boundaries depend on the problem's sizes only, never on the thread count or on which
-// thread runs a chunk, so results are bitwise identical whatever the threads.
+// Chunk boundaries depend on the problem's sizes only, never on which thread runs a chunk, and
+// on the thread count in one place only, where the cut changes no bit (cells_cpu.h's walk of a
+// W_hh read from L3), so results are bitwise identical whatever the threads.
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,6 @@
 """Determinism: identical inputs give bitwise identical outputs and gradients, within a process and
 across processes, and whatever the kernels' thread count (they cut work into blocks by size
-alone, see csrc/thread_pool.h).
+alone, or where a cut follows the thread count it changes no bit; see csrc/thread_pool.h).
 
 The workload: every layer kind, two stacked bidirectional layers with dropout (seeded), lengths,
 both dtypes; its digest is a SHA-256 of every output and gradient."""
