@@ -30,10 +30,15 @@ class ChunkProduct {
   }
 
   // C = A·M with M read from w as recurrent_product.h's ProductShape says; `packing` holds
-  // packing_size(shape, whole) elements (null where that is 0). With `whole`, M is packed here,
-  // once for every call, rather than a group at a time in each.
+  // packing_size(shape, whole) elements (null where that is 0). With `whole`, or where all of M
+  // fits in one group, M is packed here, once for every call, rather than a group at a time in
+  // each: the backward's dx = dG·W_ih packed the same W_ih again for every chunk.
   ChunkProduct(const ProductShape& shape, const T* w, int64_t ldw, T* packing, bool whole = false)
-      : shape_(shape), w_(w), ldw_(ldw), packing_(packing), whole_(whole) {
+      : shape_(shape),
+        w_(w),
+        ldw_(ldw),
+        packing_(packing),
+        whole_(whole || (uses_kernel() && group_panels(shape) == packed_panels(shape))) {
     if constexpr (std::is_same<T, float>::value) {
       if (whole_ && uses_kernel()) pack_panels(shape_, w_, ldw_, packing_);
     }
