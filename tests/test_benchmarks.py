@@ -1,0 +1,39 @@
+"""The benchmark tools still run against the package: benchmarks/ab.py (two builds in one
+process) on a tiny case, with two copies of the installed package. It checks that the tool runs
+and reports, not any timing."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import fusedrnn
+from fusedrnn._backend import _core
+
+pytestmark = pytest.mark.skipif(_core is None, reason="the compiled extension is not built")
+
+AB = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "ab.py")
+
+
+def run_ab(*args):
+    return subprocess.run([sys.executable, AB, *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("cell, mode", [("lstm", "train"), ("rnn_relu", "infer")])
+def test_ab_compares_two_copies_of_a_build(tmp_path, cell, mode):
+    package = os.path.dirname(fusedrnn.__file__)
+    for label in "AB":
+        shutil.copytree(package, tmp_path / label / "fusedrnn")
+    proc = run_ab(str(tmp_path / "A"), str(tmp_path / "B"), cell, mode, "--T", "3", "--B", "2",
+                  "--H", "8", "--rounds", "2", "--secs", "0.01", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{cell} {mode} T=3 B=2 I=8 H=8 L=1: A " in proc.stdout and "B/A" in proc.stdout
+
+
+def test_ab_refuses_one_directory_twice(tmp_path):
+    shutil.copytree(os.path.dirname(fusedrnn.__file__), tmp_path / "A" / "fusedrnn")
+    proc = run_ab(str(tmp_path / "A"), str(tmp_path / "A"), "gru", "infer", "--rounds", "1")
+    assert proc.returncode != 0 and "same directory" in proc.stderr
