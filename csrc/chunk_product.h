@@ -38,9 +38,9 @@ class ChunkProduct {
         w_(w),
         ldw_(ldw),
         packing_(packing),
-        whole_(whole || (uses_kernel() && group_panels(shape) == packed_panels(shape))) {
+        whole_(uses_kernel() && (whole || group_panels(shape) == packed_panels(shape))) {
     if constexpr (std::is_same<T, float>::value) {
-      if (whole_ && uses_kernel()) pack_panels(shape_, w_, ldw_, packing_);
+      if (whole_) pack_panels(shape_, w_, ldw_, packing_);
     }
   }
 
@@ -63,7 +63,7 @@ class ChunkProduct {
         for (int64_t p0 = 0; p0 < panels; p0 += group) {
           const int64_t p1 = std::min(panels, p0 + group);
           if (!whole_) pack_panels(shape_, w_, ldw_, p0, p1, packing_);
-          const Panels at = whole_ ? packed_at(shape_, packing_) : packed_at(shape_, packing_, p0);
+          const Panels at = packed_at(shape_, packing_, whole_ ? 0 : p0);
           parallel_for(blocks, [&](int64_t i) {
             const int64_t r0 = rows * i / blocks, r1 = rows * (i + 1) / blocks;
             packed_multiply(shape_, at, p0, p1, a + (a_transposed ? r0 : r0 * lda), lda, r1 - r0,
@@ -89,7 +89,7 @@ class ChunkProduct {
   const T* w_;
   int64_t ldw_;
   T* packing_;
-  bool whole_;
+  bool whole_;  // M packed once, in the constructor
 };
 
 }  // namespace cpu

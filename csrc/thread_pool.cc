@@ -130,8 +130,9 @@ class Pool {
       uint64_t claim = word.load();
       for (;;) {
         if (claim >> 32 != seq) return;
+        // (A closed word of this job cannot be met: slice 0, from which the job was taken,
+        // opened last.)
         const uint64_t next = claim & 0xFFFFFFFFu;
-        if (next == kClosed) return;
         if (static_cast<int64_t>(next) >= size) break;
         if (!word.compare_exchange_weak(claim, claim + 1)) continue;  // claim was reloaded
         {
