@@ -3,8 +3,9 @@
 // M is packed once per call into panels, each the columns of `units` consecutive hidden units of
 // every segment, k rows of 8-float vectors: [panel][k][segment·units + unit], zero past the last
 // unit. A tile of rows of A against one panel keeps its sums in registers, adding one k at a
-// time: every element is summed in k order by fused multiply-adds from zero, whichever tile,
-// thread or instruction set computes it, so all kernels give the same bits.
+// time: every element is summed in k order by fused multiply-adds from zero, whichever tile or
+// thread computes it, so the AVX2 and AVX-512 kernels give the same bits. The portable one, for
+// CPUs without FMA, rounds each product and each sum apart: bits of its own.
 // AVX2 (16 registers): tiles of `rows` rows, rows·vectors = 12 accumulators of 8 floats (with
 // the A broadcasts and one panel vector, all 16; a last four rows go as two tiles over half the
 // panel, 8 each). AVX-512 (32 registers): each 16-float register holds two of the panel's
