@@ -51,6 +51,10 @@ inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
   return lengths == nullptr || t < lengths[b];
 }
 
+// The most bytes of a packed [W_ihᵀ; W_hhᵀ] a forward takes as one product (StepProducts::
+// stacks_input): half of a Zen 5 core's L2, LSTM I = H = 128.
+constexpr int64_t kStackedBytes = int64_t{512} << 10;
+
 // The recurrent products a cell's steps use, W_hh packed once per call: forward h·W_hhᵀ over
 // the gates, backward dG·W_hh. GRU reset-before's n gate reads r⊙h, so it has its own.
 template <typename T>
@@ -76,6 +80,23 @@ struct StepProducts {
                : 0;
   }
 
+  // A forward of a cell with one product a step (LSTM, RNN) whose stacked M, [W_ihᵀ; W_hhᵀ],
+  // stays in L2 takes x·W_ihᵀ and h·W_hhᵀ as one product, [x | h]·[W_ihᵀ; W_hhᵀ] over k = I + H:
+  // twice the k of each (a Zen 5 core ran k=32 tiles at 224 GFLOP/s, k = 32 + 32 at 248), one
+  // call for two, and no projection's pre-activations to write and read back. Each element is
+  // then one sum, its rounding not that of two sums added: a cut by sizes alone (not by thread
+  // count or instruction set), so inference and training stack alike.
+  static ProductShape stacked_shape(Cell cell, int64_t I, int64_t H) {
+    return ProductShape{true, I + H, gate_count(cell), H};
+  }
+  static bool stacks_input(Cell cell, int64_t I, int64_t H, int64_t B) {
+    const bool one_product = cell == Cell::LSTM || cell == Cell::RNN_TANH ||
+                             cell == Cell::RNN_RELU;
+    return std::is_same<T, float>::value && one_product && B > 1 &&
+           packed_floats(stacked_shape(cell, I, H)) * int64_t{sizeof(float)} <=
+               kStackedBytes;
+  }
+
   // The packings hold main_packing and n_gate_packing elements (null where that is 0).
   StepProducts(Cell cell, int64_t H, bool forward, const T* w_hh, T* main_packing,
                T* n_gate_packing)
@@ -83,6 +104,9 @@ struct StepProducts {
     if (has_n_gate(cell)) n_gate = RecurrentProduct<T>(n_gate_shape(H, forward), w_hh + 2 * H * H, H,
                                                        n_gate_packing);
   }
+  // A stacked forward (stacks_input): `packing` holds packed_floats(stacked_shape) elements.
+  StepProducts(Cell cell, int64_t I, int64_t H, const T* w_ih, const T* w_hh, T* packing)
+      : main(stacked_shape(cell, I, H), w_ih, I, w_hh, H, H, packing) {}
 
   // Batch rows never meet in a step: when every product of the step would split its rows
   // (each W_hh fits in L2, see for_step_blocks), the walk can give each thread rows for a whole
@@ -115,7 +139,7 @@ struct StepProducts {
     parallel_for(blocks, [&](int64_t i) { walk(B * i / blocks, B * (i + 1) / blocks); });
   }
 
-  RecurrentProduct<T> main, n_gate;
+  RecurrentProduct<T> main, n_gate;  // main: [x | h]·[W_ihᵀ; W_hhᵀ] when stacked
 
  private:
   static int64_t row_blocks(int64_t main_bytes, int64_t n_gate_bytes, int64_t row_step,
@@ -209,7 +233,10 @@ template <typename T>
 struct StepIO {
   int64_t B, H, t;
   const int64_t* lengths;
-  const T* xproj;   // [B, ldg]  x·W_ihᵀ (no bias), G*H values a row
+  const T* xproj;   // [B, ld_xproj] x·W_ihᵀ (no bias), G*H values a row
+  int64_t ld_xproj; // ldg; 0 for a stacked product's xproj, one row of zeros
+  const T* x;       // [B, ldx] the step's input, read by a stacked product (else null)
+  int64_t ldx;
   const StepProducts<T>* products;  // h·W_hhᵀ
   const T* b_ih;    // [G*H]     (zeros when the layer has no bias)
   const T* b_hh;    // [G*H]
@@ -274,7 +301,8 @@ P* offset_or_null(P* p, int64_t n) {
 template <typename T>
 StepIO<T> rows_of(const StepIO<T>& s, int64_t r0, int64_t r1, int64_t gate_width) {
   const int64_t H = s.H;
-  return {r1 - r0, H, s.t, offset_or_null(s.lengths, r0), s.xproj + r0 * s.ldg, s.products,
+  return {r1 - r0, H, s.t, offset_or_null(s.lengths, r0), s.xproj + r0 * s.ld_xproj,
+          s.ld_xproj, offset_or_null(s.x, r0 * s.ldx), s.ldx, s.products,
           s.b_ih, s.b_hh, s.h_prev + r0 * H, offset_or_null(s.c_prev, r0 * H),
           s.h_new + r0 * H, offset_or_null(s.c_new, r0 * H),
           offset_or_null(s.gates, r0 * gate_width), s.y + r0 * s.ldy, s.ldy,
@@ -330,14 +358,18 @@ void for_row_runs(const int64_t* lengths, int64_t t, int64_t r0, int64_t r1, con
 }
 
 // A forward pass over step blocks with one product: the block's share of `a`·W (into rec at
-// column `c_offset`), then rows(b0, b1, u0, u1) for each run [b0, b1) of rows still running and
-// carry for the others.
+// column `c_offset`; [x | a]·M for a stacked product), then rows(b0, b1, u0, u1) for each run
+// [b0, b1) of rows still running and carry for the others.
 template <typename T, typename Rows>
 void forward_pass(const StepIO<T>& s, const RecurrentProduct<T>& product, int G, const T* a,
                   int64_t lda, int64_t c_offset, bool has_c, const Rows& rows) {
   for_step_blocks(product, s.B, s.H, step_flops(s, G), [&](const StepBlock& k) {
-    product.multiply(a + k.r0 * lda, lda, k.r1 - k.r0, k.u0, k.u1,
-                     s.rec + k.r0 * s.ldg + c_offset, s.ldg, false);
+    T* const rec = s.rec + k.r0 * s.ldg + c_offset;
+    if (s.x)
+      product.multiply(s.x + k.r0 * s.ldx, s.ldx, a + k.r0 * lda, lda, k.r1 - k.r0, k.u0, k.u1,
+                       rec, s.ldg);
+    else
+      product.multiply(a + k.r0 * lda, lda, k.r1 - k.r0, k.u0, k.u1, rec, s.ldg, false);
     for_row_runs(
         s.lengths, s.t, k.r0, k.r1, [&](int64_t b0, int64_t b1) { rows(b0, b1, k.u0, k.u1); },
         [&](int64_t b) { carry_row(s, b, has_c, k.u0, k.u1); });
@@ -373,12 +405,12 @@ void backward_pass(const BackStepIO<T>& s, const RecurrentProduct<T>& product, i
 template <typename T, bool Training>
 struct LstmStep {
   static constexpr int G = 4;
-  FR_ROW static void forward_rows(int64_t rows, int64_t H, int64_t n, int64_t ldg,
+  FR_ROW static void forward_rows(int64_t rows, int64_t H, int64_t n, int64_t ldxp, int64_t ldg,
                                   const T* FR_R xp, const T* FR_R rp, const T* FR_R b_ih,
                                   const T* FR_R b_hh, const T* FR_R c_prev, T* FR_R c_new,
                                   T* FR_R h_new, int64_t ldy, T* FR_R y, T* FR_R gates) {
     for (int64_t r = 0; r < rows; ++r) {
-      const T* FR_R x_r = xp + r * ldg;
+      const T* FR_R x_r = xp + r * ldxp;
       const T* FR_R h_r = rp + r * ldg;
       for (int64_t j = 0; j < n; ++j) {
         T pre[4], act[4];
@@ -394,7 +426,7 @@ struct LstmStep {
     const int64_t H = s.H, GH = G * H;
     forward_pass(s, s.products->main, G, s.h_prev, H, 0, true,
                  [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
-      forward_rows(b1 - b0, H, u1 - u0, s.ldg, s.xproj + b0 * s.ldg + u0,
+      forward_rows(b1 - b0, H, u1 - u0, s.ld_xproj, s.ldg, s.xproj + b0 * s.ld_xproj + u0,
                    s.rec + b0 * s.ldg + u0, s.b_ih + u0, s.b_hh + u0, s.c_prev + b0 * H + u0,
                    s.c_new + b0 * H + u0, s.h_new + b0 * H + u0, s.ldy, s.y + b0 * s.ldy + u0,
                    Training ? s.gates + b0 * GH + u0 : nullptr);
@@ -606,12 +638,12 @@ struct GruResetBeforeStep {
 template <typename T, bool Training, bool Relu>
 struct RnnStep {
   static constexpr int G = 1;
-  FR_ROW static void forward_rows(int64_t rows, int64_t H, int64_t n, int64_t ldg,
+  FR_ROW static void forward_rows(int64_t rows, int64_t H, int64_t n, int64_t ldxp, int64_t ldg,
                                   const T* FR_R xp, const T* FR_R rp, const T* FR_R b_ih,
                                   const T* FR_R b_hh, T* FR_R h_new, int64_t ldy, T* FR_R y) {
     for (int64_t r = 0; r < rows; ++r) {
       for (int64_t j = 0; j < n; ++j) {
-        const T pre = xp[r * ldg + j] + b_ih[j] + rp[r * ldg + j] + b_hh[j];
+        const T pre = xp[r * ldxp + j] + b_ih[j] + rp[r * ldg + j] + b_hh[j];
         const T h = Relu ? cell::rnn_relu_forward(pre) : cell::rnn_tanh_forward(pre);
         h_new[r * H + j] = h;
         y[r * ldy + j] = h;
@@ -622,7 +654,7 @@ struct RnnStep {
     const int64_t H = s.H;
     forward_pass(s, s.products->main, G, s.h_prev, H, 0, false,
                  [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
-      forward_rows(b1 - b0, H, u1 - u0, s.ldg, s.xproj + b0 * s.ldg + u0,
+      forward_rows(b1 - b0, H, u1 - u0, s.ld_xproj, s.ldg, s.xproj + b0 * s.ld_xproj + u0,
                    s.rec + b0 * s.ldg + u0, s.b_ih + u0, s.b_hh + u0, s.h_new + b0 * H + u0,
                    s.ldy, s.y + b0 * s.ldy + u0);
     });

@@ -36,7 +36,9 @@ constexpr int kMaxRows = 12;  // AVX-512's 2-register panels
 constexpr int kMaxVectors = 6;
 constexpr int kAvx512Accumulators = 24;
 
-// What a tile reads: `rows` of A, and for each k the tile's vectors at panel + k·stride.
+// What a tile reads: `rows` of A, and for each k the tile's vectors at panel + k·stride. A
+// stacked product's A is two arrays side by side: the first k_count k of row r from rows[r], the
+// next k_right from right_rows[r].
 struct TileIn {
   const float* const* rows;
   const float* panel;
@@ -44,6 +46,8 @@ struct TileIn {
   int64_t k_count;
   // A transposed (AVX-512 tiles only): row r's k at rows[0] + k·lda_t + r.
   int64_t lda_t;
+  const float* const* right_rows;
+  int64_t k_right;
 };
 
 // Where a tile's sums go: vector v of row r to rows[r] + columns[v], added to what is there when
@@ -54,15 +58,20 @@ struct TileOut {
   bool accumulate;
 };
 
-template <int Rows, int Vectors>
+template <int Rows, int Vectors, bool Stacked>
 void tile_portable(const TileIn& in, const TileOut& out) {
   constexpr int kWidth = Vectors * kLanes;
   float acc[Rows][kWidth] = {};
-  for (int64_t k = 0; k < in.k_count; ++k) {
-    const float* m = in.panel + k * in.stride;
-    for (int r = 0; r < Rows; ++r) {
-      const float ar = in.rows[r][k];
-      for (int j = 0; j < kWidth; ++j) acc[r][j] += ar * m[j];
+  for (int part = 0; part < (Stacked ? 2 : 1); ++part) {  // A's arrays
+    const float* const* rows = part ? in.right_rows : in.rows;
+    const float* const panel = in.panel + (part ? in.k_count * in.stride : 0);
+    const int64_t k_count = part ? in.k_right : in.k_count;
+    for (int64_t k = 0; k < k_count; ++k) {
+      const float* m = panel + k * in.stride;
+      for (int r = 0; r < Rows; ++r) {
+        const float ar = rows[r][k];
+        for (int j = 0; j < kWidth; ++j) acc[r][j] += ar * m[j];
+      }
     }
   }
   for (int r = 0; r < Rows; ++r)
@@ -74,18 +83,15 @@ void tile_portable(const TileIn& in, const TileOut& out) {
 }
 
 #if FR_AVX2_KERNEL
+// acc += the k_count k of A's `rows` times the panel from `panel` on (for tile_avx2, once for
+// each of A's arrays, as add_products_avx512 for tile_avx512).
 template <int Rows, int Vectors>
-__attribute__((target("avx2,fma"))) void tile_avx2(const TileIn& in, const TileOut& out) {
+__attribute__((target("avx2,fma"), always_inline)) inline void add_products_avx2(
+    __m256 (&acc)[Rows][Vectors], const float* const* rows, const float* panel, int64_t stride,
+    int64_t k_count) {
   const float* a[Rows];
 #pragma GCC unroll 4
-  for (int r = 0; r < Rows; ++r) a[r] = in.rows[r];
-  const float* const panel = in.panel;
-  const int64_t stride = in.stride, k_count = in.k_count;
-  __m256 acc[Rows][Vectors];
-#pragma GCC unroll 4
-  for (int r = 0; r < Rows; ++r)
-#pragma GCC unroll 8
-    for (int v = 0; v < Vectors; ++v) acc[r][v] = _mm256_setzero_ps();
+  for (int r = 0; r < Rows; ++r) a[r] = rows[r];
   for (int64_t k = 0; k < k_count; ++k) {
     __m256 ar[Rows];
 #pragma GCC unroll 4
@@ -98,6 +104,19 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const TileIn& in, const TileO
       for (int r = 0; r < Rows; ++r) acc[r][v] = _mm256_fmadd_ps(ar[r], mv, acc[r][v]);
     }
   }
+}
+
+template <int Rows, int Vectors, bool Stacked>
+__attribute__((target("avx2,fma"))) void tile_avx2(const TileIn& in, const TileOut& out) {
+  __m256 acc[Rows][Vectors];
+#pragma GCC unroll 4
+  for (int r = 0; r < Rows; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < Vectors; ++v) acc[r][v] = _mm256_setzero_ps();
+  add_products_avx2<Rows, Vectors>(acc, in.rows, in.panel, in.stride, in.k_count);
+  if constexpr (Stacked)
+    add_products_avx2<Rows, Vectors>(acc, in.right_rows, in.panel + in.k_count * in.stride,
+                                     in.stride, in.k_right);
   // out's fields are read once: the stores go through a type that may alias anything, and
   // would make GCC read them again after each (k=32 tiles ran 3% faster reading them once).
   const TileOut o = out;
@@ -111,19 +130,16 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const TileIn& in, const TileO
     }
 }
 
-// Registers are 16 floats: register z holds the panel's vectors 2z (low half) and 2z + 1.
+// acc += the k_count k of A's `rows` times the panel from `panel` on: tile_avx512 inlines it
+// once for each of A's arrays (a lambda would drop the target). Only tiles of stacked products
+// have the second: the mere chance of one cost every k=32 tile 5%, k=512 2%.
 template <int Rows, int Registers, bool ATransposed>
-__attribute__((target("avx512f"))) void tile_avx512(const TileIn& in, const TileOut& out) {
+__attribute__((target("avx512f"), always_inline)) inline void add_products_avx512(
+    __m512 (&acc)[Rows][Registers], const float* const* rows, const float* panel,
+    int64_t stride, int64_t k_count, int64_t lda_t) {
   const float* a[Rows];
 #pragma GCC unroll 12
-  for (int r = 0; r < Rows; ++r) a[r] = in.rows[r];
-  const float* const panel = in.panel;
-  const int64_t stride = in.stride, k_count = in.k_count;
-  __m512 acc[Rows][Registers];
-#pragma GCC unroll 12
-  for (int r = 0; r < Rows; ++r)
-#pragma GCC unroll 3
-    for (int z = 0; z < Registers; ++z) acc[r][z] = _mm512_setzero_ps();
+  for (int r = 0; r < Rows; ++r) a[r] = rows[r];
   for (int64_t k = 0; k < k_count; ++k) {
     const float* m = panel + k * stride;
     __m512 mv[Registers];
@@ -132,11 +148,28 @@ __attribute__((target("avx512f"))) void tile_avx512(const TileIn& in, const Tile
 #pragma GCC unroll 12
     for (int r = 0; r < Rows; ++r) {
       // A transposed: the tile's rows lie side by side in A's k-th row.
-      const __m512 ar = _mm512_set1_ps(ATransposed ? a[0][k * in.lda_t + r] : a[r][k]);
+      const __m512 ar = _mm512_set1_ps(ATransposed ? a[0][k * lda_t + r] : a[r][k]);
 #pragma GCC unroll 3
       for (int z = 0; z < Registers; ++z) acc[r][z] = _mm512_fmadd_ps(ar, mv[z], acc[r][z]);
     }
   }
+}
+
+// Registers are 16 floats: register z holds the panel's vectors 2z (low half) and 2z + 1.
+template <int Rows, int Registers, bool ATransposed, bool Stacked>
+__attribute__((target("avx512f"))) void tile_avx512(const TileIn& in, const TileOut& out) {
+  static_assert(!(ATransposed && Stacked), "a stacked product's A is not transposed");
+  __m512 acc[Rows][Registers];
+#pragma GCC unroll 12
+  for (int r = 0; r < Rows; ++r)
+#pragma GCC unroll 3
+    for (int z = 0; z < Registers; ++z) acc[r][z] = _mm512_setzero_ps();
+  add_products_avx512<Rows, Registers, ATransposed>(acc, in.rows, in.panel, in.stride,
+                                                    in.k_count, in.lda_t);
+  if constexpr (Stacked)
+    add_products_avx512<Rows, Registers, false>(acc, in.right_rows,
+                                                in.panel + in.k_count * in.stride, in.stride,
+                                                in.k_right, 0);
   const TileOut o = out;  // read once, as in tile_avx2
 #pragma GCC unroll 12
   for (int r = 0; r < Rows; ++r)
@@ -182,52 +215,61 @@ bool use_avx2_fma() { return kernel_isa() != Isa::portable; }
 
 using TileFn = void (*)(const TileIn&, const TileOut&);
 
-template <int Rows, int Vectors>
+template <int Rows, int Vectors, bool Stacked>
 TileFn tile_for_cpu() {
 #if FR_AVX2_KERNEL
-  if (use_avx2_fma()) return tile_avx2<Rows, Vectors>;
+  if (use_avx2_fma()) return tile_avx2<Rows, Vectors, Stacked>;
 #endif
-  return tile_portable<Rows, Vectors>;
+  return tile_portable<Rows, Vectors, Stacked>;
 }
 
 #if FR_AVX2_KERNEL
-template <int Vectors, bool ATransposed, int... Rows>
+template <int Vectors, bool ATransposed, bool Stacked, int... Rows>
 const TileFn* avx512_tiles(std::integer_sequence<int, Rows...>) {
-  static const TileFn tiles[] = {tile_avx512<Rows + 1, Vectors / 2, ATransposed>...};
+  static const TileFn tiles[] = {tile_avx512<Rows + 1, Vectors / 2, ATransposed, Stacked>...};
   return tiles;
 }
 
-template <bool ATransposed>
+template <bool ATransposed, bool Stacked>
 const TileFn* avx512_tiles_for(int vectors) {
-  static const TileFn* const four =
-      avx512_tiles<4, ATransposed>(std::make_integer_sequence<int, kAvx512Accumulators / 2>());
-  static const TileFn* const six =
-      avx512_tiles<6, ATransposed>(std::make_integer_sequence<int, kAvx512Accumulators / 3>());
+  static const TileFn* const four = avx512_tiles<4, ATransposed, Stacked>(
+      std::make_integer_sequence<int, kAvx512Accumulators / 2>());
+  static const TileFn* const six = avx512_tiles<6, ATransposed, Stacked>(
+      std::make_integer_sequence<int, kAvx512Accumulators / 3>());
   return vectors == 4 ? four : six;
 }
 #endif
+
+template <bool Stacked>
+const TileFn* tiles_for_cpu(int vectors) {
+  static const TileFn four[3] = {tile_for_cpu<1, 4, Stacked>(), tile_for_cpu<2, 4, Stacked>(),
+                                 tile_for_cpu<3, 4, Stacked>()};
+  static const TileFn six[2] = {tile_for_cpu<1, 6, Stacked>(), tile_for_cpu<2, 6, Stacked>()};
+  return vectors == 4 ? four : six;
+}
 
 // The kernels for 1..layout.max_rows rows of a layout of `vectors` vectors, at rows - 1. Looked
 // up once a product: at every tile, the lookups took 2% of LSTM inference T=20 B=128 H=128,
 // whose tiles are short (k = 128).
-const TileFn* tile_kernels(int vectors, bool a_transposed) {
+const TileFn* tile_kernels(int vectors, bool a_transposed, bool stacked) {
 #if FR_AVX2_KERNEL
-  if (kernel_isa() == Isa::avx512)
-    return a_transposed ? avx512_tiles_for<true>(vectors) : avx512_tiles_for<false>(vectors);
+  if (kernel_isa() == Isa::avx512) {
+    if (a_transposed) return avx512_tiles_for<true, false>(vectors);
+    return stacked ? avx512_tiles_for<false, true>(vectors)
+                   : avx512_tiles_for<false, false>(vectors);
+  }
 #endif
-  static const TileFn four[3] = {tile_for_cpu<1, 4>(), tile_for_cpu<2, 4>(),
-                                 tile_for_cpu<3, 4>()};
-  static const TileFn six[2] = {tile_for_cpu<1, 6>(), tile_for_cpu<2, 6>()};
-  return vectors == 4 ? four : six;
+  return stacked ? tiles_for_cpu<true>(vectors) : tiles_for_cpu<false>(vectors);
 }
 
 // Four rows against half of a 4-vector panel: a 3-row layout's last four rows go as two of these
 // (8 accumulators each) rather than as 3 + 1, whose lone row has only 4 accumulators, half of
 // what covers the FMA latency. B=16 LSTM products ran 3 to 5% faster on one core, and LSTM
 // inference at B=16 (T=200 H=512, T=20 H=1024) 2% faster on two.
-TileFn four_rows_half_panel() {
-  static const TileFn tile = tile_for_cpu<4, 2>();
-  return tile;
+TileFn four_rows_half_panel(bool stacked) {
+  static const TileFn tile = tile_for_cpu<4, 2, false>();
+  static const TileFn stacked_tile = tile_for_cpu<4, 2, true>();
+  return stacked ? stacked_tile : tile;
 }
 
 int64_t panel_count(const ProductShape& shape) {
@@ -317,12 +359,12 @@ void copy_lanes(const float* src, int64_t n, float* dst) {
 
 }  // namespace
 
-void pack_panels(const ProductShape& shape, const float* w, int64_t ldw, float* packed) {
-  pack_panels(shape, w, ldw, 0, panel_count(shape), packed);
-}
+namespace {
 
-void pack_panels(const ProductShape& shape, const float* w, int64_t ldw, int64_t p0, int64_t p1,
-                 float* packed) {
+// Panels [p0, p1) of M's k [k_first, k_first + shape.k), in panels of k_total k each: a whole
+// M (k_first 0, k_total shape.k), or one of a stacked M's two parts.
+void pack_part(const ProductShape& shape, const float* w, int64_t ldw, int64_t p0, int64_t p1,
+               int64_t k_first, int64_t k_total, float* packed) {
   const PanelLayout layout = panel_layout(shape.segments);
   const int64_t width = layout.vectors * kLanes, k_count = shape.k;
   const int64_t per_task = std::max<int64_t>(1, kPackTaskFloats / (k_count * width));
@@ -331,7 +373,7 @@ void pack_panels(const ProductShape& shape, const float* w, int64_t ldw, int64_t
     for (int64_t p = p0 + task * per_task; p < p_end; ++p) {
       const int64_t first = p * layout.units;
       const int64_t units = std::min(layout.units, shape.width - first);
-      float* out = packed + (p - p0) * k_count * width;
+      float* out = packed + ((p - p0) * k_total + k_first) * width;
       for (int64_t s = 0; s < shape.segments; ++s) {
         const int64_t col = s * shape.width + first;
         float* lanes = out + s * layout.units;
@@ -365,15 +407,39 @@ void pack_panels(const ProductShape& shape, const float* w, int64_t ldw, int64_t
   });
 }
 
+}  // namespace
+
+void pack_panels(const ProductShape& shape, const float* w, int64_t ldw, float* packed) {
+  pack_panels(shape, w, ldw, 0, panel_count(shape), packed);
+}
+
+void pack_panels(const ProductShape& shape, const float* w, int64_t ldw, int64_t p0, int64_t p1,
+                 float* packed) {
+  pack_part(shape, w, ldw, p0, p1, 0, shape.k, packed);
+}
+
+void pack_stacked_panels(const ProductShape& shape, const float* w, int64_t ldw,
+                         const float* w_right, int64_t ldw_right, int64_t k_right,
+                         float* packed) {
+  const int64_t k_left = shape.k - k_right, panels = panel_count(shape);
+  pack_part({shape.transposed, k_left, shape.segments, shape.width}, w, ldw, 0, panels, 0,
+            shape.k, packed);
+  pack_part({shape.transposed, k_right, shape.segments, shape.width}, w_right, ldw_right, 0,
+            panels, k_left, shape.k, packed);
+}
+
 Panels packed_at(const ProductShape& shape, const float* packed, int64_t p0) {
   return {packed, p0, panel_floats(shape)};
 }
 
 void packed_multiply(const ProductShape& shape, const Panels& panels, int64_t p0, int64_t p1,
                      const float* a, int64_t lda, int64_t rows, float* c, int64_t ldc,
-                     bool accumulate, bool a_transposed) {
+                     bool accumulate, bool a_transposed, const RightA& right) {
   if (a_transposed && !packed_kernel_beats_blas())
     detail::fail("packed_multiply: a transposed A needs the AVX-512 kernel");
+  if (right.k < 0 || right.k > shape.k || (right.k > 0 && (a_transposed || !right.a)))
+    detail::fail("packed_multiply: A's right part takes 0 to k k of an A not transposed, got " +
+                 std::to_string(right.k) + " of " + std::to_string(shape.k));
   const PanelLayout layout = panel_layout(shape.segments);
   const int64_t width = layout.vectors * kLanes;
   // The rows go in near-equal tiles of at most max_rows; but a 3-row AVX2 layout's last four
@@ -384,7 +450,8 @@ void packed_multiply(const ProductShape& shape, const Panels& panels, int64_t p0
     if (halves) return step == row_steps - 1 ? rows : 3 * (step + 1);
     return rows * (step + 1) / row_steps;
   };
-  const TileFn* const kernels = tile_kernels(layout.vectors, a_transposed);
+  const bool stacked = right.k > 0;
+  const TileFn* const kernels = tile_kernels(layout.vectors, a_transposed, stacked);
   alignas(64) float tile[kMaxRows * kMaxVectors * kLanes];
   for (int64_t p = p0; p < p1; ++p) {
     const float* panel = panels.base + (p - panels.first) * panels.panel_floats;
@@ -404,18 +471,21 @@ void packed_multiply(const ProductShape& shape, const Panels& panels, int64_t p0
     for (int64_t step = 0; step < row_steps; ++step) {
       const int64_t tile_rows = step_end(step) - r0;
       const float* a_rows[kMaxRows];
+      const float* right_rows[kMaxRows];
       for (int64_t i = 0; i < tile_rows; ++i) {
         a_rows[i] = a_transposed ? a + r0 + i : a + (r0 + i) * lda;
+        if (stacked) right_rows[i] = right.a + (r0 + i) * right.lda;
         out.rows[i] = whole ? c + (r0 + i) * ldc : tile + i * width;
       }
-      TileIn in{a_rows, panel, width, shape.k, a_transposed ? lda : 0};
+      TileIn in{a_rows,     panel,      width,  shape.k - right.k, a_transposed ? lda : 0,
+                right_rows, right.k};
       if (halves && step == row_steps - 1) {
-        four_rows_half_panel()(in, out);
+        four_rows_half_panel(stacked)(in, out);
         TileOut upper = out;
         upper.columns[0] = out.columns[2];
         upper.columns[1] = out.columns[3];
         in.panel += 2 * kLanes;
-        four_rows_half_panel()(in, upper);
+        four_rows_half_panel(stacked)(in, upper);
       } else {
         kernels[tile_rows - 1](in, out);
       }

@@ -15,6 +15,7 @@
 #include <type_traits>
 
 #include "parallel_gemm.h"
+#include "rnn_common.h"
 
 namespace fusedrnn {
 namespace cpu {
@@ -56,6 +57,10 @@ void pack_panels(const ProductShape& shape, const float* w, int64_t ldw, float* 
 // Panels [p0, p1) only, (p1 - p0)·panel_floats(shape) floats at `packed`.
 void pack_panels(const ProductShape& shape, const float* w, int64_t ldw, int64_t p0, int64_t p1,
                  float* packed);
+// The panels of a stacked M, [W; W_right] along k: its first shape.k - k_right k from w, the
+// last k_right from w_right (each read as `shape` says).
+void pack_stacked_panels(const ProductShape& shape, const float* w, int64_t ldw,
+                         const float* w_right, int64_t ldw_right, int64_t k_right, float* packed);
 // Packed panels [first, ...) at base, panel_floats apart: a whole packing (first 0), or a group.
 struct Panels {
   const float* base;
@@ -64,11 +69,19 @@ struct Panels {
 // The panels from p0 on that pack_panels wrote to `packed`.
 Panels packed_at(const ProductShape& shape, const float* packed, int64_t p0 = 0);
 
-// C[:, units of panels [p0, p1)] (+)= A · M. A[r][k] is a[r·lda + k], or, a_transposed (with
-// the AVX-512 kernel only), a[k·lda + r].
+// A's last `k` k in a second array: A[r][shape.k - k + i] is a[r·lda + i] (a stacked product,
+// [x | h]·[W_ih; W_hh]ᵀ, reads its rows from x and h where they are).
+struct RightA {
+  const float* a = nullptr;
+  int64_t lda = 0, k = 0;
+};
+
+// C[:, units of panels [p0, p1)] (+)= A · M. A[r][k] is a[r·lda + k] (up to k = shape.k -
+// right.k, then from `right`), or, a_transposed (with the AVX-512 kernel only, and no right
+// part), a[k·lda + r].
 void packed_multiply(const ProductShape& shape, const Panels& panels, int64_t p0, int64_t p1,
                      const float* a, int64_t lda, int64_t rows, float* c, int64_t ldc,
-                     bool accumulate, bool a_transposed = false);
+                     bool accumulate, bool a_transposed = false, const RightA& right = {});
 
 template <typename T>
 class RecurrentProduct {
@@ -84,6 +97,20 @@ class RecurrentProduct {
       }
     }
     make_blas_single_threaded();  // once per call, not at every block of every step
+  }
+  // A stacked product, float and packed only: M is [W; W_right] along k, its last k_right k from
+  // w_right, and A's rows are [a | a_right] (multiply with a_right). `packing` holds
+  // packed_floats(shape) elements.
+  RecurrentProduct(const ProductShape& shape, const T* w, int64_t ldw, const T* w_right,
+                   int64_t ldw_right, int64_t k_right, T* packing)
+      : shape_(shape), w_(w), ldw_(ldw), packed_(packing), k_right_(k_right) {
+    if constexpr (kPacks) {
+      if (packed_ && k_right > 0 && k_right < shape.k) {
+        pack_stacked_panels(shape_, w_, ldw_, w_right, ldw_right, k_right_, packed_);
+        return;
+      }
+    }
+    detail::fail("RecurrentProduct: a stacked product is float, packed, and has two parts");
   }
 
   // Packed panels for float products of several rows, in a call of `steps` steps; 0 for BLAS:
@@ -129,6 +156,20 @@ class RecurrentProduct {
     return shape.k * shape.segments * shape.width * int64_t{sizeof(T)};
   }
 
+  // C[:, units [u0, u1)] = [a | a_right]·M for a stacked product (u0 as below).
+  void multiply(const T* a, int64_t lda, const T* a_right, int64_t lda_right, int64_t rows,
+                int64_t u0, int64_t u1, T* c, int64_t ldc) const {
+    if constexpr (kPacks) {
+      if (k_right_ > 0) {
+        const int64_t units = unit_step();
+        return packed_multiply(shape_, packed_at(shape_, packed_), u0 / units,
+                               (u1 + units - 1) / units, a, lda, rows, c, ldc, false, false,
+                               RightA{a_right, lda_right, k_right_});
+      }
+    }
+    detail::fail("RecurrentProduct: not a stacked product");
+  }
+
   // C[:, units [u0, u1)] = A·M, or += when accumulate; u0 is a multiple of unit_step().
   void multiply(const T* a, int64_t lda, int64_t rows, int64_t u0, int64_t u1, T* c, int64_t ldc,
                 bool accumulate) const {
@@ -159,6 +200,7 @@ class RecurrentProduct {
   const T* w_ = nullptr;
   int64_t ldw_ = 0;
   T* packed_ = nullptr;  // null: BLAS
+  int64_t k_right_ = 0;  // a stacked product's k from its second weight
 };
 
 }  // namespace cpu

@@ -175,6 +175,39 @@ std::size_t Tape<T>::bytes() const {
   return bytes_for(cell_, dims_, !lengths_.empty());
 }
 
+// The sizes of a backward's scratch (elements), by the call's sizes alone.
+template <typename Real>
+struct BackwardScratch {
+  BackwardScratch(Cell cell, const Dims& d, bool has_dy) {
+    using Products = cpu::StepProducts<Real>;
+    const int64_t B = d.B, H = d.H, GH = gate_count(cell) * H;
+    const int64_t rows = Chunks(d.T, B, false).steps() * B;
+    ldg = cpu::pre_activation_stride<Real>(GH);
+    chunk = rows * ldg;
+    // GRU's recurrent gate gradients differ from the input side's (n's reset): its steps write
+    // them to two alternating step buffers (see backward).
+    dgh_steps = cell == Cell::GRU ? 2 * B * ldg : 0;
+    carry = B * ldg;
+    state = B * H;
+    no_dy = has_dy ? 0 : B * H;
+    main_packing = Products::main_packing(cell, H, B, d.T, false);
+    n_gate_packing = Products::n_gate_packing(cell, H, B, d.T, false);
+    dx_packing = cpu::ChunkProduct<Real>::packing_size(dx_shape(cell, d));
+    // The weight gradients' M, x or h of a chunk, packed by groups for each product in turn.
+    m_packing = std::max(cpu::ChunkProduct<Real>::packing_size({false, rows, 1, d.I}),
+                         cpu::ChunkProduct<Real>::packing_size({false, rows, 1, H}));
+  }
+  static cpu::ProductShape dx_shape(Cell cell, const Dims& d) {  // dG·W_ih
+    return {false, gate_count(cell) * d.H, 1, d.I};
+  }
+  std::size_t bytes() const {
+    return cpu::Workspace::bytes_for<Real>({chunk, dgh_steps, carry, state, no_dy, main_packing,
+                                            n_gate_packing, dx_packing, m_packing});
+  }
+  int64_t ldg, chunk, dgh_steps, carry, state, no_dy, main_packing, n_gate_packing, dx_packing,
+      m_packing;
+};
+
 template <typename Real>
 void forward(const ForwardArgs<Real>& a) {
   check_forward_args(a, a.lengths);
@@ -190,14 +223,19 @@ void forward(const ForwardArgs<Real>& a) {
   const int64_t gates_scratch = !training && a.cell == Cell::GRU_RESET_BEFORE ? B * width : 0;
   const int64_t states_scratch = training ? 0 : (has_c ? 4 : 2) * BH;
   using Products = cpu::StepProducts<Real>;
-  const int64_t main_packing = Products::main_packing(a.cell, H, B, T, true);
+  // A small LSTM or RNN takes x's product in each step's (StepProducts::stacks_input): no
+  // projection, and xproj is a row of zeros.
+  const bool stacked = Products::stacks_input(a.cell, d.I, H, B);
+  const int64_t main_packing =
+      stacked ? cpu::packed_floats(Products::stacked_shape(a.cell, d.I, H))
+              : Products::main_packing(a.cell, H, B, T, true);
   const int64_t n_gate_packing = Products::n_gate_packing(a.cell, H, B, T, true);
   const cpu::ProductShape projection_shape{true, d.I, G, H};  // x·W_ihᵀ
   const Chunks chunks(T, B, a.reverse);
   const double recurrent_flops = 2.0 * double(B) * double(GH) * double(H);  // a step's
   // Where the walk splits the batch rows (small W_hh: StepProducts::walk_row_blocks), each row
   // block goes through the whole sequence on one thread, projecting its own rows of x a step at
-  // a time (W_ih packed once, as W_hh): one fork-join a call, where a projection and a walk
+  // a time (W_ih packed once, as W_hh; or in the step's product, stacked): one fork-join a call, where a projection and a walk
   // fork-joined at every chunk. While this machine ran slow (fork-joins dear), LSTM inference
   // T=200 B=128 H=32 took 2.85-2.92 ms that way and 2.34-2.42 this way, T=20 B=128 H=128
   // 2.10-2.17 against 1.65-1.87; when it ran fast, both ways took the same.
@@ -213,22 +251,34 @@ void forward(const ForwardArgs<Real>& a) {
   // T=200 B=16 H=512 31.7 -> 31.2 ms, GRU 23.3 -> 23.0 (alternated in one process).
   const bool pack_w_ih_once = !training && chunks.count() > 1;
   const int64_t projection_packing =
-      rows_walk_alone
+      stacked ? 0
+      : rows_walk_alone
           ? cpu::RecurrentProduct<Real>::packing_size(projection_shape, B / walk_blocks, T)
           : cpu::ChunkProduct<Real>::packing_size(projection_shape, pack_w_ih_once);
   const int64_t ldg = cpu::pre_activation_stride<Real>(GH);
-  const int64_t xproj_size = chunks.steps() * B * ldg;
-  cpu::Workspace ws(cpu::Workspace::bytes_for<Real>({xproj_size, B * ldg, a.weights.b_ih ? 0 : GH,
-                                                     gates_scratch, states_scratch, main_packing,
-                                                     n_gate_packing, projection_packing}));
+  const int64_t xproj_size = stacked ? GH : chunks.steps() * B * ldg;
+  // Training reserves its backward's scratch too: the thread's block then need not grow between
+  // the two while the tape is held (the freed block often stays with malloc), and pages the
+  // forward never touches cost nothing. LSTM T=20 B=16 H=128, whose forward stacks its
+  // products and asks for less than its backward, peaked at 2.6 MB without it (torch 2.4).
+  const std::size_t forward_bytes = cpu::Workspace::bytes_for<Real>(
+      {xproj_size, B * ldg, a.weights.b_ih ? 0 : GH, gates_scratch, states_scratch, main_packing,
+       n_gate_packing, projection_packing});
+  const std::size_t backward_bytes =
+      training ? BackwardScratch<Real>(a.cell, d, false).bytes() : std::size_t{0};
+  cpu::Workspace ws(std::max(forward_bytes, backward_bytes));
   Real* xproj = ws.take<Real>(xproj_size);
+  if (stacked) std::fill(xproj, xproj + GH, Real(0));
   Real* rec = ws.take<Real>(B * ldg);
   Real* no_bias = a.weights.b_ih ? nullptr : ws.take<Real>(GH);
   if (no_bias) std::fill(no_bias, no_bias + GH, Real(0));
   Real* scratch_gates = ws.take<Real>(gates_scratch);
   Real* scratch_states = ws.take<Real>(states_scratch);
-  const Products products(a.cell, H, true, a.weights.w_hh, take_or_null<Real>(ws, main_packing),
-                          take_or_null<Real>(ws, n_gate_packing));
+  Real* const packing = take_or_null<Real>(ws, main_packing);
+  const Products products =
+      stacked ? Products(a.cell, d.I, H, a.weights.w_ih, a.weights.w_hh, packing)
+              : Products(a.cell, H, true, a.weights.w_hh, packing,
+                         take_or_null<Real>(ws, n_gate_packing));
   Real* w_ih_packing = take_or_null<Real>(ws, projection_packing);
 
   const Real* b_ih = a.weights.b_ih ? a.weights.b_ih : no_bias;
@@ -244,26 +294,32 @@ void forward(const ForwardArgs<Real>& a) {
 
   const auto step_io = [&](int64_t s, const Chunk& k) {
     const StepPlan p = slots(s);
-    return cpu::StepIO<Real>{B, H, p.t, a.lengths, xproj + (p.t - k.t0) * B * ldg, &products,
+    return cpu::StepIO<Real>{B, H, p.t, a.lengths,
+                             stacked ? xproj : xproj + (p.t - k.t0) * B * ldg, stacked ? 0 : ldg,
+                             stacked ? a.x + p.t * B * d.I : nullptr, d.I, &products,
                              b_ih, b_hh, hs + p.read * BH, has_c ? cs + p.read * BH : nullptr,
                              hs + p.write * BH, has_c ? cs + p.write * BH : nullptr,
                              training ? a.tape->gates() + p.t * B * width : scratch_gates,
                              a.y + p.t * B * a.ldy, a.ldy, rec, ldg};
   };
   if (rows_walk_alone) {
-    const cpu::RecurrentProduct<Real> project(projection_shape, a.weights.w_ih, d.I,
-                                              w_ih_packing);
+    const auto project = stacked ? cpu::RecurrentProduct<Real>()
+                                 : cpu::RecurrentProduct<Real>(projection_shape, a.weights.w_ih,
+                                                               d.I, w_ih_packing);
     cpu::parallel_for(walk_blocks, [&](int64_t i) {
       const int64_t r0 = B * i / walk_blocks, r1 = B * (i + 1) / walk_blocks;
       for (int64_t c = 0; c < chunks.count(); ++c) {
         const Chunk k = chunks[c];
-        for (int64_t t = k.t0; t < k.t0 + k.steps; ++t)
-          project.multiply(a.x + (t * B + r0) * d.I, d.I, r1 - r0, 0, H,
-                           xproj + ((t - k.t0) * B + r0) * ldg, ldg, false);
+        if (!stacked)
+          for (int64_t t = k.t0; t < k.t0 + k.steps; ++t)
+            project.multiply(a.x + (t * B + r0) * d.I, d.I, r1 - r0, 0, H,
+                             xproj + ((t - k.t0) * B + r0) * ldg, ldg, false);
         for (int64_t s = k.s0; s < k.s1; ++s)
           step_forward(a.cell, cpu::rows_of(step_io(s, k), r0, r1, width), training);
       }
     });
+  } else if (stacked) {
+    for (int64_t s = 0; s < T; ++s) step_forward(a.cell, step_io(s, chunks[0]), training);
   } else {
     const cpu::ChunkProduct<Real> project(projection_shape, a.weights.w_ih, d.I, w_ih_packing,
                                           pack_w_ih_once);
@@ -294,34 +350,26 @@ void backward(const BackwardArgs<Real>& a) {
   // get them from the input side's afterwards. The other cells' are the input side's.
   const bool own_dgh = cell == Cell::GRU;
   const Chunks chunks(T, B, tape.reverse());
-  const int64_t ldg = cpu::pre_activation_stride<Real>(GH);
-  const int64_t chunk_size = chunks.steps() * B * ldg;
+  const BackwardScratch<Real> sizes(cell, d, a.dy != nullptr);
+  const int64_t ldg = sizes.ldg;
   using Products = cpu::StepProducts<Real>;
-  const int64_t main_packing = Products::main_packing(cell, H, B, T, false);
-  const int64_t n_gate_packing = Products::n_gate_packing(cell, H, B, T, false);
-  const cpu::ProductShape dx_shape{false, GH, 1, I};  // dG·W_ih
-  const int64_t dx_packing = cpu::ChunkProduct<Real>::packing_size(dx_shape);
-  // The weight gradients' M, x or h of a chunk, packed by groups for each product in turn.
-  const int64_t m_packing =
-      std::max(cpu::ChunkProduct<Real>::packing_size({false, chunks.steps() * B, 1, I}),
-               cpu::ChunkProduct<Real>::packing_size({false, chunks.steps() * B, 1, H}));
-  cpu::Workspace ws(cpu::Workspace::bytes_for<Real>(
-      {chunk_size, own_dgh ? 2 * B * ldg : 0, B * ldg, BH, a.dy ? 0 : BH, main_packing,
-       n_gate_packing, dx_packing, m_packing}));
-  Real* dgx = ws.take<Real>(chunk_size);
-  Real* dgh_steps = own_dgh ? ws.take<Real>(2 * B * ldg) : nullptr;
+  cpu::Workspace ws(sizes.bytes());
+  Real* dgx = ws.take<Real>(sizes.chunk);
+  Real* dgh_steps = own_dgh ? ws.take<Real>(sizes.dgh_steps) : nullptr;
   // The recurrent gate gradients of the last step walked in a chunk, which the first step of the
   // next chunk multiplies by W_hh after the chunk's buffers are reused.
-  Real* dg_carry = ws.take<Real>(B * ldg);
-  Real* scratch = ws.take<Real>(BH);
+  Real* dg_carry = ws.take<Real>(sizes.carry);
+  Real* scratch = ws.take<Real>(sizes.state);
   // No dy means zeros: one zero row block read at every step keeps the row loops branch-free.
-  Real* no_dy = a.dy ? nullptr : ws.take<Real>(BH);
+  Real* no_dy = a.dy ? nullptr : ws.take<Real>(sizes.no_dy);
   if (no_dy) std::fill(no_dy, no_dy + BH, Real(0));
-  const Products products(cell, H, false, a.weights.w_hh, take_or_null<Real>(ws, main_packing),
-                          take_or_null<Real>(ws, n_gate_packing));
-  const cpu::ChunkProduct<Real> input_grads(dx_shape, a.weights.w_ih, I,
-                                            take_or_null<Real>(ws, dx_packing));
-  Real* m_packed = take_or_null<Real>(ws, m_packing);
+  const Products products(cell, H, false, a.weights.w_hh,
+                          take_or_null<Real>(ws, sizes.main_packing),
+                          take_or_null<Real>(ws, sizes.n_gate_packing));
+  const cpu::ChunkProduct<Real> input_grads(BackwardScratch<Real>::dx_shape(cell, d),
+                                            a.weights.w_ih, I,
+                                            take_or_null<Real>(ws, sizes.dx_packing));
+  Real* m_packed = take_or_null<Real>(ws, sizes.m_packing);
   const double recurrent_flops = 2.0 * double(B) * double(GH) * double(H);  // a step's
   copy_or_zero(a.dh0, a.dh_n, BH);  // dh0/dc0 carry the running gradient through the walk
   if (has_c) copy_or_zero(a.dc0, a.dc_n, BH);
