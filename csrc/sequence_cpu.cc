@@ -235,10 +235,11 @@ void forward(const ForwardArgs<Real>& a) {
   const double recurrent_flops = 2.0 * double(B) * double(GH) * double(H);  // a step's
   // Where the walk splits the batch rows (small W_hh: StepProducts::walk_row_blocks), each row
   // block goes through the whole sequence on one thread, projecting its own rows of x a step at
-  // a time (W_ih packed once, as W_hh; or in the step's product, stacked): one fork-join a call, where a projection and a walk
-  // fork-joined at every chunk. While this machine ran slow (fork-joins dear), LSTM inference
-  // T=200 B=128 H=32 took 2.85-2.92 ms that way and 2.34-2.42 this way, T=20 B=128 H=128
-  // 2.10-2.17 against 1.65-1.87; when it ran fast, both ways took the same.
+  // a time (W_ih packed once, as W_hh; or in the step's product, stacked): one fork-join a
+  // call, where a projection and a walk fork-joined at every chunk. While this machine ran slow
+  // (fork-joins dear), LSTM inference T=200 B=128 H=32 took 2.85-2.92 ms that way and 2.34-2.42
+  // this way, T=20 B=128 H=128 2.10-2.17 against 1.65-1.87; when it ran fast, both ways took the
+  // same.
   // A W_hh read from L3 is walked by rows in inference only: its walk packs W_ih whole, which
   // training's peak memory has no room for (see chunk_product.h). Only with the kernel that
   // also runs the chunks' projections, so that the cut changes no bit.
@@ -461,10 +462,10 @@ BuildInfo build_info() {
   // What the pointwise rows run (cells_cpu.h's FR_ROW clones, chosen by the loader).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
   info.simd = __builtin_cpu_supports("avx512f")
-                  ? "avx512f (chosen at run time over avx2 and the sse2 baseline)"
-                  : __builtin_cpu_supports("avx2")
-                        ? "avx2 (chosen at run time over the sse2 baseline)"
-                        : "sse2 (x86-64 baseline; this CPU lacks avx2)";
+                  ? "avx512f (chosen at run time over x86-64-v3 and the sse2 baseline)"
+                  : __builtin_cpu_supports("x86-64-v3")
+                        ? "x86-64-v3: avx2, fma (chosen at run time over the sse2 baseline)"
+                        : "sse2 (x86-64 baseline; this CPU lacks x86-64-v3)";
 #elif defined(__SSE2__)
   info.simd = "sse2 (x86-64 baseline)";
 #else
