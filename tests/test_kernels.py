@@ -123,6 +123,22 @@ def test_op_matches_reference_around_panel_edges(kcell, B_, H_):
                                            np.float32, (3, B_, 5, H_))
 
 
+# A float32 LSTM or RNN whose packed [W_ihᵀ; W_hhᵀ] fits in 512 KB takes x's product inside each
+# step's (cells_cpu.h, StepProducts::stacks_input): LSTM I = H = 128 just does, I = 129 does not;
+# an RNN up to I = H = 256; a batch of one never. Each side of each edge against the reference,
+# and inference against training (both must stack alike).
+@pytest.mark.parametrize("kcell, I_, H_", [("lstm", 128, 128), ("lstm", 129, 128),
+                                            ("rnn_tanh", 256, 256), ("rnn_tanh", 257, 256),
+                                            ("rnn_relu", 8, 40)],
+                         ids=lambda v: str(v))
+@pytest.mark.parametrize("B_", [1, 2, 13])
+def test_op_matches_reference_around_stacking_edge(kcell, I_, H_, B_):
+    arrays, lengths, got = check_random_lengths_against_reference(
+        np.random.default_rng(I_ + B_), kcell, np.float32, (4, B_, I_, H_), state=True)
+    y_infer = run_op("cpu", kcell, arrays, lengths, False, training=False)[0]
+    np.testing.assert_array_equal(y_infer, got["y"])
+
+
 # The CPU driver walks time in chunks of ceil(1024 / B) steps (sequence_cpu.cc): B=700 makes
 # chunks of 2, 2, 2 and 1 of T=7 steps, so gradients cross chunk edges in both directions. H=300
 # makes W_hh large enough that each step splits its units over threads, so a step reading gate
