@@ -356,13 +356,13 @@ void backward(const BackwardArgs<Real>& a) {
   using Products = cpu::StepProducts<Real>;
   cpu::Workspace ws(sizes.bytes());
   Real* dgx = ws.take<Real>(sizes.chunk);
-  Real* dgh_steps = own_dgh ? ws.take<Real>(sizes.dgh_steps) : nullptr;
+  Real* dgh_steps = take_or_null<Real>(ws, sizes.dgh_steps);  // GRU's only
   // The recurrent gate gradients of the last step walked in a chunk, which the first step of the
   // next chunk multiplies by W_hh after the chunk's buffers are reused.
   Real* dg_carry = ws.take<Real>(sizes.carry);
   Real* scratch = ws.take<Real>(sizes.state);
   // No dy means zeros: one zero row block read at every step keeps the row loops branch-free.
-  Real* no_dy = a.dy ? nullptr : ws.take<Real>(sizes.no_dy);
+  Real* no_dy = take_or_null<Real>(ws, sizes.no_dy);
   if (no_dy) std::fill(no_dy, no_dy + BH, Real(0));
   const Products products(cell, H, false, a.weights.w_hh,
                           take_or_null<Real>(ws, sizes.main_packing),
