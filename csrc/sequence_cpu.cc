@@ -134,7 +134,8 @@ Tape<T>::Tape(Cell cell, const Dims& dims, bool reverse, const int64_t* lengths)
   const int64_t c_slots = has_cell_state(cell) ? slots : 0;
   const int64_t gate_values = dims.T * dims.B * tape_gate_width(cell) * dims.H;
   const int64_t values = slots + c_slots + gate_values;
-  owned_ = cpu::TapeMemory::take(sizeof(T) * static_cast<std::size_t>(values), &owned_bytes_);
+  owned_ = cpu::KeptMemory::tapes().take(sizeof(T) * static_cast<std::size_t>(values),
+                                         &owned_bytes_);
   T* const block = reinterpret_cast<T*>(owned_.get());  // new[]'s alignment suits any T
   buffers_.h_states = block;
   buffers_.c_states = c_slots ? block + slots : nullptr;
@@ -143,7 +144,14 @@ Tape<T>::Tape(Cell cell, const Dims& dims, bool reverse, const int64_t* lengths)
 
 template <typename T>
 Tape<T>::~Tape() {
-  if (owned_) cpu::TapeMemory::give_back(std::move(owned_), owned_bytes_);
+  if (owned_) cpu::KeptMemory::tapes().give_back(std::move(owned_), owned_bytes_);
+}
+
+OutputBuffer::OutputBuffer(std::size_t bytes)
+    : block_(cpu::KeptMemory::outputs().take(bytes, &capacity_)) {}
+
+OutputBuffer::~OutputBuffer() {
+  cpu::KeptMemory::outputs().give_back(std::move(block_), capacity_);
 }
 
 template <typename T>
@@ -481,7 +489,8 @@ void set_num_threads(int threads) { cpu::set_pool_threads(threads); }
 
 void release_memory() {
   cpu::Workspace::release_thread_block();
-  cpu::TapeMemory::release_all();
+  cpu::KeptMemory::tapes().release_all();
+  cpu::KeptMemory::outputs().release_all();
 }
 
 template class Tape<float>;

@@ -26,33 +26,6 @@ struct ThreadBlock {
 
 thread_local ThreadBlock thread_block;
 
-// TapeMemory's blocks. Tapes are dropped on whichever thread releases them (Python's), hence
-// the lock. A fixed array, so that giving a block back (in ~Tape) never allocates; never
-// destroyed, as a tape may outlive static destructors.
-struct KeptBlocks {
-  struct Block {
-    std::unique_ptr<unsigned char[]> data;  // null: an empty slot
-    std::size_t size = 0;
-    uint64_t given = 0;  // when it was given back, for evicting the least recent
-  };
-  std::mutex mutex;
-  std::array<Block, TapeMemory::kMaxKept> blocks;
-  uint64_t clock = 0;
-};
-
-KeptBlocks& kept() {
-  static KeptBlocks* const blocks = [] {
-    auto* k = new KeptBlocks;
-#if defined(__unix__)
-    // A fork() while another thread holds the lock would leave the child's copy locked forever.
-    pthread_atfork([] { kept().mutex.lock(); }, [] { kept().mutex.unlock(); },
-                   [] { kept().mutex.unlock(); });
-#endif
-    return k;
-  }();
-  return *blocks;
-}
-
 unsigned char* aligned(unsigned char* p) {
   const auto address = reinterpret_cast<std::uintptr_t>(p);
   return p + (Workspace::kAlignment - address % Workspace::kAlignment) % Workspace::kAlignment;
@@ -82,13 +55,30 @@ void advise_huge_pages(void* p, std::size_t bytes) {
 #endif
 }
 
-std::unique_ptr<unsigned char[]> TapeMemory::take(std::size_t bytes, std::size_t* capacity) {
-  KeptBlocks& k = kept();
+KeptMemory& KeptMemory::tapes() { return instance(0); }
+KeptMemory& KeptMemory::outputs() { return instance(1); }
+
+KeptMemory& KeptMemory::instance(int kind) {
+  // Never destroyed: a tape or an output may outlive static destructors.
+  static KeptMemory* const memories = [] {
+    auto* made = new KeptMemory[2];
+#if defined(__unix__)
+    // A fork() while another thread holds a lock would leave the child's copy locked forever.
+    pthread_atfork([] { for (int i = 0; i < 2; ++i) instance(i).mutex_.lock(); },
+                   [] { for (int i = 0; i < 2; ++i) instance(i).mutex_.unlock(); },
+                   [] { for (int i = 0; i < 2; ++i) instance(i).mutex_.unlock(); });
+#endif
+    return made;
+  }();
+  return memories[kind];
+}
+
+std::unique_ptr<unsigned char[]> KeptMemory::take(std::size_t bytes, std::size_t* capacity) {
   std::unique_ptr<unsigned char[]> stale[kMaxKept];  // freed after the lock is released
   {
-    std::lock_guard<std::mutex> lock(k.mutex);
-    KeptBlocks::Block* best = nullptr;
-    for (KeptBlocks::Block& b : k.blocks) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    Block* best = nullptr;
+    for (Block& b : blocks_) {
       const bool fits = b.data && b.size >= bytes && b.size / 2 <= bytes;
       if (fits && (!best || b.size < best->size)) best = &b;
     }
@@ -96,9 +86,9 @@ std::unique_ptr<unsigned char[]> TapeMemory::take(std::size_t bytes, std::size_t
       *capacity = best->size;
       return std::move(best->data);
     }
-    // No kept block fits: the tapes changed sizes (T or B). The kept blocks are freed before the
-    // new one is allocated, so that they never sit beside fresh memory.
-    for (std::size_t i = 0; i < kMaxKept; ++i) stale[i] = std::move(k.blocks[i].data);
+    // No kept block fits: the buffers changed sizes (T or B). The kept blocks are freed before
+    // the new one is allocated, so that they never sit beside fresh memory.
+    for (std::size_t i = 0; i < kMaxKept; ++i) stale[i] = std::move(blocks_[i].data);
   }
   for (auto& block : stale) block.reset();
   std::unique_ptr<unsigned char[]> block(new unsigned char[bytes]);
@@ -107,12 +97,11 @@ std::unique_ptr<unsigned char[]> TapeMemory::take(std::size_t bytes, std::size_t
   return block;
 }
 
-void TapeMemory::give_back(std::unique_ptr<unsigned char[]> block, std::size_t capacity) {
-  KeptBlocks& k = kept();
+void KeptMemory::give_back(std::unique_ptr<unsigned char[]> block, std::size_t capacity) {
   std::unique_ptr<unsigned char[]> evicted;  // freed after the lock is released
-  std::lock_guard<std::mutex> lock(k.mutex);
-  KeptBlocks::Block* slot = &k.blocks[0];
-  for (KeptBlocks::Block& b : k.blocks) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  Block* slot = &blocks_[0];
+  for (Block& b : blocks_) {
     if (!b.data) {
       slot = &b;
       break;
@@ -120,14 +109,13 @@ void TapeMemory::give_back(std::unique_ptr<unsigned char[]> block, std::size_t c
     if (b.given < slot->given) slot = &b;  // all full: the least recently given back goes
   }
   evicted = std::move(slot->data);
-  *slot = {std::move(block), capacity, ++k.clock};
+  *slot = {std::move(block), capacity, ++clock_};
 }
 
-void TapeMemory::release_all() {
-  KeptBlocks& k = kept();
+void KeptMemory::release_all() {
   std::unique_ptr<unsigned char[]> freed[kMaxKept];  // after the lock is released
-  std::lock_guard<std::mutex> lock(k.mutex);
-  for (std::size_t i = 0; i < kMaxKept; ++i) freed[i] = std::move(k.blocks[i].data);
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (std::size_t i = 0; i < kMaxKept; ++i) freed[i] = std::move(blocks_[i].data);
 }
 
 void Workspace::release_thread_block() {

@@ -35,6 +35,24 @@ std::string type_name(const py::handle& obj) {
   return std::string(py::str(py::type::of(obj).attr("__name__")));
 }
 
+// A new uninitialised array; one of kMinKeptOutputBytes or more in an OutputBuffer, whose block
+// is kept for a later output once the array is dropped (see rnn.h).
+py::array output_array(const py::dtype& dtype, const std::vector<py::ssize_t>& shape) {
+  std::size_t bytes = static_cast<std::size_t>(dtype.itemsize());
+  bool overflows = false;
+  for (const py::ssize_t n : shape)
+    overflows = overflows || __builtin_mul_overflow(bytes, static_cast<std::size_t>(n), &bytes);
+  // (NumPy refuses a shape too large to hold.)
+  if (overflows || bytes < fusedrnn::OutputBuffer::kMinKeptOutputBytes)
+    return py::array(dtype, shape);
+  auto buffer = std::make_unique<fusedrnn::OutputBuffer>(bytes);
+  void* const data = buffer->data();
+  const py::capsule owner(buffer.get(),
+                          [](void* p) { delete static_cast<fusedrnn::OutputBuffer*>(p); });
+  buffer.release();  // the capsule owns it now
+  return py::array(dtype, shape, data, owner);
+}
+
 // An array of the given dtype and shape, or a TypeError/ValueError naming it.
 py::array typed(const py::handle& obj, const char* name, const py::dtype& dtype,
                 const std::vector<int64_t>& shape) {
@@ -231,7 +249,7 @@ py::tuple forward_typed(Inputs& in, const std::optional<RowStrided>& y_out, bool
                         bool training) {
   const auto& d = in.dims;
   const bool has_c = fusedrnn::has_cell_state(in.cell);
-  py::array y = y_out ? y_out->a : py::array(in.dtype, std::vector<py::ssize_t>{d.T, d.B, d.H});
+  py::array y = y_out ? y_out->a : output_array(in.dtype, {d.T, d.B, d.H});
   py::array h_n(in.dtype, std::vector<py::ssize_t>{d.B, d.H});
   py::object c_n = py::none();
   py::array c_arr;
@@ -309,7 +327,7 @@ py::tuple backward_typed(const PyTape& pt, const fusedrnn::Tape<T>& tape,
   const bool has_c = fusedrnn::has_cell_state(tape.cell());
   const int64_t GH = fusedrnn::gate_count(tape.cell()) * d.H;
   const auto& dt = pt.dtype;
-  py::array dx(dt, std::vector<py::ssize_t>{d.T, d.B, d.I});
+  py::array dx = output_array(dt, {d.T, d.B, d.I});
   py::array dh0(dt, std::vector<py::ssize_t>{d.B, d.H});
   py::array dw_ih(dt, std::vector<py::ssize_t>{GH, d.I});
   py::array dw_hh(dt, std::vector<py::ssize_t>{GH, d.H});
@@ -486,9 +504,26 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("dtype"), py::arg("n") = 2048, py::arg("repeats") = 5,
         "Median GFLOP/s of n×n×n GEMMs through the kernels' BLAS: the bench's ceiling.");
+  m.def("empty",
+        [](const std::vector<int64_t>& shape, const py::object& dtype) {
+          const py::dtype dt = py::dtype::from_args(dtype);
+          if (!dt.equal(py::dtype::of<float>()) && !dt.equal(py::dtype::of<double>()))
+            throw py::type_error("dtype: expected float32 or float64, got " +
+                                 std::string(py::str(dt)));
+          int64_t elements = 1;
+          for (const int64_t n : shape)
+            if (n < 0 || __builtin_mul_overflow(elements, n, &elements) ||
+                elements > PTRDIFF_MAX / dt.itemsize())
+              throw py::value_error("shape: expected sizes >= 0 of an array that fits in memory, "
+                                    "got " + shape_str(shape));
+          return output_array(dt, std::vector<py::ssize_t>(shape.begin(), shape.end()));
+        },
+        py::arg("shape"), py::arg("dtype"),
+        "An uninitialised array as forward's y: one of 4 MB or more takes memory kept from\n"
+        "dropped outputs (see release_memory).");
   m.def("release_memory", &fusedrnn::release_memory,
         "Frees the scratch memory the calling thread keeps between calls and the memory of\n"
-        "dropped tapes kept for the next tapes.");
+        "dropped tapes and outputs kept for the next ones.");
   m.def("set_num_threads", &fusedrnn::set_num_threads, py::arg("threads"),
         "Threads for the kernels (GEMM blocks and pointwise rows); results do not depend on it.");
 }

@@ -88,8 +88,8 @@ SIZES = dict(T=64, B=64, I=64, H=256)  # float32 LSTM tape: about 25 MB
 
 
 def tape(cell):
-    """RSS with a tape held; after dropping it (its memory kept for the next tape); with a second
-    tape of the same size held, which reuses that memory; after dropping that one too; after
+    """RSS with a tape held; after dropping it (its memory kept for the next tape, as y's for the
+    next y); with a second tape of the same size held, which reuses that memory; after dropping that one too; after
     fr.release_memory(); and the growth while a tape is made that no kept block fits."""
     a = arrays(cell, **SIZES)
     # Warm-up (BLAS buffers, the kernels' scratch), its tape held throughout: nothing is kept
@@ -100,6 +100,9 @@ def tape(cell):
     held = rss()
     nbytes = res.tape.nbytes
     outputs = sum(v.nbytes for v in res[:3] if v is not None)
+    # Dropped, outputs of 4 MB or more keep their memory for the next outputs too (rnn.h's
+    # OutputBuffer): y here.
+    kept_outputs = sum(v.nbytes for v in res[:3] if v is not None and v.nbytes >= 4 << 20)
     del res
     dropped = rss()
     res = forward(cell, a)
@@ -118,7 +121,7 @@ def tape(cell):
     del res, warm
     return dict(before=before, held=held, dropped=dropped, again=again, kept=kept,
                 released=released, missed=missed, small_nbytes=small_nbytes, tape_nbytes=nbytes,
-                outputs=outputs)
+                outputs=outputs, kept_outputs=kept_outputs)
 
 
 def kept_tapes(cell):

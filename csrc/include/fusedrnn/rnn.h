@@ -118,6 +118,25 @@ class Tape {
   TapeBuffers<T> buffers_;
 };
 
+// Memory for a large output of a call, y or dx ([T, B, *]), uninitialised. Dropped, its block is
+// kept for a later output as a dropped tape's is (release_memory() frees them): a training loop
+// drops and allocates the same outputs at every step, and fresh memory is faulted in and
+// cleared page by page. Outputs under kMinKeptOutputBytes gain nothing from it (malloc keeps
+// small blocks itself).
+class OutputBuffer {
+ public:
+  static constexpr std::size_t kMinKeptOutputBytes = std::size_t{4} << 20;
+  explicit OutputBuffer(std::size_t bytes);
+  ~OutputBuffer();
+  OutputBuffer(const OutputBuffer&) = delete;
+  OutputBuffer& operator=(const OutputBuffer&) = delete;
+  void* data() const { return block_.get(); }
+
+ private:
+  std::size_t capacity_ = 0;  // before block_: block_'s initialiser sets it
+  std::unique_ptr<unsigned char[]> block_;
+};
+
 template <typename T>
 struct ForwardArgs {
   Cell cell = Cell::LSTM;
@@ -172,8 +191,8 @@ BuildInfo build_info();
 // depend on it. Default: the cores this process may use.
 void set_num_threads(int threads);
 // Frees the scratch memory the calling thread keeps between calls (the input projection and gate
-// gradients of its largest call, up to 256 MB) and the memory of dropped tapes kept for the next
-// tapes (up to 8 blocks): the next calls allocate them again.
+// gradients of its largest call, up to 256 MB) and the memory of dropped tapes and outputs kept
+// for the next ones (up to 8 blocks each): the next calls allocate them again.
 void release_memory();
 
 // The GEMM ceiling of this machine as the kernels' BLAS reaches it, with its current threads:

@@ -1,0 +1,86 @@
+"""Outputs of 4 MB or more (y, dx, a bidirectional layer's joined y) take the memory of dropped
+outputs (rnn.h's OutputBuffer): the block of a dropped y serves the next y or dx, the kernels
+write every value of it, and release_memory() lets it go."""
+
+import numpy as np
+import pytest
+
+import fusedrnn as fr
+from fusedrnn import ops
+from fusedrnn._backend import _core
+
+pytestmark = pytest.mark.skipif(_core is None, reason="the compiled extension is not built")
+
+# float64, T·B·H·8 = 4 MB: the smallest output that is kept.
+T, B, H = 32, 64, 256
+KEPT_BYTES = 4 << 20
+
+
+def arrays(seed):
+    rng = np.random.default_rng(seed)
+    u = lambda *shape: rng.uniform(-0.5, 0.5, shape)  # noqa: E731
+    return dict(x=u(T, B, H), w_ih=u(4 * H, H) * 0.1, w_hh=u(4 * H, H) * 0.1, b_ih=u(4 * H),
+                b_hh=u(4 * H)), u(T, B, H)
+
+
+def address(a):
+    return a.__array_interface__["data"][0]
+
+
+def training_step(a, dy):
+    res = ops.forward("lstm", **a, training=True)
+    return res.y, ops.backward(res.tape, dy).dx
+
+
+def test_a_dropped_outputs_memory_serves_the_next_outputs():
+    fr.release_memory()
+    first, dy_first = arrays(0)
+    y, dx = training_step(first, dy_first)
+    assert y.nbytes == dx.nbytes == KEPT_BYTES
+    blocks = {address(y), address(dx)}
+    del y, dx
+
+    # Other inputs into the kept blocks: every value must be this call's, not the last one's.
+    second, dy_second = arrays(1)
+    y, dx = training_step(second, dy_second)
+    assert {address(y), address(dx)} == blocks
+    y_kept, dx_kept = y.copy(), dx.copy()
+    del y, dx
+
+    fr.release_memory()  # the same step again in memory fresh from the system
+    held = [np.ones(KEPT_BYTES // 8) for _ in range(2)]  # (so malloc cannot hand the blocks back)
+    y, dx = training_step(second, dy_second)
+    np.testing.assert_array_equal(y, y_kept)
+    np.testing.assert_array_equal(dx, dx_kept)
+    y_into = np.zeros_like(y)
+    ops.run_forward("lstm", "cpu", second["x"], second["w_ih"], second["w_hh"], second["b_ih"],
+                    second["b_hh"], None, None, None, False, False, y_into)
+    np.testing.assert_array_equal(y_into, y_kept)
+    del held
+
+
+def test_small_outputs_are_plain_arrays():
+    a, _ = arrays(0)
+    a = {k: v[:, :B // 2] if k == "x" else v for k, v in a.items()}  # y of 2 MB
+    y = ops.forward("lstm", **a).y
+    assert y.nbytes < KEPT_BYTES and y.base is None
+
+
+def test_a_bidirectional_layers_output_keeps_the_layers_values():
+    layer = fr.LSTM(H, H, bidirectional=True, dtype="float64", seed=0)
+    x, _ = arrays(2)
+    y_first = layer(x["x"])[0].copy()
+    x_other, _ = arrays(3)
+    layer(x_other["x"])  # dropped at once: the next call's output takes its memory
+    y = layer(x["x"])[0]
+    assert y.nbytes == 2 * KEPT_BYTES
+    np.testing.assert_array_equal(y, y_first)
+
+
+def test_empty_names_bad_arguments():
+    with pytest.raises(ValueError, match="shape"):
+        _core.empty((-1, 2), np.float32)
+    with pytest.raises(ValueError, match="shape"):
+        _core.empty((2**40, 2**40), np.float32)
+    with pytest.raises(TypeError, match="dtype"):
+        _core.empty((2,), np.int32)
