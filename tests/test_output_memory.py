@@ -1,6 +1,9 @@
 """Outputs of 4 MB or more (y, dx, a bidirectional layer's joined y) take the memory of dropped
 outputs (rnn.h's OutputBuffer): the block of a dropped y serves the next y or dx, the kernels
-write every value of it, and release_memory() lets it go."""
+write every value of it, threads pass blocks among them safely, and release_memory() lets it
+go."""
+
+import threading
 
 import numpy as np
 import pytest
@@ -57,6 +60,36 @@ def test_a_dropped_outputs_memory_serves_the_next_outputs():
                     second["b_hh"], None, None, None, False, False, y_into)
     np.testing.assert_array_equal(y_into, y_kept)
     del held
+
+
+def test_threads_dropping_and_taking_outputs_get_their_own_values():
+    """Eight threads each run training steps, dropping their outputs as they go (the blocks pass
+    from thread to thread through the kept memory): every step's y and dx are its own."""
+    inputs = [arrays(seed) for seed in range(4)]
+    expected = []
+    for a, dy in inputs:
+        y, dx = training_step(a, dy)
+        expected.append((y.copy(), dx.copy()))
+    barrier, errors = threading.Barrier(8), []
+
+    def work(i):
+        try:
+            barrier.wait()
+            for step in range(3):
+                a, dy = inputs[(i + step) % 4]
+                y, dx = training_step(a, dy)
+                y_expected, dx_expected = expected[(i + step) % 4]
+                np.testing.assert_array_equal(y, y_expected)
+                np.testing.assert_array_equal(dx, dx_expected)
+        except BaseException as exc:  # noqa: BLE001 (reported below, in the test's thread)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
 
 
 def test_small_outputs_are_plain_arrays():
