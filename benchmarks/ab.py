@@ -43,7 +43,7 @@ def runner(layers, args, x, dy):
     cls = {"lstm": layers.LSTM, "gru": layers.GRU}.get(args.cell, layers.RNN)
     kwargs = {} if args.cell in ("lstm", "gru") else {"nonlinearity": args.cell[4:]}
     model = cls(args.I or args.H, args.H, num_layers=args.layers,
-                bidirectional=args.bidirectional, dtype=np.float32, seed=0, **kwargs)
+                bidirectional=args.bidirectional, dtype=args.dtype, seed=0, **kwargs)
 
     def run():
         if args.mode == "infer":
@@ -66,15 +66,16 @@ def main(argv=None):
     p.add_argument("--H", type=int, default=256)
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--bidirectional", action="store_true")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--threads", type=int, default=None, help="kernel threads (default: all cores)")
     p.add_argument("--rounds", type=int, default=12, help="turns of each build")
     p.add_argument("--secs", type=float, default=0.5, help="seconds a turn")
     args = p.parse_args(argv)
 
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((args.T, args.B, args.I or args.H)).astype(np.float32)
+    x = rng.standard_normal((args.T, args.B, args.I or args.H)).astype(args.dtype)
     directions = 2 if args.bidirectional else 1
-    dy = rng.standard_normal((args.T, args.B, directions * args.H)).astype(np.float32)
+    dy = rng.standard_normal((args.T, args.B, directions * args.H)).astype(args.dtype)
     if os.path.samefile(args.dir_a, args.dir_b):
         # One process loads an extension file once: the second import would fail.
         sys.exit("DIR_A and DIR_B are the same directory: compare a copy of it")
@@ -97,7 +98,8 @@ def main(argv=None):
                 times[label].append(time.perf_counter() - t0)
     a, b = (statistics.median(times[k]) * 1e3 for k in "AB")
     print(f"{args.cell} {args.mode} T={args.T} B={args.B} I={args.I or args.H} H={args.H} "
-          f"L={args.layers}{' bi' if args.bidirectional else ''}: A {a:.3f} ms, B {b:.3f} ms, "
+          f"L={args.layers}{' bi' if args.bidirectional else ''}"
+          f"{'' if args.dtype == 'float32' else ' ' + args.dtype}: A {a:.3f} ms, B {b:.3f} ms, "
           f"B/A {b / a:.3f} ({len(times['A'])} and {len(times['B'])} runs)")
 
 
