@@ -44,8 +44,8 @@ FR_HOST_DEVICE double tanh_(double x) { return ::tanh(x); }
 #else
 // a·b + c, rounded once for Fma (std::fma), else twice: the build fuses no `a * b + c` of its
 // own (-ffp-contract=off), so the choice is this one alone, the same in every clone.
-template <bool Fma>
-FR_ALWAYS_INLINE float mul_add(float a, float b, float c) {
+template <bool Fma, typename T>
+FR_ALWAYS_INLINE T mul_add(T a, T b, T c) {
   if constexpr (Fma) {
     return std::fma(a, b, c);
   } else {
@@ -56,13 +56,14 @@ FR_ALWAYS_INLINE float mul_add(float a, float b, float c) {
 // float exp and tanh on the CPU, branch-free so that the pointwise loops vectorise (libm's
 // expf/tanhf are opaque calls that keep those loops scalar and cost most of a step's time).
 // Both reduce their argument as Cephes' expf does: y = n·ln2 + r, |r| <= ln2/2.
+template <typename T>
 struct Reduced {
-  float r;         // y - n·ln2
-  float shifted;   // y·log2(e) + 1.5·2^23: n in its low bits
+  T r;        // y - n·ln2
+  T shifted;  // y·log2(e) + 1.5·2^(mantissa bits): n in its low bits
 };
 
 template <bool Fma>
-FR_ALWAYS_INLINE Reduced reduce_by_ln2(float y) {
+FR_ALWAYS_INLINE Reduced<float> reduce_by_ln2(float y) {
   // Adding 1.5·2^23 rounds y·log2(e) to the integer n and leaves n in the low bits of `shifted`:
   // no float-to-int conversion, which a NaN would make undefined behaviour (UBSan flagged it
   // once). ln2 in two parts, the first exact in a few bits, so n·ln2 loses nothing.
@@ -85,17 +86,18 @@ FR_ALWAYS_INLINE float expm1_reduced(float r) {
   return mul_add<Fma>(r2, q, r);
 }
 
-FR_ALWAYS_INLINE float float_from_bits(uint32_t bits) {
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
+// The same bits as another type (std::bit_cast is C++20).
+template <typename To, typename From>
+FR_ALWAYS_INLINE To bits_as(From from) {
+  static_assert(sizeof(To) == sizeof(From), "a bit cast keeps the size");
+  To to;
+  std::memcpy(&to, &from, sizeof to);
+  return to;
 }
 // The bits of 2^n, built in an exponent field from the low 9 bits of `shifted` (n in two's
 // complement; the bits above them shift out). Exact for n in [-126, 127].
 FR_ALWAYS_INLINE uint32_t pow2_exponent_bits(float shifted) {
-  uint32_t n_bits;
-  std::memcpy(&n_bits, &shifted, sizeof shifted);
-  return (n_bits << 23) + (127u << 23);
+  return (bits_as<uint32_t>(shifted) << 23) + (127u << 23);
 }
 
 template <bool Fma = false>
@@ -104,7 +106,7 @@ FR_ALWAYS_INLINE float exp_(float x_in) {
   // [-125, 127]). std::max/min with x first keep NaN (a compare fails), and unlike two
   // ternaries they stay one select each, so the loop still vectorises.
   const float x = std::min(std::max(x_in, -86.6f), 88.0f);
-  const Reduced red = reduce_by_ln2<Fma>(x);
+  const Reduced<float> red = reduce_by_ln2<Fma>(x);
   const float p = expm1_reduced<Fma>(red.r) + 1.0f;
   // p·2^n is exact, p·2^n being a normal float. Above the range 2^n is +inf, so e^x overflows
   // to +inf (from 88.0, where expf does from 88.72): sigmoid(x) = 1/(1 + e^-x) is then exactly 0
@@ -115,7 +117,7 @@ FR_ALWAYS_INLINE float exp_(float x_in) {
   // sigmoid. The same bits as that select for every float but NaNs (NaN for NaN; a signalling
   // one comes back quiet), checked over all 2^32, and LSTM's forward row 8% faster on AVX-512.
   const uint32_t scale_bits = x_in > 88.0f ? 0x7F800000u : pow2_exponent_bits(red.shifted);
-  return p * float_from_bits(scale_bits);
+  return p * bits_as<float>(scale_bits);
 }
 
 template <bool Fma = false>
@@ -129,8 +131,8 @@ FR_ALWAYS_INLINE float tanh_(float x) {
   // row.
   // |x| stops at 9.25, past which tanh rounds to 1 and E stays finite (no inf/inf).
   const float y = std::min(std::fabs(x) * 2.0f, 18.5f);  // NaN stays NaN (a compare fails)
-  const Reduced red = reduce_by_ln2<Fma>(y);
-  const float two_n = float_from_bits(pow2_exponent_bits(red.shifted));  // n in [0, 27]
+  const Reduced<float> red = reduce_by_ln2<Fma>(y);
+  const float two_n = bits_as<float>(pow2_exponent_bits(red.shifted));  // n in [0, 27]
   const float e = mul_add<Fma>(two_n, expm1_reduced<Fma>(red.r), two_n - 1.0f);
   return std::copysign(e / (e + 2.0f), x);
 }
@@ -141,21 +143,7 @@ FR_ALWAYS_INLINE float tanh_(float x) {
 // float64 inference at T=100, B=16, H=128. Against long double on 5·10^7 arguments (either
 // Fma): exp within 1.02 ulp, tanh 2.61, sigmoid 2.34; NaN for NaN.
 template <bool Fma>
-FR_ALWAYS_INLINE double mul_add(double a, double b, double c) {
-  if constexpr (Fma) {
-    return std::fma(a, b, c);
-  } else {
-    return a * b + c;
-  }
-}
-
-struct ReducedDouble {
-  double r;        // y - n·ln2
-  double shifted;  // y·log2(e) + 1.5·2^52: n in its low bits
-};
-
-template <bool Fma>
-FR_ALWAYS_INLINE ReducedDouble reduce_by_ln2(double y) {
+FR_ALWAYS_INLINE Reduced<double> reduce_by_ln2(double y) {
   // ln2 in two parts (fdlibm's), the first of 32 significant bits, so n·ln2_hi is exact.
   const double shifted = mul_add<Fma>(y, 1.4426950408889634074, 6755399441055744.0);
   const double n = shifted - 6755399441055744.0;
@@ -178,16 +166,9 @@ FR_ALWAYS_INLINE double expm1_reduced(double r) {
   return mul_add<Fma>(r2, q, r);
 }
 
-FR_ALWAYS_INLINE double double_from_bits(uint64_t bits) {
-  double d;
-  std::memcpy(&d, &bits, sizeof d);
-  return d;
-}
 // The bits of 2^n from the low 12 bits of `shifted`; exact for n in [-1022, 1023].
 FR_ALWAYS_INLINE uint64_t pow2_exponent_bits(double shifted) {
-  uint64_t n_bits;
-  std::memcpy(&n_bits, &shifted, sizeof shifted);
-  return (n_bits << 52) + (uint64_t{1023} << 52);
+  return (bits_as<uint64_t>(shifted) << 52) + (uint64_t{1023} << 52);
 }
 
 template <bool Fma = false>
@@ -195,11 +176,11 @@ FR_ALWAYS_INLINE double exp_(double x_in) {
   // As float's: x clamped to [-708, 709], where p·2^n stays normal; +inf above 709 (libm's
   // from 709.78), so that sigmoid is exactly 0 far out; NaN in, NaN out.
   const double x = std::min(std::max(x_in, -708.0), 709.0);
-  const ReducedDouble red = reduce_by_ln2<Fma>(x);
+  const Reduced<double> red = reduce_by_ln2<Fma>(x);
   const double p = expm1_reduced<Fma>(red.r) + 1.0;
   const uint64_t scale_bits =
       x_in > 709.0 ? uint64_t{0x7FF0000000000000} : pow2_exponent_bits(red.shifted);
-  return p * double_from_bits(scale_bits);
+  return p * bits_as<double>(scale_bits);
 }
 
 template <bool Fma = false>
@@ -207,8 +188,8 @@ FR_ALWAYS_INLINE double tanh_(double x) {
   // As float's: tanh|x| = E/(E + 2), E = 2^n·(e^r - 1) + (2^n - 1); |x| stops at 19.25, past
   // which tanh rounds to 1.
   const double y = std::min(std::fabs(x) * 2.0, 38.5);
-  const ReducedDouble red = reduce_by_ln2<Fma>(y);
-  const double two_n = double_from_bits(pow2_exponent_bits(red.shifted));  // n in [0, 56]
+  const Reduced<double> red = reduce_by_ln2<Fma>(y);
+  const double two_n = bits_as<double>(pow2_exponent_bits(red.shifted));  // n in [0, 56]
   const double e = mul_add<Fma>(two_n, expm1_reduced<Fma>(red.r), two_n - 1.0);
   return std::copysign(e / (e + 2.0), x);
 }
