@@ -37,13 +37,14 @@ std::string type_name(const py::handle& obj) {
 
 // A new uninitialised array; one of kMinKeptOutputBytes or more in an OutputBuffer, whose block
 // is kept for a later output once the array is dropped (see rnn.h).
+// The shape's sizes are >= 0; a ValueError names it when the array cannot fit in memory.
 py::array output_array(const py::dtype& dtype, const std::vector<py::ssize_t>& shape) {
-  std::size_t bytes = static_cast<std::size_t>(dtype.itemsize());
-  bool overflows = false;
+  py::ssize_t bytes = dtype.itemsize();
   for (const py::ssize_t n : shape)
-    overflows = overflows || __builtin_mul_overflow(bytes, static_cast<std::size_t>(n), &bytes);
-  // (NumPy refuses a shape too large to hold.)
-  if (overflows || bytes < fusedrnn::OutputBuffer::kMinKeptOutputBytes)
+    if (__builtin_mul_overflow(bytes, n, &bytes))
+      throw py::value_error("shape: expected an array that fits in memory, got " +
+                            shape_str(std::vector<int64_t>(shape.begin(), shape.end())));
+  if (static_cast<std::size_t>(bytes) < fusedrnn::OutputBuffer::kMinKeptOutputBytes)
     return py::array(dtype, shape);
   auto buffer = std::make_unique<fusedrnn::OutputBuffer>(bytes);
   void* const data = buffer->data();
@@ -510,12 +511,8 @@ PYBIND11_MODULE(_core, m) {
           if (!dt.equal(py::dtype::of<float>()) && !dt.equal(py::dtype::of<double>()))
             throw py::type_error("dtype: expected float32 or float64, got " +
                                  std::string(py::str(dt)));
-          int64_t elements = 1;
           for (const int64_t n : shape)
-            if (n < 0 || __builtin_mul_overflow(elements, n, &elements) ||
-                elements > PTRDIFF_MAX / dt.itemsize())
-              throw py::value_error("shape: expected sizes >= 0 of an array that fits in memory, "
-                                    "got " + shape_str(shape));
+            if (n < 0) throw py::value_error("shape: expected sizes >= 0, got " + shape_str(shape));
           return output_array(dt, std::vector<py::ssize_t>(shape.begin(), shape.end()));
         },
         py::arg("shape"), py::arg("dtype"),
