@@ -1,7 +1,7 @@
 // One time step of each cell on the CPU, forward and backward: the recurrent product(s) and the
 // pointwise pass over [B, H], fused by blocks of rows or units (recurrent_product.h). The time
-// loop, tape layout and weight gradients live in sequence_cpu.cc; the per-unit math lives in
-// cell_math.h (shared with CUDA).
+// loop, tape layout and weight gradients live in sequence_cpu.cc; the loops over units in
+// pointwise_rows.inc, the per-unit math in cell_math.h (shared with CUDA).
 #pragma once
 
 #include <algorithm>
@@ -10,69 +10,12 @@
 #include <type_traits>
 
 #include "parallel_gemm.h"
+#include "pointwise.h"
 #include "recurrent_product.h"
-#include "fusedrnn/cell_math.h"
 #include "fusedrnn/rnn.h"
 
 namespace fusedrnn {
 namespace cpu {
-
-// The per-row loops over hidden units take their arrays as restrict parameters: without that
-// promise GCC gives up vectorising them (too many possible overlaps to check at run time). They
-// are kept out of line because GCC drops the promise when it inlines them into the row loop.
-// On x86-64 each is compiled for the baseline (SSE2), for x86-64-v3 (AVX2, FMA) and for
-// AVX-512, and the loader picks one by the CPU it runs on (an ifunc), so one wheel runs on any
-// x86-64 and uses 8- or 16-wide code where the CPU has it (each clone inlines cell_math.h's
-// functions: no call is left in a loop). The build turns off FMA contraction
-// (-ffp-contract=off): with it, each clone and instantiation rounded a*b+c its own way, and
-// inference stopped matching training bit for bit. The rows that run exp and tanh take Fma
-// instead (cell_math.h's mul_add, from with_fma): fused multiply-adds in the two clones that
-// have them, none in the baseline, whose instantiation with them is never called. LSTM's
-// forward row ran 20% faster fused on AVX-512 (1.28 -> 1.02 ns a unit), 23% in the x86-64-v3
-// clone (2.65 -> 2.04). Every CPU with FMA computes the same bits, and every CPU without.
-#define FR_R __restrict
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FR_ROW __attribute__((noinline, target_clones("avx512f", "arch=x86-64-v3", "default")))
-#else
-#define FR_ROW __attribute__((noinline))
-#endif
-// The gate loops must be unrolled before the vectoriser sees the loop over hidden units.
-#define FR_UNROLL _Pragma("GCC unroll 4")
-
-// Floats in a vector of the FR_ROW clone the loader picks. A row given fewer units runs none of
-// its vector loop: LSTM's forward row took 4.2 ns a unit in blocks of 8 units on AVX-512
-// against 2.2 in blocks of 16 or more.
-inline int64_t pointwise_lanes() {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  static const int64_t lanes = __builtin_cpu_supports("avx512f") ? 16 : 8;
-  return lanes;
-#else
-  return 4;
-#endif
-}
-
-// Whether the FR_ROW clone the loader picks has fused multiply-adds (the AVX-512 and x86-64-v3
-// ones do); with_fma(f) calls f(std::true_type{}) if so, else f(std::false_type{}), for the row
-// functions' Fma.
-inline bool cpu_has_fma() {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  static const bool fma =
-      __builtin_cpu_supports("avx512f") || __builtin_cpu_supports("x86-64-v3");
-  return fma;
-#elif defined(__aarch64__) || defined(__FP_FAST_FMAF)
-  return true;
-#else
-  return false;
-#endif
-}
-template <typename F>
-void with_fma(const F& f) {
-  if (cpu_has_fma()) {
-    f(std::true_type{});
-  } else {
-    f(std::false_type{});
-  }
-}
 
 inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
   return lengths == nullptr || t < lengths[b];
@@ -424,39 +367,18 @@ void backward_pass(const BackStepIO<T>& s, const RecurrentProduct<T>& product, i
   });
 }
 
-// The row functions below take `rows` consecutive batch rows (the arrays offset to the first
-// row and to the block's first unit; rows of the states H apart, of y and dy ldy and lddy, of
-// the pre-activations and their gradients ldg, of the tape's gates the tape's width), the gate
-// stride H, and the count n of units to run. GRU reset-before's functions take one row.
+// Each step's pointwise math runs in the rows of pointwise_rows.inc, for the instruction set
+// this CPU runs (with_rows).
 // ---------------------------------------------------------------------------------------------
 template <typename T, bool Training>
 struct LstmStep {
   static constexpr int G = 4;
-  template <bool Fma>
-  FR_ROW static void forward_rows(int64_t rows, int64_t H, int64_t n, int64_t ldxp, int64_t ldg,
-                                  const T* FR_R xp, const T* FR_R rp, const T* FR_R b_ih,
-                                  const T* FR_R b_hh, const T* FR_R c_prev, T* FR_R c_new,
-                                  T* FR_R h_new, int64_t ldy, T* FR_R y, T* FR_R gates) {
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* FR_R x_r = xp + r * ldxp;
-      const T* FR_R h_r = rp + r * ldg;
-      for (int64_t j = 0; j < n; ++j) {
-        T pre[4], act[4];
-        FR_UNROLL for (int k = 0; k < 4; ++k)
-          pre[k] = x_r[k * H + j] + b_ih[k * H + j] + h_r[k * H + j] + b_hh[k * H + j];
-        cell::lstm_forward<Fma>(pre, c_prev[r * H + j], act, c_new[r * H + j],
-                                h_new[r * H + j]);
-        y[r * ldy + j] = h_new[r * H + j];
-        if (Training) FR_UNROLL for (int k = 0; k < 4; ++k) gates[r * 4 * H + k * H + j] = act[k];
-      }
-    }
-  }
   static void forward(const StepIO<T>& s) {
     const int64_t H = s.H, GH = G * H;
     forward_pass(s, s.products->main, G, s.h_prev, H, 0, true,
                  [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
-      with_fma([&](auto fma) {
-        forward_rows<decltype(fma)::value>(
+      with_rows([&](auto rows) {
+        rows.template lstm_forward<T, Training>(
             b1 - b0, H, u1 - u0, s.ld_xproj, s.ldg, s.xproj + b0 * s.ld_xproj + u0,
             s.rec + b0 * s.ldg + u0, s.b_ih + u0, s.b_hh + u0, s.c_prev + b0 * H + u0,
             s.c_new + b0 * H + u0, s.h_new + b0 * H + u0, s.ldy, s.y + b0 * s.ldy + u0,
@@ -464,30 +386,11 @@ struct LstmStep {
       });
     });
   }
-  template <bool Fma>
-  FR_ROW static void backward_rows(int64_t rows, int64_t H, int64_t n, const T* FR_R gates,
-                                   const T* FR_R c_prev, const T* FR_R c_new, int64_t lddy,
-                                   const T* FR_R dy, T* FR_R dh, T* FR_R dc, int64_t ldg,
-                                   T* FR_R dg) {
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* FR_R act_r = gates + r * 4 * H;
-      T* FR_R dg_r = dg + r * ldg;
-      for (int64_t j = 0; j < n; ++j) {
-        const int64_t i = r * H + j;
-        T act[4], dpre[4];
-        FR_UNROLL for (int k = 0; k < 4; ++k) act[k] = act_r[k * H + j];
-        cell::lstm_backward<Fma>(act, c_prev[i], c_new[i], dh[i] + dy[r * lddy + j], dc[i],
-                                 dpre, dc[i]);
-        FR_UNROLL for (int k = 0; k < 4; ++k) dg_r[k * H + j] = dpre[k];
-        dh[i] = T(0);  // h_prev reaches h only through the recurrent product
-      }
-    }
-  }
   static void backward(const BackStepIO<T>& s) {
     const int64_t H = s.H, GH = G * H;
     backward_pass(s, s.products->main, G, [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
-      with_fma([&](auto fma) {
-        backward_rows<decltype(fma)::value>(
+      with_rows([&](auto rows) {
+        rows.lstm_backward(
             b1 - b0, H, u1 - u0, s.gates + b0 * GH + u0, s.c_prev + b0 * H + u0,
             s.c_new + b0 * H + u0, s.lddy, s.dy + b0 * s.lddy + u0, s.dh + b0 * H + u0,
             s.dc + b0 * H + u0, s.ldg, s.dgx + b0 * s.ldg + u0);
@@ -500,68 +403,27 @@ struct LstmStep {
 template <typename T, bool Training>
 struct GruStep {
   static constexpr int G = 3;
-  template <bool Fma>
-  FR_ROW static void forward_rows(int64_t rows, int64_t H, int64_t n, int64_t ldg,
-                                  const T* FR_R xp, const T* FR_R rp, const T* FR_R b_ih,
-                                  const T* FR_R b_hh, const T* FR_R h_prev, T* FR_R h_new,
-                                  int64_t ldy, T* FR_R y, T* FR_R gates) {
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* FR_R x_r = xp + r * ldg;
-      const T* FR_R h_r = rp + r * ldg;
-      for (int64_t j = 0; j < n; ++j) {
-        const int64_t i = r * H + j;
-        T pre_x[3], pre_h[3], act[3];
-        FR_UNROLL for (int k = 0; k < 3; ++k) {
-          pre_x[k] = x_r[k * H + j] + b_ih[k * H + j];
-          pre_h[k] = h_r[k * H + j] + b_hh[k * H + j];
-        }
-        cell::gru_forward<Fma>(pre_x, pre_h, h_prev[i], act, h_new[i]);
-        y[r * ldy + j] = h_new[i];
-        if (Training) {  // gates is null in inference: no offset taken from it there
-          FR_UNROLL for (int k = 0; k < 3; ++k) gates[r * 4 * H + k * H + j] = act[k];
-          gates[r * 4 * H + 3 * H + j] = pre_h[2];
-        }
-      }
-    }
-  }
   static void forward(const StepIO<T>& s) {
     const int64_t H = s.H;
     forward_pass(s, s.products->main, G, s.h_prev, H, 0, false,
                  [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
-      with_fma([&](auto fma) {
-        forward_rows<decltype(fma)::value>(
+      with_rows([&](auto rows) {
+        rows.template gru_forward<T, Training>(
             b1 - b0, H, u1 - u0, s.ldg, s.xproj + b0 * s.ldg + u0, s.rec + b0 * s.ldg + u0,
             s.b_ih + u0, s.b_hh + u0, s.h_prev + b0 * H + u0, s.h_new + b0 * H + u0, s.ldy,
             s.y + b0 * s.ldy + u0, Training ? s.gates + b0 * 4 * H + u0 : nullptr);
       });
     });
   }
-  FR_ROW static void backward_rows(int64_t rows, int64_t H, int64_t n, const T* FR_R gates,
-                                   const T* FR_R h_prev, int64_t lddy, const T* FR_R dy,
-                                   T* FR_R dh, int64_t ldg, T* FR_R dgx, T* FR_R dgh) {
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* FR_R g_r = gates + r * 4 * H;
-      T* FR_R dgx_r = dgx + r * ldg;
-      T* FR_R dgh_r = dgh + r * ldg;
-      for (int64_t j = 0; j < n; ++j) {
-        const int64_t i = r * H + j;
-        const T act[3] = {g_r[j], g_r[H + j], g_r[2 * H + j]};
-        T dpre_x[3], dpre_h[3];
-        cell::gru_backward(act, g_r[3 * H + j], h_prev[i], dh[i] + dy[r * lddy + j], dpre_x,
-                           dpre_h, dh[i]);
-        FR_UNROLL for (int k = 0; k < 3; ++k) {
-          dgx_r[k * H + j] = dpre_x[k];
-          dgh_r[k * H + j] = dpre_h[k];
-        }
-      }
-    }
-  }
   static void backward(const BackStepIO<T>& s) {
     const int64_t H = s.H;
     backward_pass(s, s.products->main, G, [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
-      backward_rows(b1 - b0, H, u1 - u0, s.gates + b0 * 4 * H + u0, s.h_prev + b0 * H + u0,
-                    s.lddy, s.dy + b0 * s.lddy + u0, s.dh + b0 * H + u0, s.ldg,
-                    s.dgx + b0 * s.ldg + u0, s.dgh + b0 * s.ldg + u0);
+      with_rows([&](auto rows) {
+        rows.gru_backward(b1 - b0, H, u1 - u0, s.gates + b0 * 4 * H + u0,
+                          s.h_prev + b0 * H + u0, s.lddy, s.dy + b0 * s.lddy + u0,
+                          s.dh + b0 * H + u0, s.ldg, s.dgx + b0 * s.ldg + u0,
+                          s.dgh + b0 * s.ldg + u0);
+      });
     });
   }
 
@@ -570,9 +432,6 @@ struct GruStep {
   // and z's are the same. The steps write the recurrent side too, but only for the next step to
   // read: keeping all of it for the weight gradients would take another G·H values per row.
   // Rows past their length keep their zeros (their tape gates were never written).
-  FR_ROW static void recurrent_n_row(int64_t n, const T* FR_R r, T* FR_R dg_n) {
-    for (int64_t j = 0; j < n; ++j) dg_n[j] = cell::gru_recurrent_n_grad(dg_n[j], r[j]);
-  }
   static void input_to_recurrent_grads(T* dg, int64_t ldg, const T* gates, int64_t t0,
                                        int64_t steps, int64_t B, int64_t H,
                                        const int64_t* lengths) {
@@ -581,9 +440,11 @@ struct GruStep {
     const Split blocks(rows, std::min<int64_t>(kMaxStepBlocks,
                                                (rows * H + kValuesPerBlock - 1) / kValuesPerBlock));
     parallel_for(blocks.count, [&](int64_t i) {
-      for (int64_t row = blocks.begin(i); row < blocks.begin(i) + blocks.size(i); ++row)
-        if (row_active(lengths, row % B, t0 + row / B))
-          recurrent_n_row(H, gates + row * 4 * H, dg + row * ldg + 2 * H);
+      with_rows([&](auto rows) {
+        for (int64_t row = blocks.begin(i); row < blocks.begin(i) + blocks.size(i); ++row)
+          if (row_active(lengths, row % B, t0 + row / B))
+            rows.gru_recurrent_n(H, gates + row * 4 * H, dg + row * ldg + 2 * H);
+      });
     });
   }
 };
@@ -596,26 +457,6 @@ struct GruStep {
 template <typename T, bool Training>
 struct GruResetBeforeStep {
   static constexpr int G = 3;
-  template <bool Fma>
-  FR_ROW static void forward_rz_row(int64_t H, int64_t n, const T* FR_R xp, const T* FR_R rp,
-                                    const T* FR_R b_ih, const T* FR_R b_hh, const T* FR_R h_prev,
-                                    T* FR_R g) {
-    for (int64_t j = 0; j < n; ++j)
-      cell::gru_reset_before_forward_rz<Fma>(xp[j] + b_ih[j], xp[H + j] + b_ih[H + j],
-                                             rp[j] + b_hh[j], rp[H + j] + b_hh[H + j], h_prev[j],
-                                             g[j], g[H + j], g[3 * H + j]);
-  }
-  template <bool Fma>
-  FR_ROW static void forward_n_row(int64_t H, int64_t n, const T* FR_R xp, const T* FR_R rp,
-                                   const T* FR_R b_ih, const T* FR_R b_hh, const T* FR_R h_prev,
-                                   T* FR_R g, T* FR_R h_new, T* FR_R y) {
-    for (int64_t j = 0; j < n; ++j) {
-      cell::gru_reset_before_forward_n<Fma>(xp[2 * H + j] + b_ih[2 * H + j],
-                                            rp[2 * H + j] + b_hh[2 * H + j], g[H + j],
-                                            h_prev[j], g[2 * H + j], h_new[j]);
-      y[j] = h_new[j];
-    }
-  }
   static void forward(const StepIO<T>& s) {
     const int64_t H = s.H, W = 4 * H;
     const RecurrentProduct<T>& rz = s.products->main;
@@ -624,37 +465,23 @@ struct GruResetBeforeStep {
     for_step_blocks(rz, s.B, H, step_flops(s, 2), [&](const StepBlock& k) {
       rz.multiply(s.h_prev + k.r0 * H, H, k.r1 - k.r0, k.u0, k.u1, s.rec + k.r0 * s.ldg, s.ldg,
                   false);
-      with_fma([&](auto fma) {
+      with_rows([&](auto rows) {
         for (int64_t b = k.r0; b < k.r1; ++b)
-          forward_rz_row<decltype(fma)::value>(
+          rows.gru_reset_before_forward_rz(
               H, k.u1 - k.u0, s.xproj + b * s.ldg + k.u0, s.rec + b * s.ldg + k.u0,
               s.b_ih + k.u0, s.b_hh + k.u0, s.h_prev + b * H + k.u0, s.gates + b * W + k.u0);
       });
     });
     forward_pass(s, n_gate, 1, s.gates + 3 * H, W, 2 * H, false,
                  [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
-      with_fma([&](auto fma) {
+      with_rows([&](auto rows) {
         for (int64_t b = b0; b < b1; ++b)
-          forward_n_row<decltype(fma)::value>(
+          rows.gru_reset_before_forward_n(
               H, u1 - u0, s.xproj + b * s.ldg + u0, s.rec + b * s.ldg + u0, s.b_ih + u0,
               s.b_hh + u0, s.h_prev + b * H + u0, s.gates + b * W + u0, s.h_new + b * H + u0,
               s.y + b * s.ldy + u0);
       });
     });
-  }
-  FR_ROW static void backward_zn_row(int64_t H, int64_t n, const T* FR_R g, const T* FR_R h_prev,
-                                     const T* FR_R dy, T* FR_R dh, T* FR_R dg) {
-    for (int64_t j = 0; j < n; ++j)
-      cell::gru_reset_before_backward_zn(g[H + j], g[2 * H + j], h_prev[j], dh[j] + dy[j],
-                                         dg[H + j], dg[2 * H + j], dh[j]);
-  }
-  FR_ROW static void backward_r_row(int64_t n, const T* FR_R g, const T* FR_R h_prev,
-                                    const T* FR_R drh, T* FR_R dh, T* FR_R dg) {
-    for (int64_t j = 0; j < n; ++j) {
-      T dh_rh;
-      cell::gru_reset_before_backward_r(g[j], h_prev[j], drh[j], dg[j], dh_rh);
-      dh[j] += dh_rh;
-    }
   }
   static void backward(const BackStepIO<T>& s) {
     const int64_t H = s.H, W = 4 * H;
@@ -662,20 +489,26 @@ struct GruResetBeforeStep {
     const RecurrentProduct<T>& n_gate = s.products->n_gate;
     // dh += dg_next[r, z]·W_h(r,z), then z and n; their rows are zero past a row's length.
     backward_pass(s, rz, G, [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
-      for (int64_t b = b0; b < b1; ++b)
-        backward_zn_row(H, u1 - u0, s.gates + b * W + u0, s.h_prev + b * H + u0,
-                        s.dy + b * s.lddy + u0, s.dh + b * H + u0, s.dgx + b * s.ldg + u0);
+      with_rows([&](auto rows) {
+        for (int64_t b = b0; b < b1; ++b)
+          rows.gru_reset_before_backward_zn(H, u1 - u0, s.gates + b * W + u0,
+                                            s.h_prev + b * H + u0, s.dy + b * s.lddy + u0,
+                                            s.dh + b * H + u0, s.dgx + b * s.ldg + u0);
+      });
     });
     if (!s.pointwise) return;
     // scratch = dpre_n·W_hn, the gradient reaching r⊙h; then r.
     for_step_blocks(n_gate, s.B, H, step_flops(s, 1), [&](const StepBlock& k) {
       n_gate.multiply(s.dgx + k.r0 * s.ldg + 2 * H, s.ldg, k.r1 - k.r0, k.u0, k.u1,
                       s.scratch + k.r0 * H, H, false);
-      for (int64_t b = k.r0; b < k.r1; ++b) {
-        if (!row_active(s.lengths, b, s.t)) continue;
-        backward_r_row(k.u1 - k.u0, s.gates + b * W + k.u0, s.h_prev + b * H + k.u0,
-                       s.scratch + b * H + k.u0, s.dh + b * H + k.u0, s.dgx + b * s.ldg + k.u0);
-      }
+      with_rows([&](auto rows) {
+        for (int64_t b = k.r0; b < k.r1; ++b) {
+          if (!row_active(s.lengths, b, s.t)) continue;
+          rows.gru_reset_before_backward_r(k.u1 - k.u0, s.gates + b * W + k.u0,
+                                           s.h_prev + b * H + k.u0, s.scratch + b * H + k.u0,
+                                           s.dh + b * H + k.u0, s.dgx + b * s.ldg + k.u0);
+        }
+      });
     });
   }
 };
@@ -684,49 +517,26 @@ struct GruResetBeforeStep {
 template <typename T, bool Training, bool Relu>
 struct RnnStep {
   static constexpr int G = 1;
-  template <bool Fma>
-  FR_ROW static void forward_rows(int64_t rows, int64_t H, int64_t n, int64_t ldxp, int64_t ldg,
-                                  const T* FR_R xp, const T* FR_R rp, const T* FR_R b_ih,
-                                  const T* FR_R b_hh, T* FR_R h_new, int64_t ldy, T* FR_R y) {
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t j = 0; j < n; ++j) {
-        const T pre = xp[r * ldxp + j] + b_ih[j] + rp[r * ldg + j] + b_hh[j];
-        const T h = Relu ? cell::rnn_relu_forward(pre) : cell::rnn_tanh_forward<Fma>(pre);
-        h_new[r * H + j] = h;
-        y[r * ldy + j] = h;
-      }
-    }
-  }
   static void forward(const StepIO<T>& s) {
     const int64_t H = s.H;
     forward_pass(s, s.products->main, G, s.h_prev, H, 0, false,
                  [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
-      with_fma([&](auto fma) {
-        forward_rows<decltype(fma)::value>(
+      with_rows([&](auto rows) {
+        rows.template rnn_forward<T, Relu>(
             b1 - b0, H, u1 - u0, s.ld_xproj, s.ldg, s.xproj + b0 * s.ld_xproj + u0,
             s.rec + b0 * s.ldg + u0, s.b_ih + u0, s.b_hh + u0, s.h_new + b0 * H + u0, s.ldy,
             s.y + b0 * s.ldy + u0);
       });
     });
   }
-  FR_ROW static void backward_rows(int64_t rows, int64_t H, int64_t n, const T* FR_R h_new,
-                                   int64_t lddy, const T* FR_R dy, T* FR_R dh, int64_t ldg,
-                                   T* FR_R dg) {
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t j = 0; j < n; ++j) {
-        const int64_t i = r * H + j;
-        const T d = dh[i] + dy[r * lddy + j];
-        dg[r * ldg + j] =
-            Relu ? cell::rnn_relu_backward(h_new[i], d) : cell::rnn_tanh_backward(h_new[i], d);
-        dh[i] = T(0);
-      }
-    }
-  }
   static void backward(const BackStepIO<T>& s) {
     const int64_t H = s.H;
     backward_pass(s, s.products->main, G, [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
-      backward_rows(b1 - b0, H, u1 - u0, s.h_new + b0 * H + u0, s.lddy, s.dy + b0 * s.lddy + u0,
-                    s.dh + b0 * H + u0, s.ldg, s.dgx + b0 * s.ldg + u0);
+      with_rows([&](auto rows) {
+        rows.template rnn_backward<T, Relu>(b1 - b0, H, u1 - u0, s.h_new + b0 * H + u0, s.lddy,
+                                            s.dy + b0 * s.lddy + u0, s.dh + b0 * H + u0, s.ldg,
+                                            s.dgx + b0 * s.ldg + u0);
+      });
     });
   }
 };

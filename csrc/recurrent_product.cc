@@ -14,11 +14,11 @@
 // The panel outer loop keeps one panel (k·vectors·8 floats) in L2 while all rows of A pass over
 // it.
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <utility>
 
+#include "cpu_isa.h"
 #include "recurrent_product.h"
 #include "rnn_common.h"
 
@@ -192,26 +192,7 @@ __attribute__((target("avx512f"))) void tile_avx512(const TileIn& in, const Tile
 
 #endif
 
-enum class Isa { portable, avx2, avx512 };
-
-// The best kernel this CPU runs. FUSEDRNN_KERNEL_ISA=avx2 or =portable caps it, so that the tests
-// hold every kernel to the reference on a machine that has the bigger ones.
-Isa kernel_isa() {
-  static const Isa isa = [] {
-    Isa best = Isa::portable;
-#if FR_AVX2_KERNEL
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::avx2;
-    if (best == Isa::avx2 && __builtin_cpu_supports("avx512f")) best = Isa::avx512;
-#endif
-    const char* cap = std::getenv("FUSEDRNN_KERNEL_ISA");
-    if (cap && std::strcmp(cap, "portable") == 0) return Isa::portable;
-    if (cap && std::strcmp(cap, "avx2") == 0) return std::min(best, Isa::avx2);
-    return best;
-  }();
-  return isa;
-}
-
-bool use_avx2_fma() { return kernel_isa() != Isa::portable; }
+bool use_avx2_fma() { return cpu_isa() != Isa::portable; }
 
 using TileFn = void (*)(const TileIn&, const TileOut&);
 
@@ -253,7 +234,7 @@ const TileFn* tiles_for_cpu(int vectors) {
 // whose tiles are short (k = 128).
 const TileFn* tile_kernels(int vectors, bool a_transposed, bool stacked) {
 #if FR_AVX2_KERNEL
-  if (kernel_isa() == Isa::avx512) {
+  if (cpu_isa() == Isa::avx512) {
     if (a_transposed) return avx512_tiles_for<true, false>(vectors);
     return stacked ? avx512_tiles_for<false, true>(vectors)
                    : avx512_tiles_for<false, false>(vectors);
@@ -280,7 +261,7 @@ int64_t panel_count(const ProductShape& shape) {
 }  // namespace
 
 const char* recurrent_kernel_isa() {
-  switch (kernel_isa()) {
+  switch (cpu_isa()) {
     case Isa::avx512: return "avx512f";
     case Isa::avx2: return "avx2+fma";
     default: return "portable";
@@ -292,7 +273,7 @@ PanelLayout panel_layout(int64_t segments) {
   const int vectors = segments == 3 ? 6 : 4;
   if (segments < 1 || segments > 4)
     detail::fail("panel_layout: expected 1 to 4 segments, got " + std::to_string(segments));
-  if (kernel_isa() == Isa::avx512) {
+  if (cpu_isa() == Isa::avx512) {
     // At least 8 accumulators (two FMA pipes, four cycles each) in a tile of layout.rows.
     const int registers = vectors / 2;
     return {units, vectors, (8 + registers - 1) / registers, kAvx512Accumulators / registers};
@@ -301,7 +282,7 @@ PanelLayout panel_layout(int64_t segments) {
   return {units, vectors, rows, rows};
 }
 
-bool packed_kernel_beats_blas() { return kernel_isa() == Isa::avx512; }
+bool packed_kernel_beats_blas() { return cpu_isa() == Isa::avx512; }
 
 int64_t packed_panels(const ProductShape& shape) { return panel_count(shape); }
 

@@ -467,18 +467,7 @@ BuildInfo build_info() {
 #else
   info.compiler = "unknown";
 #endif
-  // What the pointwise rows run (cells_cpu.h's FR_ROW clones, chosen by the loader).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  info.simd = __builtin_cpu_supports("avx512f")
-                  ? "avx512f (chosen at run time over x86-64-v3 and the sse2 baseline)"
-                  : __builtin_cpu_supports("x86-64-v3")
-                        ? "x86-64-v3: avx2, fma (chosen at run time over the sse2 baseline)"
-                        : "sse2 (x86-64 baseline; this CPU lacks x86-64-v3)";
-#elif defined(__SSE2__)
-  info.simd = "sse2 (x86-64 baseline)";
-#else
-  info.simd = "compiler default";
-#endif
+  info.simd = cpu::pointwise_isa_name();  // what the pointwise rows run (pointwise.h)
   info.recurrent = cpu::recurrent_kernel_isa();
   info.blas = scipy_openblas_get_config();
   info.threads = cpu::pool_threads();

@@ -28,7 +28,7 @@ namespace fusedrnn {
 namespace cell {
 
 // The exp and tanh below take Fma: whether their multiply-adds round once (fused) or twice. The
-// CPU rows (cells_cpu.h) run them fused where the CPU has FMA units, a fifth less time in LSTM's
+// CPU rows (pointwise.h) run them fused where the CPU has FMA units, a fifth less time in LSTM's
 // forward row; the CUDA kernels ignore it. Over all 2^32 floats, against double:
 // tanh within 2.46 ulp (2.43 fused), sigmoid 2.48 either way, exp within 8.3e-8 relative error
 // on [-86.6, 88] (8.6e-8 fused).
@@ -43,7 +43,7 @@ template <bool Fma = false>
 FR_HOST_DEVICE double tanh_(double x) { return ::tanh(x); }
 #else
 // a·b + c, rounded once for Fma (std::fma), else twice: the build fuses no `a * b + c` of its
-// own (-ffp-contract=off), so the choice is this one alone, the same in every clone.
+// own (-ffp-contract=off), so the choice is this one alone, the same in every version of the rows.
 template <bool Fma, typename T>
 FR_ALWAYS_INLINE T mul_add(T a, T b, T c) {
   if constexpr (Fma) {

@@ -1,0 +1,26 @@
+#include "cpu_isa.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+namespace fusedrnn {
+namespace cpu {
+
+Isa cpu_isa() {
+  static const Isa isa = [] {
+    Isa best = Isa::portable;
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::avx2;
+    if (best == Isa::avx2 && __builtin_cpu_supports("avx512f")) best = Isa::avx512;
+#endif
+    const char* cap = std::getenv("FUSEDRNN_KERNEL_ISA");
+    if (cap && std::strcmp(cap, "portable") == 0) return Isa::portable;
+    if (cap && std::strcmp(cap, "avx2") == 0) return std::min(best, Isa::avx2);
+    return best;
+  }();
+  return isa;
+}
+
+}  // namespace cpu
+}  // namespace fusedrnn

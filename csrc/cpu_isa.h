@@ -1,0 +1,17 @@
+// Which instruction set fusedrnn's CPU code runs. The recurrent kernel's tiles
+// (recurrent_product.cc) and the pointwise rows (pointwise.h) are each compiled for AVX-512, for
+// AVX2 with FMA, and portably; one wheel runs on any x86-64 and picks at run time.
+#pragma once
+
+namespace fusedrnn {
+namespace cpu {
+
+enum class Isa { portable, avx2, avx512 };
+
+// The widest this CPU runs (avx512: AVX-512F; avx2: AVX2 and FMA), capped by
+// FUSEDRNN_KERNEL_ISA=avx2 or =portable, so that the tests hold every version to the reference
+// on a machine that runs the widest.
+Isa cpu_isa();
+
+}  // namespace cpu
+}  // namespace fusedrnn
