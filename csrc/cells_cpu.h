@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
 
 #include "parallel_gemm.h"
 #include "pointwise.h"
@@ -62,9 +61,8 @@ struct StepProducts {
   static bool stacks_input(Cell cell, int64_t I, int64_t H, int64_t B) {
     const bool one_product = cell == Cell::LSTM || cell == Cell::RNN_TANH ||
                              cell == Cell::RNN_RELU;
-    return std::is_same<T, float>::value && one_product && B > 1 &&
-           packed_floats(stacked_shape(cell, I, H)) * int64_t{sizeof(float)} <=
-               kStackedBytes;
+    return one_product && B > 1 &&
+           packed_elements<T>(stacked_shape(cell, I, H)) * int64_t{sizeof(T)} <= kStackedBytes;
   }
 
   // The packings hold main_packing and n_gate_packing elements (null where that is 0).
@@ -74,7 +72,7 @@ struct StepProducts {
     if (has_n_gate(cell)) n_gate = RecurrentProduct<T>(n_gate_shape(H, forward), w_hh + 2 * H * H, H,
                                                        n_gate_packing);
   }
-  // A stacked forward (stacks_input): `packing` holds packed_floats(stacked_shape) elements.
+  // A stacked forward (stacks_input): `packing` holds packed_elements(stacked_shape) elements.
   StepProducts(Cell cell, int64_t I, int64_t H, const T* w_ih, const T* w_hh, T* packing)
       : main(stacked_shape(cell, I, H), w_ih, I, w_hh, H, H, packing) {}
 

@@ -12,7 +12,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <type_traits>
 
 #include "parallel_gemm.h"
 #include "recurrent_product.h"
@@ -26,7 +25,7 @@ class ChunkProduct {
   // Elements of scratch a product of `shape` needs: a group of panels, or `whole` M.
   static int64_t packing_size(const ProductShape& shape, bool whole = false) {
     if (!uses_kernel()) return 0;
-    return (whole ? packed_panels(shape) : group_panels(shape)) * panel_floats(shape);
+    return (whole ? packed_panels<T>(shape) : group_panels(shape)) * panel_elements<T>(shape);
   }
 
   // C = A·M with M read from w as recurrent_product.h's ProductShape says; `packing` holds
@@ -38,52 +37,49 @@ class ChunkProduct {
         w_(w),
         ldw_(ldw),
         packing_(packing),
-        whole_(uses_kernel() && (whole || group_panels(shape) == packed_panels(shape))) {
-    if constexpr (std::is_same<T, float>::value) {
-      if (whole_) pack_panels(shape_, w_, ldw_, packing_);
-    }
+        whole_(uses_kernel() && (whole || group_panels(shape) == packed_panels<T>(shape))) {
+    if (whole_) pack_panels(shape_, w_, ldw_, packing_);
   }
 
   // c[rows, columns] (+)= A[rows, k]·M, A[r][k] = a[r·lda + k] or, a_transposed, a[k·lda + r].
   void operator()(const T* a, int64_t lda, bool a_transposed, int64_t rows, T* c, int64_t ldc,
                   bool accumulate) const {
     const int64_t k = shape_.k, columns = shape_.segments * shape_.width;
-    if constexpr (std::is_same<T, float>::value) {
-      if (uses_kernel()) {
-        // Blocks of rows whose A (at most 256 KB) stays in L2 while every panel passes over it,
-        // and of at most ~kBlockFlops: a projection of I=32 was one block for 1024 rows, and
-        // one thread's.
-        const int64_t per_block = std::max<int64_t>(16, (int64_t{1} << 16) / k);
-        const double flops = 2.0 * double(rows) * double(columns) * double(k);
-        const int64_t wanted = std::max((rows + per_block - 1) / per_block,
-                                        static_cast<int64_t>(flops / kBlockFlops));
-        const int64_t blocks = even_blocks(wanted, std::clamp<int64_t>(rows / 16, 1, kMaxBlocks));
-        const int64_t panels = packed_panels(shape_);
-        const int64_t group = group_panels(shape_);
-        for (int64_t p0 = 0; p0 < panels; p0 += group) {
-          const int64_t p1 = std::min(panels, p0 + group);
-          if (!whole_) pack_panels(shape_, w_, ldw_, p0, p1, packing_);
-          const Panels at = packed_at(shape_, packing_, whole_ ? 0 : p0);
-          parallel_for(blocks, [&](int64_t i) {
-            const int64_t r0 = rows * i / blocks, r1 = rows * (i + 1) / blocks;
-            packed_multiply(shape_, at, p0, p1, a + (a_transposed ? r0 : r0 * lda), lda, r1 - r0,
-                            c + r0 * ldc, ldc, accumulate, a_transposed);
-          });
-        }
-        return;
+    if (uses_kernel()) {
+      // Blocks of rows whose A (at most 256 KB) stays in L2 while every panel passes over it,
+      // and of at most ~kBlockFlops: a float projection of I=32 was one block for 1024 rows,
+      // and one thread's.
+      const int64_t per_block = std::max<int64_t>(16, (int64_t{1} << 18) / (k * sizeof(T)));
+      const double flops = 2.0 * double(rows) * double(columns) * double(k);
+      const int64_t wanted = std::max((rows + per_block - 1) / per_block,
+                                      static_cast<int64_t>(flops / kBlockFlops));
+      const int64_t blocks = even_blocks(wanted, std::clamp<int64_t>(rows / 16, 1, kMaxBlocks));
+      const int64_t panels = packed_panels<T>(shape_);
+      const int64_t group = group_panels(shape_);
+      for (int64_t p0 = 0; p0 < panels; p0 += group) {
+        const int64_t p1 = std::min(panels, p0 + group);
+        if (!whole_) pack_panels(shape_, w_, ldw_, p0, p1, packing_);
+        const Panels<T> at = packed_at(shape_, packing_, whole_ ? 0 : p0);
+        parallel_for(blocks, [&](int64_t i) {
+          const int64_t r0 = rows * i / blocks, r1 = rows * (i + 1) / blocks;
+          packed_multiply(shape_, at, p0, p1, a + (a_transposed ? r0 : r0 * lda), lda, r1 - r0,
+                          c + r0 * ldc, ldc, accumulate, a_transposed);
+        });
       }
+      return;
     }
     parallel_gemm(a_transposed ? Op::T : Op::N, shape_.transposed ? Op::T : Op::N, rows, columns,
                   k, T(1), a, lda, w_, ldw_, accumulate ? T(1) : T(0), c, ldc);
   }
 
  private:
-  static bool uses_kernel() { return std::is_same<T, float>::value && packed_kernel_beats_blas(); }
-  // Panels packed at a time: about kGroupFloats.
+  static bool uses_kernel() { return packed_kernel_beats_blas(); }
+  // Panels packed at a time: about kGroupBytes.
   static int64_t group_panels(const ProductShape& shape) {
-    return std::clamp<int64_t>(kGroupFloats / panel_floats(shape), 1, packed_panels(shape));
+    return std::clamp<int64_t>(kGroupBytes / (panel_elements<T>(shape) * int64_t{sizeof(T)}), 1,
+                               packed_panels<T>(shape));
   }
-  static constexpr int64_t kGroupFloats = int64_t{1} << 19;  // 2 MB
+  static constexpr int64_t kGroupBytes = int64_t{2} << 20;
 
   ProductShape shape_;
   const T* w_;

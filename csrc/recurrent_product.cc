@@ -1,17 +1,18 @@
-// fusedrnn's own kernel for the float recurrent product (see recurrent_product.h).
+// fusedrnn's own kernel for the recurrent product, float and double (see recurrent_product.h).
 //
 // M is packed once per call into panels, each the columns of `units` consecutive hidden units of
-// every segment, k rows of 8-float vectors: [panel][k][segment·units + unit], zero past the last
-// unit. A tile of rows of A against one panel keeps its sums in registers, adding one k at a
+// every segment, k rows of 32-byte vectors (8 floats, 4 doubles): [panel][k][segment·units +
+// unit], zero past the last unit. A double panel has half a float one's units, so the tiles
+// below hold the same registers for either. A tile of rows of A against one panel keeps its sums in registers, adding one k at a
 // time: every element is summed in k order by fused multiply-adds from zero, whichever tile or
 // thread computes it, so the AVX2 and AVX-512 kernels give the same bits. The portable one, for
 // CPUs without FMA, rounds each product and each sum apart: bits of its own.
-// AVX2 (16 registers): tiles of `rows` rows, rows·vectors = 12 accumulators of 8 floats (with
-// the A broadcasts and one panel vector, all 16; a last four rows go as two tiles over half the
-// panel, 8 each). AVX-512 (32 registers): each 16-float register holds two of the panel's
+// AVX2 (16 registers): tiles of `rows` rows, rows·vectors = 12 accumulators (with the A
+// broadcasts and one panel vector, all 16; a last four rows go as two tiles over half the
+// panel, 8 each). AVX-512 (32 registers): each 64-byte register holds two of the panel's
 // vectors, and a tile has up to 24 accumulators (12 rows of a 2-register panel, 8 of a
 // 3-register one); a block's rows are cut into near-equal tiles, none under layout.rows.
-// The panel outer loop keeps one panel (k·vectors·8 floats) in L2 while all rows of A pass over
+// The panel outer loop keeps one panel (k·vectors·32 bytes) in L2 while all rows of A pass over
 // it.
 #include <algorithm>
 #include <cstring>
@@ -31,7 +32,9 @@ namespace fusedrnn {
 namespace cpu {
 namespace {
 
-constexpr int kLanes = 8;
+// Elements in one of a panel's 32-byte vectors.
+template <typename T>
+constexpr int kLanes = 32 / sizeof(T);
 constexpr int kMaxRows = 12;  // AVX-512's 2-register panels
 constexpr int kMaxVectors = 6;
 constexpr int kAvx512Accumulators = 24;
@@ -39,154 +42,206 @@ constexpr int kAvx512Accumulators = 24;
 // What a tile reads: `rows` of A, and for each k the tile's vectors at panel + k·stride. A
 // stacked product's A is two arrays side by side: the first k_count k of row r from rows[r], the
 // next k_right from right_rows[r].
+template <typename T>
 struct TileIn {
-  const float* const* rows;
-  const float* panel;
-  int64_t stride;  // floats from one k of the panel to the next
+  const T* const* rows;
+  const T* panel;
+  int64_t stride;  // elements from one k of the panel to the next
   int64_t k_count;
   // A transposed (AVX-512 tiles only): row r's k at rows[0] + k·lda_t + r.
   int64_t lda_t;
-  const float* const* right_rows;
+  const T* const* right_rows;
   int64_t k_right;
 };
 
 // Where a tile's sums go: vector v of row r to rows[r] + columns[v], added to what is there when
 // `accumulate` (as dst + sum, the same bits as the sum added to dst).
+template <typename T>
 struct TileOut {
-  float* rows[kMaxRows];
+  T* rows[kMaxRows];
   int64_t columns[kMaxVectors];
   bool accumulate;
 };
 
-template <int Rows, int Vectors, bool Stacked>
-void tile_portable(const TileIn& in, const TileOut& out) {
-  constexpr int kWidth = Vectors * kLanes;
-  float acc[Rows][kWidth] = {};
+template <typename T, int Rows, int Vectors, bool Stacked>
+void tile_portable(const TileIn<T>& in, const TileOut<T>& out) {
+  constexpr int kWidth = Vectors * kLanes<T>;
+  T acc[Rows][kWidth] = {};
   for (int part = 0; part < (Stacked ? 2 : 1); ++part) {  // A's arrays
-    const float* const* rows = part ? in.right_rows : in.rows;
-    const float* const panel = in.panel + (part ? in.k_count * in.stride : 0);
+    const T* const* rows = part ? in.right_rows : in.rows;
+    const T* const panel = in.panel + (part ? in.k_count * in.stride : 0);
     const int64_t k_count = part ? in.k_right : in.k_count;
     for (int64_t k = 0; k < k_count; ++k) {
-      const float* m = panel + k * in.stride;
+      const T* m = panel + k * in.stride;
       for (int r = 0; r < Rows; ++r) {
-        const float ar = rows[r][k];
+        const T ar = rows[r][k];
         for (int j = 0; j < kWidth; ++j) acc[r][j] += ar * m[j];
       }
     }
   }
   for (int r = 0; r < Rows; ++r)
     for (int v = 0; v < Vectors; ++v) {
-      float* dst = out.rows[r] + out.columns[v];
-      const float* sum = acc[r] + v * kLanes;
-      for (int j = 0; j < kLanes; ++j) dst[j] = out.accumulate ? dst[j] + sum[j] : sum[j];
+      T* dst = out.rows[r] + out.columns[v];
+      const T* sum = acc[r] + v * kLanes<T>;
+      for (int j = 0; j < kLanes<T>; ++j) dst[j] = out.accumulate ? dst[j] + sum[j] : sum[j];
     }
 }
 
 #if FR_AVX2_KERNEL
+#define FR_AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) inline
+#define FR_AVX512_INLINE __attribute__((target("avx512f"), always_inline)) inline
+
+// The intrinsics the tiles use, by element type T, whose intrinsics end in P (ps for float, pd
+// for double) and broadcast one element with B (ss, sd): a 32-byte vector V (AVX2) ...
+template <typename T>
+struct Avx2;
+#define FR_AVX2_OPS(T, V, P, B)                                                               \
+  template <>                                                                               \
+  struct Avx2<T> {                                                                          \
+    using Vector = V;                                                                       \
+    FR_AVX2_INLINE static V zero() { return _mm256_setzero_##P(); }                         \
+    FR_AVX2_INLINE static V broadcast(const T* p) { return _mm256_broadcast_##B(p); }       \
+    FR_AVX2_INLINE static V load(const T* p) { return _mm256_load_##P(p); }                 \
+    FR_AVX2_INLINE static V fmadd(V a, V b, V c) { return _mm256_fmadd_##P(a, b, c); }      \
+    /* dst = v, or dst + v */                                                               \
+    FR_AVX2_INLINE static void store(T* dst, V v, bool accumulate) {                        \
+      _mm256_storeu_##P(dst, accumulate ? _mm256_add_##P(_mm256_loadu_##P(dst), v) : v);    \
+    }                                                                                       \
+  };
+FR_AVX2_OPS(float, __m256, ps, ss)
+FR_AVX2_OPS(double, __m256d, pd, sd)
+#undef FR_AVX2_OPS
+
+// ... and a 64-byte one (AVX-512), which holds two of the panel's vectors.
+template <typename T>
+struct Avx512;
+#define FR_AVX512_OPS(T, V, P)                                                                \
+  template <>                                                                               \
+  struct Avx512<T> {                                                                        \
+    using Vector = V;                                                                       \
+    FR_AVX512_INLINE static V zero() { return _mm512_setzero_##P(); }                       \
+    FR_AVX512_INLINE static V set1(T a) { return _mm512_set1_##P(a); }                      \
+    FR_AVX512_INLINE static V load(const T* p) { return _mm512_loadu_##P(p); }              \
+    FR_AVX512_INLINE static V fmadd(V a, V b, V c) { return _mm512_fmadd_##P(a, b, c); }    \
+  };
+FR_AVX512_OPS(float, __m512, ps)
+FR_AVX512_OPS(double, __m512d, pd)
+#undef FR_AVX512_OPS
+
+// A 64-byte register's bits as doubles, for AVX-512F's 64x4 extract of each half (the 32x8 one
+// needs DQ): through a store and two loads, k=32 float tiles ran 4% slower on a Zen 5 core.
+FR_AVX512_INLINE __m512d as_doubles(__m512 v) { return _mm512_castps_pd(v); }
+FR_AVX512_INLINE __m512d as_doubles(__m512d v) { return v; }
+
+// Half h of a 64-byte register (the masked form, all lanes kept: GCC 12's unmasked one, and
+// the cast to the low half made of it, warn of their own undefined source, bug 105593) to dst,
+// or added to dst.
+template <int Half>
+FR_AVX512_INLINE void store_half(float* dst, __m512d v, bool accumulate) {
+  const __m256 h = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, v, Half));
+  _mm256_storeu_ps(dst, accumulate ? _mm256_add_ps(_mm256_loadu_ps(dst), h) : h);
+}
+template <int Half>
+FR_AVX512_INLINE void store_half(double* dst, __m512d v, bool accumulate) {
+  const __m256d h = _mm512_maskz_extractf64x4_pd(0xFF, v, Half);
+  _mm256_storeu_pd(dst, accumulate ? _mm256_add_pd(_mm256_loadu_pd(dst), h) : h);
+}
+
 // acc += the k_count k of A's `rows` times the panel from `panel` on (for tile_avx2, once for
 // each of A's arrays, as add_products_avx512 for tile_avx512).
-template <int Rows, int Vectors>
-__attribute__((target("avx2,fma"), always_inline)) inline void add_products_avx2(
-    __m256 (&acc)[Rows][Vectors], const float* const* rows, const float* panel, int64_t stride,
-    int64_t k_count) {
-  const float* a[Rows];
+template <typename T, int Rows, int Vectors>
+FR_AVX2_INLINE void add_products_avx2(typename Avx2<T>::Vector (&acc)[Rows][Vectors],
+                                      const T* const* rows, const T* panel, int64_t stride,
+                                      int64_t k_count) {
+  using S = Avx2<T>;
+  const T* a[Rows];
 #pragma GCC unroll 4
   for (int r = 0; r < Rows; ++r) a[r] = rows[r];
   for (int64_t k = 0; k < k_count; ++k) {
-    __m256 ar[Rows];
+    typename S::Vector ar[Rows];
 #pragma GCC unroll 4
-    for (int r = 0; r < Rows; ++r) ar[r] = _mm256_broadcast_ss(a[r] + k);
-    const float* m = panel + k * stride;
+    for (int r = 0; r < Rows; ++r) ar[r] = S::broadcast(a[r] + k);
+    const T* m = panel + k * stride;
 #pragma GCC unroll 8
     for (int v = 0; v < Vectors; ++v) {
-      const __m256 mv = _mm256_load_ps(m + v * kLanes);
+      const typename S::Vector mv = S::load(m + v * kLanes<T>);
 #pragma GCC unroll 4
-      for (int r = 0; r < Rows; ++r) acc[r][v] = _mm256_fmadd_ps(ar[r], mv, acc[r][v]);
+      for (int r = 0; r < Rows; ++r) acc[r][v] = S::fmadd(ar[r], mv, acc[r][v]);
     }
   }
 }
 
-template <int Rows, int Vectors, bool Stacked>
-__attribute__((target("avx2,fma"))) void tile_avx2(const TileIn& in, const TileOut& out) {
-  __m256 acc[Rows][Vectors];
+template <typename T, int Rows, int Vectors, bool Stacked>
+__attribute__((target("avx2,fma"))) void tile_avx2(const TileIn<T>& in, const TileOut<T>& out) {
+  using S = Avx2<T>;
+  typename S::Vector acc[Rows][Vectors];
 #pragma GCC unroll 4
   for (int r = 0; r < Rows; ++r)
 #pragma GCC unroll 8
-    for (int v = 0; v < Vectors; ++v) acc[r][v] = _mm256_setzero_ps();
-  add_products_avx2<Rows, Vectors>(acc, in.rows, in.panel, in.stride, in.k_count);
+    for (int v = 0; v < Vectors; ++v) acc[r][v] = S::zero();
+  add_products_avx2<T, Rows, Vectors>(acc, in.rows, in.panel, in.stride, in.k_count);
   if constexpr (Stacked)
-    add_products_avx2<Rows, Vectors>(acc, in.right_rows, in.panel + in.k_count * in.stride,
-                                     in.stride, in.k_right);
+    add_products_avx2<T, Rows, Vectors>(acc, in.right_rows, in.panel + in.k_count * in.stride,
+                                        in.stride, in.k_right);
   // out's fields are read once: the stores go through a type that may alias anything, and
   // would make GCC read them again after each (k=32 tiles ran 3% faster reading them once).
-  const TileOut o = out;
+  const TileOut<T> o = out;
 #pragma GCC unroll 4
   for (int r = 0; r < Rows; ++r)
 #pragma GCC unroll 8
-    for (int v = 0; v < Vectors; ++v) {
-      float* dst = o.rows[r] + o.columns[v];
-      _mm256_storeu_ps(dst, o.accumulate ? _mm256_add_ps(_mm256_loadu_ps(dst), acc[r][v])
-                                         : acc[r][v]);
-    }
+    for (int v = 0; v < Vectors; ++v) S::store(o.rows[r] + o.columns[v], acc[r][v], o.accumulate);
 }
 
 // acc += the k_count k of A's `rows` times the panel from `panel` on: tile_avx512 inlines it
 // once for each of A's arrays (a lambda would drop the target). Only tiles of stacked products
 // have the second: the mere chance of one cost every k=32 tile 5%, k=512 2%.
-template <int Rows, int Registers, bool ATransposed>
-__attribute__((target("avx512f"), always_inline)) inline void add_products_avx512(
-    __m512 (&acc)[Rows][Registers], const float* const* rows, const float* panel,
-    int64_t stride, int64_t k_count, int64_t lda_t) {
-  const float* a[Rows];
+template <typename T, int Rows, int Registers, bool ATransposed>
+FR_AVX512_INLINE void add_products_avx512(typename Avx512<T>::Vector (&acc)[Rows][Registers],
+                                          const T* const* rows, const T* panel, int64_t stride,
+                                          int64_t k_count, int64_t lda_t) {
+  using S = Avx512<T>;
+  const T* a[Rows];
 #pragma GCC unroll 12
   for (int r = 0; r < Rows; ++r) a[r] = rows[r];
   for (int64_t k = 0; k < k_count; ++k) {
-    const float* m = panel + k * stride;
-    __m512 mv[Registers];
+    const T* m = panel + k * stride;
+    typename S::Vector mv[Registers];
 #pragma GCC unroll 3
-    for (int z = 0; z < Registers; ++z) mv[z] = _mm512_loadu_ps(m + z * 2 * kLanes);
+    for (int z = 0; z < Registers; ++z) mv[z] = S::load(m + z * 2 * kLanes<T>);
 #pragma GCC unroll 12
     for (int r = 0; r < Rows; ++r) {
       // A transposed: the tile's rows lie side by side in A's k-th row.
-      const __m512 ar = _mm512_set1_ps(ATransposed ? a[0][k * lda_t + r] : a[r][k]);
+      const typename S::Vector ar = S::set1(ATransposed ? a[0][k * lda_t + r] : a[r][k]);
 #pragma GCC unroll 3
-      for (int z = 0; z < Registers; ++z) acc[r][z] = _mm512_fmadd_ps(ar, mv[z], acc[r][z]);
+      for (int z = 0; z < Registers; ++z) acc[r][z] = S::fmadd(ar, mv[z], acc[r][z]);
     }
   }
 }
 
-// Registers are 16 floats: register z holds the panel's vectors 2z (low half) and 2z + 1.
-template <int Rows, int Registers, bool ATransposed, bool Stacked>
-__attribute__((target("avx512f"))) void tile_avx512(const TileIn& in, const TileOut& out) {
+// Register z holds the panel's vectors 2z (low half) and 2z + 1.
+template <typename T, int Rows, int Registers, bool ATransposed, bool Stacked>
+__attribute__((target("avx512f"))) void tile_avx512(const TileIn<T>& in, const TileOut<T>& out) {
   static_assert(!(ATransposed && Stacked), "a stacked product's A is not transposed");
-  __m512 acc[Rows][Registers];
+  using S = Avx512<T>;
+  typename S::Vector acc[Rows][Registers];
 #pragma GCC unroll 12
   for (int r = 0; r < Rows; ++r)
 #pragma GCC unroll 3
-    for (int z = 0; z < Registers; ++z) acc[r][z] = _mm512_setzero_ps();
-  add_products_avx512<Rows, Registers, ATransposed>(acc, in.rows, in.panel, in.stride,
-                                                    in.k_count, in.lda_t);
+    for (int z = 0; z < Registers; ++z) acc[r][z] = S::zero();
+  add_products_avx512<T, Rows, Registers, ATransposed>(acc, in.rows, in.panel, in.stride,
+                                                       in.k_count, in.lda_t);
   if constexpr (Stacked)
-    add_products_avx512<Rows, Registers, false>(acc, in.right_rows,
-                                                in.panel + in.k_count * in.stride, in.stride,
-                                                in.k_right, 0);
-  const TileOut o = out;  // read once, as in tile_avx2
+    add_products_avx512<T, Rows, Registers, false>(acc, in.right_rows,
+                                                   in.panel + in.k_count * in.stride, in.stride,
+                                                   in.k_right, 0);
+  const TileOut<T> o = out;  // read once, as in tile_avx2
 #pragma GCC unroll 12
   for (int r = 0; r < Rows; ++r)
 #pragma GCC unroll 3
     for (int z = 0; z < Registers; ++z) {
-      // Each half straight from the register (AVX-512F's 64x4 extract; the 32x8 one needs DQ):
-      // through a store and two loads, k=32 tiles ran 4% slower on a Zen 5 core. The masked
-      // form, all lanes kept: GCC 12's unmasked one (and the cast to the low half, made of it)
-      // warns of its own undefined source (bug 105593).
-      const __m512d sums = _mm512_castps_pd(acc[r][z]);
-      const __m256 halves[2] = {_mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, sums, 0)),
-                                _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, sums, 1))};
-      for (int h = 0; h < 2; ++h) {
-        float* dst = o.rows[r] + o.columns[2 * z + h];
-        _mm256_storeu_ps(dst, o.accumulate ? _mm256_add_ps(_mm256_loadu_ps(dst), halves[h])
-                                           : halves[h]);
-      }
+      const __m512d sums = as_doubles(acc[r][z]);
+      store_half<0>(o.rows[r] + o.columns[2 * z], sums, o.accumulate);
+      store_half<1>(o.rows[r] + o.columns[2 * z + 1], sums, o.accumulate);
     }
 }
 
@@ -194,68 +249,68 @@ __attribute__((target("avx512f"))) void tile_avx512(const TileIn& in, const Tile
 
 bool use_avx2_fma() { return cpu_isa() != Isa::portable; }
 
-using TileFn = void (*)(const TileIn&, const TileOut&);
+template <typename T>
+using TileFn = void (*)(const TileIn<T>&, const TileOut<T>&);
 
-template <int Rows, int Vectors, bool Stacked>
-TileFn tile_for_cpu() {
+template <typename T, int Rows, int Vectors, bool Stacked>
+TileFn<T> tile_for_cpu() {
 #if FR_AVX2_KERNEL
-  if (use_avx2_fma()) return tile_avx2<Rows, Vectors, Stacked>;
+  if (use_avx2_fma()) return tile_avx2<T, Rows, Vectors, Stacked>;
 #endif
-  return tile_portable<Rows, Vectors, Stacked>;
+  return tile_portable<T, Rows, Vectors, Stacked>;
 }
 
 #if FR_AVX2_KERNEL
-template <int Vectors, bool ATransposed, bool Stacked, int... Rows>
-const TileFn* avx512_tiles(std::integer_sequence<int, Rows...>) {
-  static const TileFn tiles[] = {tile_avx512<Rows + 1, Vectors / 2, ATransposed, Stacked>...};
+template <typename T, int Vectors, bool ATransposed, bool Stacked, int... Rows>
+const TileFn<T>* avx512_tiles(std::integer_sequence<int, Rows...>) {
+  static const TileFn<T> tiles[] = {tile_avx512<T, Rows + 1, Vectors / 2, ATransposed, Stacked>...};
   return tiles;
 }
 
-template <bool ATransposed, bool Stacked>
-const TileFn* avx512_tiles_for(int vectors) {
-  static const TileFn* const four = avx512_tiles<4, ATransposed, Stacked>(
+template <typename T, bool ATransposed, bool Stacked>
+const TileFn<T>* avx512_tiles_for(int vectors) {
+  static const TileFn<T>* const four = avx512_tiles<T, 4, ATransposed, Stacked>(
       std::make_integer_sequence<int, kAvx512Accumulators / 2>());
-  static const TileFn* const six = avx512_tiles<6, ATransposed, Stacked>(
+  static const TileFn<T>* const six = avx512_tiles<T, 6, ATransposed, Stacked>(
       std::make_integer_sequence<int, kAvx512Accumulators / 3>());
   return vectors == 4 ? four : six;
 }
 #endif
 
-template <bool Stacked>
-const TileFn* tiles_for_cpu(int vectors) {
-  static const TileFn four[3] = {tile_for_cpu<1, 4, Stacked>(), tile_for_cpu<2, 4, Stacked>(),
-                                 tile_for_cpu<3, 4, Stacked>()};
-  static const TileFn six[2] = {tile_for_cpu<1, 6, Stacked>(), tile_for_cpu<2, 6, Stacked>()};
+template <typename T, bool Stacked>
+const TileFn<T>* tiles_for_cpu(int vectors) {
+  static const TileFn<T> four[3] = {tile_for_cpu<T, 1, 4, Stacked>(),
+                                    tile_for_cpu<T, 2, 4, Stacked>(),
+                                    tile_for_cpu<T, 3, 4, Stacked>()};
+  static const TileFn<T> six[2] = {tile_for_cpu<T, 1, 6, Stacked>(),
+                                   tile_for_cpu<T, 2, 6, Stacked>()};
   return vectors == 4 ? four : six;
 }
 
 // The kernels for 1..layout.max_rows rows of a layout of `vectors` vectors, at rows - 1. Looked
 // up once a product: at every tile, the lookups took 2% of LSTM inference T=20 B=128 H=128,
 // whose tiles are short (k = 128).
-const TileFn* tile_kernels(int vectors, bool a_transposed, bool stacked) {
+template <typename T>
+const TileFn<T>* tile_kernels(int vectors, bool a_transposed, bool stacked) {
 #if FR_AVX2_KERNEL
   if (cpu_isa() == Isa::avx512) {
-    if (a_transposed) return avx512_tiles_for<true, false>(vectors);
-    return stacked ? avx512_tiles_for<false, true>(vectors)
-                   : avx512_tiles_for<false, false>(vectors);
+    if (a_transposed) return avx512_tiles_for<T, true, false>(vectors);
+    return stacked ? avx512_tiles_for<T, false, true>(vectors)
+                   : avx512_tiles_for<T, false, false>(vectors);
   }
 #endif
-  return stacked ? tiles_for_cpu<true>(vectors) : tiles_for_cpu<false>(vectors);
+  return stacked ? tiles_for_cpu<T, true>(vectors) : tiles_for_cpu<T, false>(vectors);
 }
 
 // Four rows against half of a 4-vector panel: a 3-row layout's last four rows go as two of these
 // (8 accumulators each) rather than as 3 + 1, whose lone row has only 4 accumulators, half of
 // what covers the FMA latency. B=16 LSTM products ran 3 to 5% faster on one core, and LSTM
 // inference at B=16 (T=200 H=512, T=20 H=1024) 2% faster on two.
-TileFn four_rows_half_panel(bool stacked) {
-  static const TileFn tile = tile_for_cpu<4, 2, false>();
-  static const TileFn stacked_tile = tile_for_cpu<4, 2, true>();
+template <typename T>
+TileFn<T> four_rows_half_panel(bool stacked) {
+  static const TileFn<T> tile = tile_for_cpu<T, 4, 2, false>();
+  static const TileFn<T> stacked_tile = tile_for_cpu<T, 4, 2, true>();
   return stacked ? stacked_tile : tile;
-}
-
-int64_t panel_count(const ProductShape& shape) {
-  const int64_t units = panel_layout(shape.segments).units;
-  return (shape.width + units - 1) / units;
 }
 
 }  // namespace
@@ -268,11 +323,12 @@ const char* recurrent_kernel_isa() {
   }
 }
 
+template <typename T>
 PanelLayout panel_layout(int64_t segments) {
-  const int64_t units = segments == 1 ? 32 : segments == 4 ? 8 : 16;
-  const int vectors = segments == 3 ? 6 : 4;
   if (segments < 1 || segments > 4)
     detail::fail("panel_layout: expected 1 to 4 segments, got " + std::to_string(segments));
+  const int vectors = segments == 3 ? 6 : 4;
+  const int64_t units = vectors * kLanes<T> / segments;  // float: 32, 16, 16, 8
   if (cpu_isa() == Isa::avx512) {
     // At least 8 accumulators (two FMA pipes, four cycles each) in a tile of layout.rows.
     const int registers = vectors / 2;
@@ -284,22 +340,28 @@ PanelLayout panel_layout(int64_t segments) {
 
 bool packed_kernel_beats_blas() { return cpu_isa() == Isa::avx512; }
 
-int64_t packed_panels(const ProductShape& shape) { return panel_count(shape); }
-
-int64_t panel_floats(const ProductShape& shape) {
-  return shape.k * panel_layout(shape.segments).vectors * kLanes;
+template <typename T>
+int64_t packed_panels(const ProductShape& shape) {
+  const int64_t units = panel_layout<T>(shape.segments).units;
+  return (shape.width + units - 1) / units;
 }
 
-int64_t packed_floats(const ProductShape& shape) {
-  return panel_count(shape) * shape.k * panel_layout(shape.segments).vectors * kLanes;
+template <typename T>
+int64_t panel_elements(const ProductShape& shape) {
+  return shape.k * panel_layout<T>(shape.segments).vectors * kLanes<T>;
+}
+
+template <typename T>
+int64_t packed_elements(const ProductShape& shape) {
+  return packed_panels<T>(shape) * panel_elements<T>(shape);
 }
 
 namespace {
 
 #if FR_AVX2_KERNEL
 // dst[j·ld_dst + i] = src[i·ld_src + j] for i, j < 8.
-__attribute__((target("avx2"))) void transpose_8x8_avx2(const float* src, int64_t ld_src,
-                                                        float* dst, int64_t ld_dst) {
+__attribute__((target("avx2"))) void transpose_block(const float* src, int64_t ld_src,
+                                                     float* dst, int64_t ld_dst) {
   __m256 r[8], t[8];
   for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ld_src);
   for (int i = 0; i < 8; i += 2) {  // pairs of rows interleaved: (0 1), (2 3), ...
@@ -317,61 +379,77 @@ __attribute__((target("avx2"))) void transpose_8x8_avx2(const float* src, int64_
     _mm256_storeu_ps(dst + (j + 4) * ld_dst, _mm256_permute2f128_ps(r[j], r[j + 4], 0x31));
   }
 }
+
+// dst[j·ld_dst + i] = src[i·ld_src + j] for i, j < 4.
+__attribute__((target("avx2"))) void transpose_block(const double* src, int64_t ld_src,
+                                                     double* dst, int64_t ld_dst) {
+  __m256d r[4];
+  for (int i = 0; i < 4; ++i) r[i] = _mm256_loadu_pd(src + i * ld_src);
+  // (r0[0] r1[0] r0[2] r1[2]), (r0[1] r1[1] r0[3] r1[3]), and the same of rows 2 and 3
+  const __m256d t[4] = {_mm256_unpacklo_pd(r[0], r[1]), _mm256_unpackhi_pd(r[0], r[1]),
+                        _mm256_unpacklo_pd(r[2], r[3]), _mm256_unpackhi_pd(r[2], r[3])};
+  for (int j = 0; j < 2; ++j) {  // columns j (low lanes) and j + 2 (high lanes)
+    _mm256_storeu_pd(dst + j * ld_dst, _mm256_permute2f128_pd(t[j], t[j + 2], 0x20));
+    _mm256_storeu_pd(dst + (j + 2) * ld_dst, _mm256_permute2f128_pd(t[j], t[j + 2], 0x31));
+  }
+}
 #endif
 
 // A task of the packing: 64 KB. Packing waits on W's cache lines more than it computes, so a
 // small W is worth cutting too: in tasks of 256 KB, the 256 KB W_ih and W_hh of LSTM H=128 were
 // each packed by one thread while the other waited, and inference T=20 took 1.82 ms at B=128
 // (1.75 in 64 KB tasks) and 0.350 at B=16 (0.299). 16 KB tasks timed as 64 KB ones.
-constexpr int64_t kPackTaskFloats = int64_t{1} << 14;
+constexpr int64_t kPackTaskBytes = int64_t{1} << 16;
 
 // dst[0, n) = src[0, n): a k of a panel's lanes from a row of M. The panel widths are constants
 // here, so the copies become inline vector moves, where std::copy called memmove for every 32
 // floats: packing x and h for the weight gradients of RNN training T=20 B=16 H=1024 took 4.8%
 // of its samples that way, 3.4% this way.
-void copy_lanes(const float* src, int64_t n, float* dst) {
-  switch (n) {
-    case 8: return static_cast<void>(std::memcpy(dst, src, 8 * sizeof(float)));
-    case 16: return static_cast<void>(std::memcpy(dst, src, 16 * sizeof(float)));
-    case 32: return static_cast<void>(std::memcpy(dst, src, 32 * sizeof(float)));
+template <typename T>
+void copy_lanes(const T* src, int64_t n, T* dst) {
+  switch (n * int64_t{sizeof(T)}) {
+    case 32: return static_cast<void>(std::memcpy(dst, src, 32));
+    case 64: return static_cast<void>(std::memcpy(dst, src, 64));
+    case 128: return static_cast<void>(std::memcpy(dst, src, 128));
     default: std::copy(src, src + n, dst);
   }
 }
 
-}  // namespace
-
-namespace {
-
 // Panels [p0, p1) of M's k [k_first, k_first + shape.k), in panels of k_total k each: a whole
 // M (k_first 0, k_total shape.k), or one of a stacked M's two parts.
-void pack_part(const ProductShape& shape, const float* w, int64_t ldw, int64_t p0, int64_t p1,
-               int64_t k_first, int64_t k_total, float* packed) {
-  const PanelLayout layout = panel_layout(shape.segments);
-  const int64_t width = layout.vectors * kLanes, k_count = shape.k;
-  const int64_t per_task = std::max<int64_t>(1, kPackTaskFloats / (k_count * width));
+template <typename T>
+void pack_part(const ProductShape& shape, const T* w, int64_t ldw, int64_t p0, int64_t p1,
+               int64_t k_first, int64_t k_total, T* packed) {
+  const PanelLayout layout = panel_layout<T>(shape.segments);
+  const int64_t width = layout.vectors * kLanes<T>, k_count = shape.k;
+  const int64_t per_task =
+      std::max<int64_t>(1, kPackTaskBytes / (k_count * width * int64_t{sizeof(T)}));
+  // A cache line of a row of W, and the square blocks transpose_block moves.
+  constexpr int64_t kLine = 64 / sizeof(T), kBlock = kLanes<T>;
   parallel_for((p1 - p0 + per_task - 1) / per_task, [&](int64_t task) {
     const int64_t p_end = std::min(p1, p0 + (task + 1) * per_task);
     for (int64_t p = p0 + task * per_task; p < p_end; ++p) {
       const int64_t first = p * layout.units;
       const int64_t units = std::min(layout.units, shape.width - first);
-      float* out = packed + ((p - p0) * k_total + k_first) * width;
+      T* out = packed + ((p - p0) * k_total + k_first) * width;
       for (int64_t s = 0; s < shape.segments; ++s) {
         const int64_t col = s * shape.width + first;
-        float* lanes = out + s * layout.units;
+        T* lanes = out + s * layout.units;
         if (shape.transposed) {
-          // The lanes are rows of W, a power of two apart as often as not: read 16 k (a cache
-          // line) of each before the next, or they evict each other from L1 at every k.
-          const float* rows = w + col * ldw;
-          for (int64_t k0 = 0; k0 < k_count; k0 += 16) {
-            const int64_t k1 = std::min(k_count, k0 + 16);
+          // The lanes are rows of W, a power of two apart as often as not: read a cache line
+          // of k of each before the next, or they evict each other from L1 at every k.
+          const T* rows = w + col * ldw;
+          for (int64_t k0 = 0; k0 < k_count; k0 += kLine) {
+            const int64_t k1 = std::min(k_count, k0 + kLine);
             int64_t u = 0;
 #if FR_AVX2_KERNEL
-            // Eight units at a time in registers: element by element, packing a 4 MB W_hh took
-            // 0.65 ms on its own (0.15 ms this way), a tenth of an LSTM T=20 B=16 H=512 inference.
-            if (use_avx2_fma() && k1 - k0 == 16)
-              for (; u + 8 <= units; u += 8)
-                for (int64_t k = k0; k < k1; k += 8)
-                  transpose_8x8_avx2(rows + u * ldw + k, ldw, lanes + k * width + u, width);
+            // Blocks of units at a time in registers: element by element, packing a 4 MB float
+            // W_hh took 0.65 ms on its own (0.15 ms this way), a tenth of an LSTM T=20 B=16
+            // H=512 inference.
+            if (use_avx2_fma() && k1 - k0 == kLine)
+              for (; u + kBlock <= units; u += kBlock)
+                for (int64_t k = k0; k < k1; k += kBlock)
+                  transpose_block(rows + u * ldw + k, ldw, lanes + k * width + u, width);
 #endif
             for (; u < units; ++u)
               for (int64_t k = k0; k < k1; ++k) lanes[k * width + u] = rows[u * ldw + k];
@@ -382,7 +460,7 @@ void pack_part(const ProductShape& shape, const float* w, int64_t ldw, int64_t p
         }
         if (units < layout.units)  // past the last unit
           for (int64_t k = 0; k < k_count; ++k)
-            std::fill(lanes + k * width + units, lanes + k * width + layout.units, 0.0f);
+            std::fill(lanes + k * width + units, lanes + k * width + layout.units, T(0));
       }
     }
   });
@@ -390,39 +468,38 @@ void pack_part(const ProductShape& shape, const float* w, int64_t ldw, int64_t p
 
 }  // namespace
 
-void pack_panels(const ProductShape& shape, const float* w, int64_t ldw, float* packed) {
-  pack_panels(shape, w, ldw, 0, panel_count(shape), packed);
+template <typename T>
+void pack_panels(const ProductShape& shape, const T* w, int64_t ldw, T* packed) {
+  pack_panels(shape, w, ldw, 0, packed_panels<T>(shape), packed);
 }
 
-void pack_panels(const ProductShape& shape, const float* w, int64_t ldw, int64_t p0, int64_t p1,
-                 float* packed) {
+template <typename T>
+void pack_panels(const ProductShape& shape, const T* w, int64_t ldw, int64_t p0, int64_t p1,
+                 T* packed) {
   pack_part(shape, w, ldw, p0, p1, 0, shape.k, packed);
 }
 
-void pack_stacked_panels(const ProductShape& shape, const float* w, int64_t ldw,
-                         const float* w_right, int64_t ldw_right, int64_t k_right,
-                         float* packed) {
-  const int64_t k_left = shape.k - k_right, panels = panel_count(shape);
+template <typename T>
+void pack_stacked_panels(const ProductShape& shape, const T* w, int64_t ldw, const T* w_right,
+                         int64_t ldw_right, int64_t k_right, T* packed) {
+  const int64_t k_left = shape.k - k_right, panels = packed_panels<T>(shape);
   pack_part({shape.transposed, k_left, shape.segments, shape.width}, w, ldw, 0, panels, 0,
             shape.k, packed);
   pack_part({shape.transposed, k_right, shape.segments, shape.width}, w_right, ldw_right, 0,
             panels, k_left, shape.k, packed);
 }
 
-Panels packed_at(const ProductShape& shape, const float* packed, int64_t p0) {
-  return {packed, p0, panel_floats(shape)};
-}
-
-void packed_multiply(const ProductShape& shape, const Panels& panels, int64_t p0, int64_t p1,
-                     const float* a, int64_t lda, int64_t rows, float* c, int64_t ldc,
-                     bool accumulate, bool a_transposed, const RightA& right) {
+template <typename T>
+void packed_multiply(const ProductShape& shape, const Panels<T>& panels, int64_t p0, int64_t p1,
+                     const T* a, int64_t lda, int64_t rows, T* c, int64_t ldc, bool accumulate,
+                     bool a_transposed, const RightA<T>& right) {
   if (a_transposed && !packed_kernel_beats_blas())
     detail::fail("packed_multiply: a transposed A needs the AVX-512 kernel");
   if (right.k < 0 || right.k > shape.k || (right.k > 0 && (a_transposed || !right.a)))
     detail::fail("packed_multiply: A's right part takes 0 to k k of an A not transposed, got " +
                  std::to_string(right.k) + " of " + std::to_string(shape.k));
-  const PanelLayout layout = panel_layout(shape.segments);
-  const int64_t width = layout.vectors * kLanes;
+  const PanelLayout layout = panel_layout<T>(shape.segments);
+  const int64_t width = layout.vectors * kLanes<T>;
   // The rows go in near-equal tiles of at most max_rows; but a 3-row AVX2 layout's last four
   // rows are one step of two half-panel tiles.
   const bool halves = layout.max_rows == 3 && layout.vectors == 4 && rows % 3 == 1 && rows > 1;
@@ -432,49 +509,49 @@ void packed_multiply(const ProductShape& shape, const Panels& panels, int64_t p0
     return rows * (step + 1) / row_steps;
   };
   const bool stacked = right.k > 0;
-  const TileFn* const kernels = tile_kernels(layout.vectors, a_transposed, stacked);
-  alignas(64) float tile[kMaxRows * kMaxVectors * kLanes];
+  const TileFn<T>* const kernels = tile_kernels<T>(layout.vectors, a_transposed, stacked);
+  alignas(64) T tile[kMaxRows * kMaxVectors * kLanes<T>];
   for (int64_t p = p0; p < p1; ++p) {
-    const float* panel = panels.base + (p - panels.first) * panels.panel_floats;
+    const T* panel = panels.base + (p - panels.first) * panels.panel_elements;
     const int64_t first = p * layout.units;
     const int64_t units = std::min(layout.units, shape.width - first);
     // A whole panel's sums go straight to C, each vector to its segment's columns. The last
     // panel's, when it is cut short, go to `tile` first and only its units are copied.
     const bool whole = units == layout.units;
-    TileOut out;
+    TileOut<T> out;
     out.accumulate = whole && accumulate;
     for (int v = 0; v < layout.vectors; ++v) {
-      const int64_t lane = v * kLanes;
+      const int64_t lane = v * kLanes<T>;
       out.columns[v] = whole ? lane / layout.units * shape.width + first + lane % layout.units
                              : lane;
     }
     int64_t r0 = 0;
     for (int64_t step = 0; step < row_steps; ++step) {
       const int64_t tile_rows = step_end(step) - r0;
-      const float* a_rows[kMaxRows];
-      const float* right_rows[kMaxRows];
+      const T* a_rows[kMaxRows];
+      const T* right_rows[kMaxRows];
       for (int64_t i = 0; i < tile_rows; ++i) {
         a_rows[i] = a_transposed ? a + r0 + i : a + (r0 + i) * lda;
         if (stacked) right_rows[i] = right.a + (r0 + i) * right.lda;
         out.rows[i] = whole ? c + (r0 + i) * ldc : tile + i * width;
       }
-      TileIn in{a_rows,     panel,      width,  shape.k - right.k, a_transposed ? lda : 0,
-                right_rows, right.k};
+      TileIn<T> in{a_rows,     panel,      width,  shape.k - right.k, a_transposed ? lda : 0,
+                   right_rows, right.k};
       if (halves && step == row_steps - 1) {
-        four_rows_half_panel(stacked)(in, out);
-        TileOut upper = out;
+        four_rows_half_panel<T>(stacked)(in, out);
+        TileOut<T> upper = out;
         upper.columns[0] = out.columns[2];
         upper.columns[1] = out.columns[3];
-        in.panel += 2 * kLanes;
-        four_rows_half_panel(stacked)(in, upper);
+        in.panel += 2 * kLanes<T>;
+        four_rows_half_panel<T>(stacked)(in, upper);
       } else {
         kernels[tile_rows - 1](in, out);
       }
       if (!whole) {
         for (int64_t i = 0; i < tile_rows; ++i) {
           for (int64_t s = 0; s < shape.segments; ++s) {
-            float* dst = c + (r0 + i) * ldc + s * shape.width + first;
-            const float* src = tile + i * width + s * layout.units;
+            T* dst = c + (r0 + i) * ldc + s * shape.width + first;
+            const T* src = tile + i * width + s * layout.units;
             if (accumulate) for (int64_t u = 0; u < units; ++u) dst[u] += src[u];
             else std::copy(src, src + units, dst);
           }
@@ -484,6 +561,22 @@ void packed_multiply(const ProductShape& shape, const Panels& panels, int64_t p0
     }
   }
 }
+
+#define FR_INSTANTIATE(T)                                                                      \
+  template PanelLayout panel_layout<T>(int64_t);                                               \
+  template int64_t packed_panels<T>(const ProductShape&);                                      \
+  template int64_t panel_elements<T>(const ProductShape&);                                     \
+  template int64_t packed_elements<T>(const ProductShape&);                                    \
+  template void pack_panels<T>(const ProductShape&, const T*, int64_t, T*);                    \
+  template void pack_panels<T>(const ProductShape&, const T*, int64_t, int64_t, int64_t, T*);  \
+  template void pack_stacked_panels<T>(const ProductShape&, const T*, int64_t, const T*,       \
+                                       int64_t, int64_t, T*);                                  \
+  template void packed_multiply<T>(const ProductShape&, const Panels<T>&, int64_t, int64_t,    \
+                                   const T*, int64_t, int64_t, T*, int64_t, bool, bool,        \
+                                   const RightA<T>&);
+FR_INSTANTIATE(float)
+FR_INSTANTIATE(double)
+#undef FR_INSTANTIATE
 
 }  // namespace cpu
 }  // namespace fusedrnn

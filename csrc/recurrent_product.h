@@ -4,15 +4,14 @@
 // while the values it just wrote are in its cache, with one fork-join per step (or per chunk of
 // steps, where the threads walk batch rows of their own: cells_cpu.h's walk_row_blocks).
 //
-// float packs W_hh once per call into column panels for fusedrnn's own register-blocked kernel
-// (recurrent_product.cc). OpenBLAS packs its operand again at every call, which for a step's
-// small product (a 16x128 h against a 512x128 W_hh, say) costs about as much as the product.
-// double, and a batch of one in a short call (a matrix-vector product), go through BLAS on each
-// block.
+// W_hh is packed once per call into column panels for fusedrnn's own register-blocked kernel
+// (recurrent_product.cc), float or double. OpenBLAS packs its operand again at every call, which
+// for a step's small product (a 16x128 h against a 512x128 W_hh, say) costs about as much as
+// the product. A batch of one in a short call (a matrix-vector product) goes through BLAS on
+// each block.
 #pragma once
 
 #include <cstdint>
-#include <type_traits>
 
 #include "parallel_gemm.h"
 #include "rnn_common.h"
@@ -30,14 +29,16 @@ struct ProductShape {
   int64_t k, segments, width;
 };
 
-// The float kernel's panel: `units` units of every segment, 8-float vectors; and its tiles, by
-// the instruction set the CPU runs (see the .cc).
+// The kernel's panel for elements T: `units` units of every segment, in 32-byte vectors (8
+// floats or 4 doubles); and its tiles, by the instruction set the CPU runs (see the .cc). A
+// double panel has half a float one's units, and so the same vectors and tiles.
 struct PanelLayout {
   int64_t units;    // per segment
-  int vectors;      // 8-float vectors across a panel: segments·units/8
+  int vectors;      // 32-byte vectors across a panel: segments·units·sizeof(T)/32
   int rows;         // rows of A a tile needs to keep the FMA units busy
   int max_rows;     // rows of A a tile holds at most
 };
+template <typename T>
 PanelLayout panel_layout(int64_t segments);
 
 // "avx512f", "avx2+fma" or "portable": what this CPU runs, capped by FUSEDRNN_KERNEL_ISA.
@@ -50,38 +51,51 @@ const char* recurrent_kernel_isa();
 // With AVX2 the two were level (86 and 87.5 on a Zen 3 core), and BLAS keeps the job.
 bool packed_kernel_beats_blas();
 
-int64_t packed_floats(const ProductShape& shape);
+template <typename T>
+int64_t packed_elements(const ProductShape& shape);
+template <typename T>
 int64_t packed_panels(const ProductShape& shape);
-int64_t panel_floats(const ProductShape& shape);  // one panel's
-void pack_panels(const ProductShape& shape, const float* w, int64_t ldw, float* packed);
-// Panels [p0, p1) only, (p1 - p0)·panel_floats(shape) floats at `packed`.
-void pack_panels(const ProductShape& shape, const float* w, int64_t ldw, int64_t p0, int64_t p1,
-                 float* packed);
+template <typename T>
+int64_t panel_elements(const ProductShape& shape);  // one panel's
+template <typename T>
+void pack_panels(const ProductShape& shape, const T* w, int64_t ldw, T* packed);
+// Panels [p0, p1) only, (p1 - p0)·panel_elements(shape) elements at `packed`.
+template <typename T>
+void pack_panels(const ProductShape& shape, const T* w, int64_t ldw, int64_t p0, int64_t p1,
+                 T* packed);
 // The panels of a stacked M, [W; W_right] along k: its first shape.k - k_right k from w, the
 // last k_right from w_right (each read as `shape` says).
-void pack_stacked_panels(const ProductShape& shape, const float* w, int64_t ldw,
-                         const float* w_right, int64_t ldw_right, int64_t k_right, float* packed);
-// Packed panels [first, ...) at base, panel_floats apart: a whole packing (first 0), or a group.
+template <typename T>
+void pack_stacked_panels(const ProductShape& shape, const T* w, int64_t ldw, const T* w_right,
+                         int64_t ldw_right, int64_t k_right, T* packed);
+// Packed panels [first, ...) at base, panel_elements apart: a whole packing (first 0), or a
+// group.
+template <typename T>
 struct Panels {
-  const float* base;
-  int64_t first, panel_floats;
+  const T* base;
+  int64_t first, panel_elements;
 };
 // The panels from p0 on that pack_panels wrote to `packed`.
-Panels packed_at(const ProductShape& shape, const float* packed, int64_t p0 = 0);
+template <typename T>
+Panels<T> packed_at(const ProductShape& shape, const T* packed, int64_t p0 = 0) {
+  return {packed, p0, panel_elements<T>(shape)};
+}
 
 // A's last `k` k in a second array: A[r][shape.k - k + i] is a[r·lda + i] (a stacked product,
 // [x | h]·[W_ih; W_hh]ᵀ, reads its rows from x and h where they are).
+template <typename T>
 struct RightA {
-  const float* a = nullptr;
+  const T* a = nullptr;
   int64_t lda = 0, k = 0;
 };
 
 // C[:, units of panels [p0, p1)] (+)= A · M. A[r][k] is a[r·lda + k] (up to k = shape.k -
 // right.k, then from `right`), or, a_transposed (with the AVX-512 kernel only, and no right
 // part), a[k·lda + r].
-void packed_multiply(const ProductShape& shape, const Panels& panels, int64_t p0, int64_t p1,
-                     const float* a, int64_t lda, int64_t rows, float* c, int64_t ldc,
-                     bool accumulate, bool a_transposed = false, const RightA& right = {});
+template <typename T>
+void packed_multiply(const ProductShape& shape, const Panels<T>& panels, int64_t p0, int64_t p1,
+                     const T* a, int64_t lda, int64_t rows, T* c, int64_t ldc, bool accumulate,
+                     bool a_transposed = false, const RightA<T>& right = {});
 
 template <typename T>
 class RecurrentProduct {
@@ -90,42 +104,31 @@ class RecurrentProduct {
   // `packing` holds packing_size(shape, rows, steps) elements.
   RecurrentProduct(const ProductShape& shape, const T* w, int64_t ldw, T* packing)
       : shape_(shape), w_(w), ldw_(ldw), packed_(packing) {
-    if constexpr (kPacks) {
-      if (packed_) {
-        pack_panels(shape_, w_, ldw_, packed_);
-        return;
-      }
+    if (packed_) {
+      pack_panels(shape_, w_, ldw_, packed_);
+      return;
     }
     make_blas_single_threaded();  // once per call, not at every block of every step
   }
-  // A stacked product, float and packed only: M is [W; W_right] along k, its last k_right k from
-  // w_right, and A's rows are [a | a_right] (multiply with a_right). `packing` holds
-  // packed_floats(shape) elements.
+  // A stacked product, packed: M is [W; W_right] along k, its last k_right k from w_right, and
+  // A's rows are [a | a_right] (multiply with a_right). `packing` holds packed_elements(shape)
+  // elements.
   RecurrentProduct(const ProductShape& shape, const T* w, int64_t ldw, const T* w_right,
                    int64_t ldw_right, int64_t k_right, T* packing)
       : shape_(shape), w_(w), ldw_(ldw), packed_(packing), k_right_(k_right) {
-    if constexpr (kPacks) {
-      if (packed_ && k_right > 0 && k_right < shape.k) {
-        pack_stacked_panels(shape_, w_, ldw_, w_right, ldw_right, k_right_, packed_);
-        return;
-      }
-    }
-    detail::fail("RecurrentProduct: a stacked product is float, packed, and has two parts");
+    if (!packed_ || k_right <= 0 || k_right >= shape.k)
+      detail::fail("RecurrentProduct: a stacked product is packed and has two parts");
+    pack_stacked_panels(shape_, w_, ldw_, w_right, ldw_right, k_right_, packed_);
   }
 
-  // Packed panels for float products of several rows, in a call of `steps` steps; 0 for BLAS:
-  // double, and a batch of one unless the AVX-512 kernel runs it over enough steps (steps 0:
-  // never). A matrix-vector product reads W once per step either way, and packing costs ~10
-  // steps; but one row against a panel in L2 ran at 79 GFLOP/s on a Zen 5 core, OpenBLAS's AVX2
-  // gemv at 42 (from L3, both 48).
+  // Packed panels for products of several rows, in a call of `steps` steps; 0 for BLAS: a batch
+  // of one unless the AVX-512 kernel runs it over enough steps (steps 0: never). A
+  // matrix-vector product reads W once per step either way, and packing costs ~10 steps; but
+  // one float row against a panel in L2 ran at 79 GFLOP/s on a Zen 5 core, OpenBLAS's AVX2 gemv
+  // at 42 (from L3, both 48).
   static int64_t packing_size(const ProductShape& shape, int64_t rows, int64_t steps) {
-    if constexpr (kPacks) {
-      const bool packs =
-          rows > 1 || (packed_kernel_beats_blas() && steps >= kMinStepsPackingOneRow);
-      return packs ? packed_floats(shape) : 0;
-    } else {
-      return 0;
-    }
+    const bool packs = rows > 1 || (packed_kernel_beats_blas() && steps >= kMinStepsPackingOneRow);
+    return packs ? packed_elements<T>(shape) : 0;
   }
 
   // Whether W is packed for fusedrnn's kernel (else BLAS runs the products).
@@ -133,9 +136,7 @@ class RecurrentProduct {
 
   // Unit blocks handed to threads start on multiples of this.
   int64_t unit_step() const {
-    if constexpr (kPacks) {
-      if (packed_) return panel_layout(shape_.segments).units;
-    }
+    if (packed_) return panel_layout<T>(shape_.segments).units;
     // BLAS blocks of at least 128 units, as parallel_gemm's: backward, a block of a batch of one
     // is a matrix-vector product down all G·H rows of W_hh, which narrower blocks read a
     // fraction of a cache line at a time (LSTM T=200 B=1 H=1024 training: 16-unit blocks took
@@ -146,39 +147,32 @@ class RecurrentProduct {
   // Row blocks handed to threads hold at least this many rows: the kernel's tile rows.
   int64_t row_step() const { return row_step(shape_, packed_ != nullptr); }
   static int64_t row_step(const ProductShape& shape, bool packed) {
-    return kPacks && packed ? panel_layout(shape.segments).rows : 1;
+    return packed ? panel_layout<T>(shape.segments).rows : 1;
   }
 
   // Bytes of M that a product over all units reads.
   int64_t weight_bytes() const { return weight_bytes(shape_, packed_ != nullptr); }
   static int64_t weight_bytes(const ProductShape& shape, bool packed) {
-    if (kPacks && packed) return packed_floats(shape) * int64_t{sizeof(float)};
+    if (packed) return packed_elements<T>(shape) * int64_t{sizeof(T)};
     return shape.k * shape.segments * shape.width * int64_t{sizeof(T)};
   }
 
   // C[:, units [u0, u1)] = [a | a_right]·M for a stacked product (u0 as below).
   void multiply(const T* a, int64_t lda, const T* a_right, int64_t lda_right, int64_t rows,
                 int64_t u0, int64_t u1, T* c, int64_t ldc) const {
-    if constexpr (kPacks) {
-      if (k_right_ > 0) {
-        const int64_t units = unit_step();
-        return packed_multiply(shape_, packed_at(shape_, packed_), u0 / units,
-                               (u1 + units - 1) / units, a, lda, rows, c, ldc, false, false,
-                               RightA{a_right, lda_right, k_right_});
-      }
-    }
-    detail::fail("RecurrentProduct: not a stacked product");
+    if (k_right_ <= 0) detail::fail("RecurrentProduct: not a stacked product");
+    const int64_t units = unit_step();
+    packed_multiply(shape_, packed_at(shape_, packed_), u0 / units, (u1 + units - 1) / units, a,
+                    lda, rows, c, ldc, false, false, RightA<T>{a_right, lda_right, k_right_});
   }
 
   // C[:, units [u0, u1)] = A·M, or += when accumulate; u0 is a multiple of unit_step().
   void multiply(const T* a, int64_t lda, int64_t rows, int64_t u0, int64_t u1, T* c, int64_t ldc,
                 bool accumulate) const {
-    if constexpr (kPacks) {
-      if (packed_) {
-        const int64_t units = unit_step();
-        return packed_multiply(shape_, packed_at(shape_, packed_), u0 / units,
-                               (u1 + units - 1) / units, a, lda, rows, c, ldc, accumulate);
-      }
+    if (packed_) {
+      const int64_t units = unit_step();
+      return packed_multiply(shape_, packed_at(shape_, packed_), u0 / units,
+                             (u1 + units - 1) / units, a, lda, rows, c, ldc, accumulate);
     }
     const int64_t n = u1 - u0;
     const T beta = accumulate ? T(1) : T(0);
@@ -193,7 +187,6 @@ class RecurrentProduct {
   }
 
  private:
-  static constexpr bool kPacks = std::is_same<T, float>::value;
   static constexpr int64_t kMinStepsPackingOneRow = 32;
 
   ProductShape shape_{};

@@ -235,7 +235,7 @@ void forward(const ForwardArgs<Real>& a) {
   // projection, and xproj is a row of zeros.
   const bool stacked = Products::stacks_input(a.cell, d.I, H, B);
   const int64_t main_packing =
-      stacked ? cpu::packed_floats(Products::stacked_shape(a.cell, d.I, H))
+      stacked ? cpu::packed_elements<Real>(Products::stacked_shape(a.cell, d.I, H))
               : Products::main_packing(a.cell, H, B, T, true);
   const int64_t n_gate_packing = Products::n_gate_packing(a.cell, H, B, T, true);
   const cpu::ProductShape projection_shape{true, d.I, G, H};  // x·W_ihᵀ

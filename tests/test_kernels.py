@@ -108,29 +108,33 @@ def test_op_matches_reference_at_odd_sizes(kcell, dtype, reverse, shape):
                                            reverse)
 
 
-# float32's recurrent products run fusedrnn's own kernel: panels of 8, 16 or 32 hidden units
-# (by gate count); AVX2 tiles of 1 to 3 batch rows, or 4 rows against half a panel
-# (B % 3 == 1); AVX-512 tiles of up to 12 or 8 rows. Sizes on both sides of each edge.
-@pytest.mark.parametrize("H_", [7, 8, 9, 15, 16, 17, 31, 32, 33, 48, 65])
+# The recurrent products run fusedrnn's own kernel: panels of 8, 16 or 32 hidden units by gate
+# count (float32; 4, 8 or 16 float64); AVX2 tiles of 1 to 3 batch rows, or 4 rows against half
+# a panel (B % 3 == 1); AVX-512 tiles of up to 12 or 8 rows. Sizes on both sides of each edge.
+@pytest.mark.parametrize("H_", [3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 48, 65])
 @pytest.mark.parametrize("B_", [1, 2, 3, 4, 7, 9, 13, 25])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kcell", KERNEL_CELLS)
-def test_op_matches_reference_around_panel_edges(kcell, B_, H_):
-    check_random_lengths_against_reference(np.random.default_rng(H_ * 10 + B_), kcell,
-                                           np.float32, (3, B_, 5, H_))
+def test_op_matches_reference_around_panel_edges(kcell, dtype, B_, H_):
+    check_random_lengths_against_reference(np.random.default_rng(H_ * 10 + B_), kcell, dtype,
+                                           (3, B_, 5, H_))
 
 
-# A float32 LSTM or RNN whose packed [W_ihᵀ; W_hhᵀ] fits in 512 KB takes x's product inside each
-# step's (cells_cpu.h, StepProducts::stacks_input): LSTM I = H = 128 just does, I = 129 does not;
-# an RNN up to I = H = 256; a batch of one never. Each side of each edge against the reference,
-# and inference against training (both must stack alike).
-@pytest.mark.parametrize("kcell, I_, H_", [("lstm", 128, 128), ("lstm", 129, 128),
-                                            ("rnn_tanh", 256, 256), ("rnn_tanh", 257, 256),
-                                            ("rnn_relu", 8, 40)],
-                         ids=lambda v: str(v))
+# An LSTM or RNN whose packed [W_ihᵀ; W_hhᵀ] fits in 512 KB takes x's product inside each step's
+# (cells_cpu.h, StepProducts::stacks_input): float32 LSTM I = H = 128 just does, I = 129 does
+# not; a float32 RNN up to I = H = 256; float64 LSTM H = 64 up to I = 192, RNN H = 128 up to
+# I = 384; a batch of one never. Each side of each edge against the reference, and inference
+# against training (both must stack alike).
+@pytest.mark.parametrize("kcell, dtype, I_, H_", [
+    ("lstm", np.float32, 128, 128), ("lstm", np.float32, 129, 128),
+    ("rnn_tanh", np.float32, 256, 256), ("rnn_tanh", np.float32, 257, 256),
+    ("rnn_relu", np.float32, 8, 40), ("lstm", np.float64, 192, 64),
+    ("lstm", np.float64, 193, 64), ("rnn_tanh", np.float64, 384, 128),
+    ("rnn_tanh", np.float64, 385, 128)], ids=lambda v: getattr(v, "__name__", str(v)))
 @pytest.mark.parametrize("B_", [1, 2, 13])
-def test_op_matches_reference_around_stacking_edge(kcell, I_, H_, B_):
+def test_op_matches_reference_around_stacking_edge(kcell, dtype, I_, H_, B_):
     arrays, lengths, got = check_random_lengths_against_reference(
-        np.random.default_rng(I_ + B_), kcell, np.float32, (4, B_, I_, H_), state=True)
+        np.random.default_rng(I_ + B_), kcell, dtype, (4, B_, I_, H_), state=True)
     y_infer = run_op("cpu", kcell, arrays, lengths, False, training=False)[0]
     np.testing.assert_array_equal(y_infer, got["y"])
 
