@@ -170,13 +170,14 @@ void for_step_blocks(const RecurrentProduct<T>& product, int64_t B, int64_t H, d
 // LSTM inference T=20 B=128 H=128 1.83-1.90 against 1.90-2.06 (in the same slow spell).
 constexpr double kWalkBlockFlops = 2e6;
 constexpr int64_t kMaxWalkBlocks = 4;
-// A packed W_hh up to this size (LSTM H <= 512, GRU H <= 591, RNN H <= 1024) is read from L3 at
-// every step by each row block that walks it, each of its panels then serving the block's rows
-// from L2. With kMinWalkRowsFromL3 rows or more a block, that costs less than cutting every step
-// by units: each block projects its rows just before their step, so the pre-activations never
-// leave the cache, and no step waits at a fork-join. Alternated in one process: LSTM inference
-// T=20 B=128 H=512 ran 3.7% faster walked (on one thread too), T=200 4.2%, the backward of LSTM
-// training T=20 B=128 H=512 1.5%; at H=1024 (16 MB, beside a 16 MB W_ih) 10% slower. At most
+// A packed W_hh up to this size (float: LSTM H <= 512, GRU H <= 591, RNN H <= 1024) is read
+// from L3 at every step by each row block that walks it, each of its panels then serving the
+// block's rows from L2. With kMinWalkRowsFromL3 rows or more a block, that costs less than
+// cutting every step by units: each block projects its rows just before their step, so the
+// pre-activations never leave the cache, and no step waits at a fork-join. Alternated in one
+// process: LSTM inference T=20 B=128 H=512 ran 3.7% faster walked (on one thread too), T=200
+// 4.2%, the backward of LSTM training T=20 B=128 H=512 1.5%; at H=1024 (16 MB, beside a 16 MB
+// W_ih) 10% slower. At most
 // kMaxWalkBlocks threads walk, so the walk is taken only where the pool has no more threads than
 // blocks. How a step is cut changes no bit (each element is summed in one tile, in k order,
 // either way): tests/test_determinism.py checks.

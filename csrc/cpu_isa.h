@@ -1,6 +1,7 @@
 // Which instruction set fusedrnn's CPU code runs. The recurrent kernel's tiles
-// (recurrent_product.cc) and the pointwise rows (pointwise.h) are each compiled for AVX-512, for
-// AVX2 with FMA, and portably; one wheel runs on any x86-64 and picks at run time.
+// (recurrent_product.cc) are compiled for AVX-512, for AVX2 with FMA and portably, the
+// pointwise rows (pointwise.h) for AVX-512, x86-64-v3 and the x86-64 baseline; one wheel runs
+// on any x86-64 and picks at run time.
 #pragma once
 
 namespace fusedrnn {

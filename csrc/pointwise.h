@@ -3,14 +3,15 @@
 //
 // On x86-64 (GCC) there are three: AVX-512, x86-64-v3 (AVX2, FMA) and the baseline (SSE2), each
 // a struct of its own built under `#pragma GCC target`. They are picked at run time by
-// cpu_isa(), so FUSEDRNN_KERNEL_ISA caps them with the recurrent kernel and the tests can run
-// every version on a machine that has AVX-512 (the loader's choice of a target_clones function,
-// used before, could not be capped). The build turns off FMA contraction (-ffp-contract=off):
-// with it, each version and instantiation rounded a*b+c its own way, and inference stopped
-// matching training bit for bit. The rows that run exp and tanh take Fma instead (cell_math.h's
-// mul_add): fused multiply-adds in the two versions that have them, none in the baseline.
-// LSTM's forward row ran 20% faster fused on AVX-512 (1.28 -> 1.02 ns a unit), 23% with
-// x86-64-v3 (2.65 -> 2.04). Every CPU with FMA computes the same bits, and every CPU without.
+// rows_isa() from cpu_isa(), so FUSEDRNN_KERNEL_ISA caps them with the recurrent kernel and the
+// tests can run every version on a machine that has AVX-512 (the loader's choice of a
+// target_clones function, used before, could not be capped). The build turns off FMA
+// contraction (-ffp-contract=off): with it, each version and instantiation rounded a*b+c its
+// own way, and inference stopped matching training bit for bit. The rows that run exp and tanh
+// take Fma instead (cell_math.h's mul_add): fused multiply-adds in the two versions that have
+// them, none in the baseline. LSTM's forward row ran 20% faster fused on AVX-512 (1.28 -> 1.02
+// ns a unit), 23% with x86-64-v3 (2.65 -> 2.04). Every CPU with FMA computes the same bits, and
+// every CPU without.
 #pragma once
 
 #include <cstdint>

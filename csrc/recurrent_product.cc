@@ -3,9 +3,10 @@
 // M is packed once per call into panels, each the columns of `units` consecutive hidden units of
 // every segment, k rows of 32-byte vectors (8 floats, 4 doubles): [panel][k][segment·units +
 // unit], zero past the last unit. A double panel has half a float one's units, so the tiles
-// below hold the same registers for either. A tile of rows of A against one panel keeps its sums in registers, adding one k at a
-// time: every element is summed in k order by fused multiply-adds from zero, whichever tile or
-// thread computes it, so the AVX2 and AVX-512 kernels give the same bits. The portable one, for
+// below hold the same registers for either. A tile of rows of A against one panel keeps its
+// sums in registers, adding one k at a time: every element is summed in k order by fused
+// multiply-adds from zero, whichever tile or thread computes it, so the AVX2 and AVX-512
+// kernels give the same bits. The portable one, for
 // CPUs without FMA, rounds each product and each sum apart: bits of its own.
 // AVX2 (16 registers): tiles of `rows` rows, rows·vectors = 12 accumulators (with the A
 // broadcasts and one panel vector, all 16; a last four rows go as two tiles over half the
@@ -101,7 +102,7 @@ struct Avx2;
     using Vector = V;                                                                       \
     FR_AVX2_INLINE static V zero() { return _mm256_setzero_##P(); }                         \
     FR_AVX2_INLINE static V broadcast(const T* p) { return _mm256_broadcast_##B(p); }       \
-    FR_AVX2_INLINE static V load(const T* p) { return _mm256_load_##P(p); }                 \
+    FR_AVX2_INLINE static V load(const T* p) { return _mm256_loadu_##P(p); }                \
     FR_AVX2_INLINE static V fmadd(V a, V b, V c) { return _mm256_fmadd_##P(a, b, c); }      \
     /* dst = v, or dst + v */                                                               \
     FR_AVX2_INLINE static void store(T* dst, V v, bool accumulate) {                        \
