@@ -23,7 +23,7 @@ def info(_args):
     print("compiled backends: cpu" + (", cuda" if _backend.cuda_module() is not None else ""))
     print(f"  compiler:       {b['compiler']}")
     print(f"  SIMD:           {b['simd']}")
-    print(f"  recurrent GEMM: fusedrnn's {b['recurrent_kernel']} kernel (float32)")
+    print(f"  recurrent GEMM: fusedrnn's {b['recurrent_kernel']} kernel (float32, float64)")
     print(f"  BLAS:           {b['blas']}")
     print(f"  threads:        {b['threads']} (fusedrnn's own; OpenBLAS single-threaded)")
     print(f"  CPU:            {_cpu_model()}")
