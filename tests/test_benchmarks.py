@@ -1,8 +1,9 @@
 """The benchmark tools still run against the package: benchmarks/ab.py (two builds in one
-process) on a tiny case, with two copies of the installed package. It checks that the tool runs
-and reports, not any timing."""
+process) on a tiny case, with two copies of the installed package, and benchmarks/core_pingpong.cc.
+It checks that the tools run and report, not any timing."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,8 @@ from fusedrnn._backend import _core
 
 pytestmark = pytest.mark.skipif(_core is None, reason="the compiled extension is not built")
 
-AB = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "ab.py")
+BENCHMARKS = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks")
+AB = os.path.join(BENCHMARKS, "ab.py")
 
 
 def run_ab(*args):
@@ -37,3 +39,17 @@ def test_ab_refuses_one_directory_twice(tmp_path):
     shutil.copytree(os.path.dirname(fusedrnn.__file__), tmp_path / "A" / "fusedrnn")
     proc = run_ab(str(tmp_path / "A"), str(tmp_path / "A"), "gru", "infer", "--rounds", "1")
     assert proc.returncode != 0 and "same directory" in proc.stderr
+
+
+def test_core_pingpong_reports_a_round_trip(tmp_path):
+    compiler = shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    if not {0, 1} <= os.sched_getaffinity(0):
+        pytest.skip("the tool bounces a cache line between CPUs 0 and 1")
+    tool = tmp_path / "core_pingpong"
+    subprocess.run([compiler, "-O2", "-pthread", "-o", str(tool),
+                    os.path.join(BENCHMARKS, "core_pingpong.cc")], check=True, timeout=120)
+    proc = subprocess.run([str(tool)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert re.fullmatch(r"round trip \d+\.\d ns\n", proc.stdout), proc.stdout
