@@ -37,10 +37,6 @@ namespace cpu {
 #define FR_ROWS_FMA true
 #define FR_ROWS_LANES 16
 #include "pointwise_rows.inc"
-#undef FR_ROWS
-#undef FR_ROWS_FMA
-#undef FR_ROWS_LANES
-#undef FR_ROWS_NAME
 #pragma GCC pop_options
 
 #pragma GCC push_options
@@ -50,10 +46,6 @@ namespace cpu {
 #define FR_ROWS_FMA true
 #define FR_ROWS_LANES 8
 #include "pointwise_rows.inc"
-#undef FR_ROWS
-#undef FR_ROWS_FMA
-#undef FR_ROWS_LANES
-#undef FR_ROWS_NAME
 #pragma GCC pop_options
 
 #define FR_ROWS RowsBaseline
@@ -61,10 +53,6 @@ namespace cpu {
 #define FR_ROWS_FMA false
 #define FR_ROWS_LANES 4
 #include "pointwise_rows.inc"
-#undef FR_ROWS
-#undef FR_ROWS_FMA
-#undef FR_ROWS_LANES
-#undef FR_ROWS_NAME
 
 #else  // one version, for the compiler's target
 #define FR_ROWS Rows
@@ -76,10 +64,6 @@ namespace cpu {
 #endif
 #define FR_ROWS_LANES 4
 #include "pointwise_rows.inc"
-#undef FR_ROWS
-#undef FR_ROWS_FMA
-#undef FR_ROWS_LANES
-#undef FR_ROWS_NAME
 #endif
 
 // The instruction set of the rows this CPU runs.
