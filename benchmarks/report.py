@@ -24,20 +24,28 @@ def gemm_flops(case):
     return Case(**case).flops()
 
 
+def sweep_dtype(report):
+    """The cases' dtype (one run of the tool times one dtype)."""
+    return report["results"][0]["case"].get("dtype", "float32") if report["results"] else "?"
+
+
 def table(report, command):
     m, s = report["machine"], report["summary"]
     build = m.get("build", {})
+    memory = any(r.get("peak_mb") for r in report["results"])  # measured with --memory
     lines = [
         "# CPU sweep: fusedrnn against torch.nn",
         "",
         f"Made with `{command}` on {m['cpu']} ({m['cores']} cores), fusedrnn {m['fusedrnn']} "
         f"({build.get('recurrent_kernel', '?')} kernels; {build.get('blas', 'BLAS ?')}), "
         f"torch {m['torch']}, NumPy {m['numpy']}, Python {m['python']}. GEMM ceiling "
-        f"{report['ceiling_gflops']:.1f} GFLOP/s (float32, measured by the tool at start).",
+        f"{report['ceiling_gflops']:.1f} GFLOP/s ({sweep_dtype(report)}, measured by the tool at "
+        "start).",
         "Times are medians of interleaved runs in one process (a run under 0.5 s timed after "
         "20 ms of untimed runs of its own library); ratio = torch ms / fusedrnn ms; "
-        "x floor = fusedrnn ms / (the case's GEMM flops at the ceiling); MB = peak memory of "
-        "one training step above resting, each in a fresh process.",
+        "x floor = fusedrnn ms / (the case's GEMM flops at the ceiling)"
+        + ("; MB = peak memory of one training step above resting, each in a fresh process."
+           if memory else "."),
         "",
     ]
     if "ratio_min" in s:
@@ -48,8 +56,9 @@ def table(report, command):
                      f"{s['worst_x_floor']:.2f}x ({s['worst_x_floor_case']}).")
     if "memory_ratio_max" in s:
         lines.append(f"Training peak memory fusedrnn/torch: at most {s['memory_ratio_max']:.2f}.")
-    lines += ["", "| case | fusedrnn ms | torch ms | ratio | GFLOP/s | x floor | MB fused | MB torch |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "| case | fusedrnn ms | torch ms | ratio | GFLOP/s | x floor |"
+              + (" MB fused | MB torch |" if memory else ""),
+              "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if memory else "")]
     for r in report["results"]:
         ms, peak = r["median_ms"], r.get("peak_mb") or {}
 
@@ -59,8 +68,9 @@ def table(report, command):
         lines.append(
             f"| {label(r['case'])} | {ms['fusedrnn']:.2f} | {num(ms.get('torch'), '.2f')} | "
             f"{num(r.get('ratio_torch_over_fusedrnn'), '.2f')} | {r['gflops_fusedrnn']:.1f} | "
-            f"{num(r.get('x_floor'), '.2f')} | {num(peak.get('fusedrnn'), '.1f')} | "
-            f"{num(peak.get('torch'), '.1f')} |")
+            f"{num(r.get('x_floor'), '.2f')} |"
+            + (f" {num(peak.get('fusedrnn'), '.1f')} | {num(peak.get('torch'), '.1f')} |"
+               if memory else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -89,7 +99,8 @@ def plot(report, path):
     ax.set_yscale("log", base=2)
     ax.set_xlabel("GEMM work of the case (flops)")
     ax.set_ylabel("torch.nn time / fusedrnn time")
-    ax.set_title("fusedrnn vs torch.nn on the CPU (above 1: fusedrnn faster)")
+    ax.set_title(f"fusedrnn vs torch.nn on the CPU, {sweep_dtype(report)} "
+                 "(above 1: fusedrnn faster)")
     ax.legend(fontsize=8, ncol=2)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
