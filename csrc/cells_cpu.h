@@ -177,10 +177,9 @@ constexpr int64_t kMaxWalkBlocks = 4;
 // pre-activations never leave the cache, and no step waits at a fork-join. Alternated in one
 // process: LSTM inference T=20 B=128 H=512 ran 3.7% faster walked (on one thread too), T=200
 // 4.2%, the backward of LSTM training T=20 B=128 H=512 1.5%; at H=1024 (16 MB, beside a 16 MB
-// W_ih) 10% slower. At most
-// kMaxWalkBlocks threads walk, so the walk is taken only where the pool has no more threads than
-// blocks. How a step is cut changes no bit (each element is summed in one tile, in k order,
-// either way): tests/test_determinism.py checks.
+// W_ih) 10% slower. At most kMaxWalkBlocks threads walk, so the walk is taken only where the
+// pool has no more threads than blocks. How a step is cut changes no bit (each element is
+// summed in one tile, in k order, either way): tests/test_determinism.py checks.
 constexpr int64_t kWalkFromL3Bytes = int64_t{4} << 20;
 constexpr int64_t kMinWalkRowsFromL3 = 16;
 
