@@ -124,15 +124,33 @@ def test_op_matches_reference_around_panel_edges(kcell, dtype, B_, H_):
 # (cells_cpu.h, StepProducts::stacks_input): float32 LSTM I = H = 128 just does, I = 129 does
 # not; a float32 RNN up to I = H = 256; float64 LSTM H = 64 up to I = 192, RNN H = 128 up to
 # I = 384; a batch of one never. Each side of each edge against the reference, and inference
-# against training (both must stack alike).
+# against training (both must stack alike). B=17 is past the batches that stack up to 8 MB (the
+# next test), so it sees the 512 KB edge.
 @pytest.mark.parametrize("kcell, dtype, I_, H_", [
     ("lstm", np.float32, 128, 128), ("lstm", np.float32, 129, 128),
     ("rnn_tanh", np.float32, 256, 256), ("rnn_tanh", np.float32, 257, 256),
     ("rnn_relu", np.float32, 8, 40), ("lstm", np.float64, 192, 64),
     ("lstm", np.float64, 193, 64), ("rnn_tanh", np.float64, 384, 128),
     ("rnn_tanh", np.float64, 385, 128)], ids=lambda v: getattr(v, "__name__", str(v)))
-@pytest.mark.parametrize("B_", [1, 2, 13])
+@pytest.mark.parametrize("B_", [1, 2, 17])
 def test_op_matches_reference_around_stacking_edge(kcell, dtype, I_, H_, B_):
+    check_stacking_case(kcell, dtype, I_, H_, B_)
+
+
+# A batch of 4 to 16 rows stacks a packed [W_ihᵀ; W_hhᵀ] of up to 8 MB, streamed from L3:
+# float32 LSTM I = H = 512 and RNN I = H = 1024 just do, I one more does not, nor B=3 or B=17;
+# float64 LSTM H = 256 up to I = 768.
+@pytest.mark.parametrize("kcell, dtype, I_, H_, B_", [
+    ("lstm", np.float32, 512, 512, 16), ("lstm", np.float32, 513, 512, 16),
+    ("lstm", np.float32, 512, 512, 3), ("lstm", np.float32, 512, 512, 4),
+    ("lstm", np.float32, 512, 512, 17), ("rnn_tanh", np.float32, 1024, 1024, 5),
+    ("rnn_tanh", np.float32, 1025, 1024, 5), ("lstm", np.float64, 768, 256, 9),
+    ("lstm", np.float64, 769, 256, 9)], ids=lambda v: getattr(v, "__name__", str(v)))
+def test_op_matches_reference_around_stacking_from_l3_edge(kcell, dtype, I_, H_, B_):
+    check_stacking_case(kcell, dtype, I_, H_, B_)
+
+
+def check_stacking_case(kcell, dtype, I_, H_, B_):
     arrays, lengths, got = check_random_lengths_against_reference(
         np.random.default_rng(I_ + B_), kcell, dtype, (4, B_, I_, H_), state=True)
     y_infer = run_op("cpu", kcell, arrays, lengths, False, training=False)[0]
