@@ -232,6 +232,7 @@ struct StepIO {
   int64_t ldy;
   T* rec;           // [B, ldg]  scratch for the recurrent product
   int64_t ldg;      // row stride of xproj and rec: pre_activation_stride
+  T* h_t;           // [H, B]    scratch for h_prev transposed (see forward_pass), or null
 };
 
 // The rows of the pre-activations (xproj, rec) and of their gradients (dgx, dgh) are G·H values
@@ -289,7 +290,7 @@ StepIO<T> rows_of(const StepIO<T>& s, int64_t r0, int64_t r1, int64_t gate_width
           s.b_ih, s.b_hh, s.h_prev + r0 * H, offset_or_null(s.c_prev, r0 * H),
           s.h_new + r0 * H, offset_or_null(s.c_new, r0 * H),
           offset_or_null(s.gates, r0 * gate_width), s.y + r0 * s.ldy, s.ldy,
-          s.rec + r0 * s.ldg, s.ldg};
+          s.rec + r0 * s.ldg, s.ldg, offset_or_null(s.h_t, r0 * H)};
 }
 
 template <typename T>
@@ -342,15 +343,22 @@ void for_row_runs(const int64_t* lengths, int64_t t, int64_t r0, int64_t r1, con
 
 // A forward pass over step blocks with one product: the block's share of `a`·W (into rec at
 // column `c_offset`; [x | a]·M for a stacked product), then rows(b0, b1, u0, u1) for each run
-// [b0, b1) of rows still running and carry for the others.
+// [b0, b1) of rows still running and carry for the others. Where `a_t` is scratch (not null)
+// and the product reads_a_transposed, `a` is transposed into it first: once a step, not once a
+// block (LSTM T=20 B=128 H=1024 cuts each step into 32 blocks).
 template <typename T, typename Rows>
 void forward_pass(const StepIO<T>& s, const RecurrentProduct<T>& product, int G, const T* a,
-                  int64_t lda, int64_t c_offset, bool has_c, const Rows& rows) {
+                  int64_t lda, T* a_t, int64_t c_offset, bool has_c, const Rows& rows) {
+  const int64_t k_count = s.H;  // a's columns: every product here is over h's H units
+  const bool transposed = !s.x && a_t && product.reads_a_transposed(lda, s.B);
+  if (transposed) transpose_rows(a, lda, s.B, k_count, a_t);
   for_step_blocks(product, s.B, s.H, step_flops(s, G), [&](const StepBlock& k) {
     T* const rec = s.rec + k.r0 * s.ldg + c_offset;
     if (s.x)
       product.multiply(s.x + k.r0 * s.ldx, s.ldx, a + k.r0 * lda, lda, k.r1 - k.r0, k.u0, k.u1,
                        rec, s.ldg);
+    else if (transposed)
+      product.multiply_transposed(a_t + k.r0, s.B, k.r1 - k.r0, k.u0, k.u1, rec, s.ldg);
     else
       product.multiply(a + k.r0 * lda, lda, k.r1 - k.r0, k.u0, k.u1, rec, s.ldg, false);
     for_row_runs(
@@ -388,7 +396,7 @@ struct LstmStep {
   static constexpr int G = 4;
   static void forward(const StepIO<T>& s) {
     const int64_t H = s.H, GH = G * H;
-    forward_pass(s, s.products->main, G, s.h_prev, H, 0, true,
+    forward_pass(s, s.products->main, G, s.h_prev, H, s.h_t, 0, true,
                  [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
       with_rows([&](auto rows) {
         rows.template lstm_forward<T, Training>(
@@ -418,7 +426,7 @@ struct GruStep {
   static constexpr int G = 3;
   static void forward(const StepIO<T>& s) {
     const int64_t H = s.H;
-    forward_pass(s, s.products->main, G, s.h_prev, H, 0, false,
+    forward_pass(s, s.products->main, G, s.h_prev, H, s.h_t, 0, false,
                  [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
       with_rows([&](auto rows) {
         rows.template gru_forward<T, Training>(
@@ -485,7 +493,7 @@ struct GruResetBeforeStep {
               s.b_ih + k.u0, s.b_hh + k.u0, s.h_prev + b * H + k.u0, s.gates + b * W + k.u0);
       });
     });
-    forward_pass(s, n_gate, 1, s.gates + 3 * H, W, 2 * H, false,
+    forward_pass(s, n_gate, 1, s.gates + 3 * H, W, static_cast<T*>(nullptr), 2 * H, false,
                  [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
       with_rows([&](auto rows) {
         for (int64_t b = b0; b < b1; ++b)
@@ -532,7 +540,7 @@ struct RnnStep {
   static constexpr int G = 1;
   static void forward(const StepIO<T>& s) {
     const int64_t H = s.H;
-    forward_pass(s, s.products->main, G, s.h_prev, H, 0, false,
+    forward_pass(s, s.products->main, G, s.h_prev, H, s.h_t, 0, false,
                  [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
       with_rows([&](auto rows) {
         rows.template rnn_forward<T, Relu>(

@@ -470,6 +470,22 @@ void pack_part(const ProductShape& shape, const T* w, int64_t ldw, int64_t p0, i
 }  // namespace
 
 template <typename T>
+void transpose_rows(const T* a, int64_t lda, int64_t rows, int64_t k, T* dst) {
+  constexpr int64_t kBlock = kLanes<T>;  // transpose_block's
+  parallel_for((rows + kBlock - 1) / kBlock, [&](int64_t i) {
+    const int64_t r0 = i * kBlock, r1 = std::min(rows, r0 + kBlock);
+    int64_t j = 0;
+#if FR_AVX2_KERNEL
+    if (r1 - r0 == kBlock && use_avx2_fma())
+      for (; j + kBlock <= k; j += kBlock)
+        transpose_block(a + r0 * lda + j, lda, dst + j * rows + r0, rows);
+#endif
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t jr = j; jr < k; ++jr) dst[jr * rows + r] = a[r * lda + jr];
+  });
+}
+
+template <typename T>
 void pack_panels(const ProductShape& shape, const T* w, int64_t ldw, T* packed) {
   pack_panels(shape, w, ldw, 0, packed_panels<T>(shape), packed);
 }
@@ -569,6 +585,7 @@ void packed_multiply(const ProductShape& shape, const Panels<T>& panels, int64_t
   template int64_t panel_elements<T>(const ProductShape&);                                     \
   template int64_t packed_elements<T>(const ProductShape&);                                    \
   template void pack_panels<T>(const ProductShape&, const T*, int64_t, T*);                    \
+  template void transpose_rows<T>(const T*, int64_t, int64_t, int64_t, T*);                    \
   template void pack_panels<T>(const ProductShape&, const T*, int64_t, int64_t, int64_t, T*);  \
   template void pack_stacked_panels<T>(const ProductShape&, const T*, int64_t, const T*,       \
                                        int64_t, int64_t, T*);                                  \

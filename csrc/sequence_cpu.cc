@@ -266,13 +266,19 @@ void forward(const ForwardArgs<Real>& a) {
           : cpu::ChunkProduct<Real>::packing_size(projection_shape, pack_w_ih_once);
   const int64_t ldg = cpu::pre_activation_stride<Real>(GH);
   const int64_t xproj_size = stacked ? GH : chunks.steps() * B * ldg;
+  // Room for h_prev transposed, where the steps' products read it so (cells_cpu.h's
+  // forward_pass; the walk's row blocks take their rows' share).
+  const bool h_transposed = !stacked && cpu::RecurrentProduct<Real>::reads_a_transposed(
+                                            Products::main_shape(a.cell, H, true),
+                                            main_packing > 0, H, B);
+  const int64_t h_t_size = h_transposed ? BH : 0;
   // Training reserves its backward's scratch too: the thread's block then need not grow between
   // the two while the tape is held (the freed block often stays with malloc), and pages the
   // forward never touches cost nothing. LSTM T=20 B=16 H=128, whose forward stacks its
   // products and asks for less than its backward, peaked at 2.6 MB without it (torch 2.4).
   const std::size_t forward_bytes = cpu::Workspace::bytes_for<Real>(
       {xproj_size, B * ldg, a.weights.b_ih ? 0 : GH, gates_scratch, states_scratch, main_packing,
-       n_gate_packing, projection_packing});
+       n_gate_packing, projection_packing, h_t_size});
   const std::size_t backward_bytes =
       training ? BackwardScratch<Real>(a.cell, d, false).bytes() : std::size_t{0};
   cpu::Workspace ws(std::max(forward_bytes, backward_bytes));
@@ -289,6 +295,7 @@ void forward(const ForwardArgs<Real>& a) {
               : Products(a.cell, H, true, a.weights.w_hh, packing,
                          take_or_null<Real>(ws, n_gate_packing));
   Real* w_ih_packing = take_or_null<Real>(ws, projection_packing);
+  Real* h_t = take_or_null<Real>(ws, h_t_size);
 
   const Real* b_ih = a.weights.b_ih ? a.weights.b_ih : no_bias;
   const Real* b_hh = a.weights.b_hh ? a.weights.b_hh : no_bias;
@@ -309,7 +316,7 @@ void forward(const ForwardArgs<Real>& a) {
                              b_ih, b_hh, hs + p.read * BH, has_c ? cs + p.read * BH : nullptr,
                              hs + p.write * BH, has_c ? cs + p.write * BH : nullptr,
                              training ? a.tape->gates() + p.t * B * width : scratch_gates,
-                             a.y + p.t * B * a.ldy, a.ldy, rec, ldg};
+                             a.y + p.t * B * a.ldy, a.ldy, rec, ldg, h_t};
   };
   if (rows_walk_alone) {
     const auto project = stacked ? cpu::RecurrentProduct<Real>()

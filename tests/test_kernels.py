@@ -150,6 +150,25 @@ def test_op_matches_reference_around_stacking_from_l3_edge(kcell, dtype, I_, H_,
     check_stacking_case(kcell, dtype, I_, H_, B_)
 
 
+# Rows of h 4 KB apart (float32 H = 1024, float64 H = 512) share L1's cache sets, so with AVX-512
+# a step whose tiles have more than 8 rows first copies h transposed and its product reads that
+# (recurrent_product.h, reads_a_transposed): LSTM and RNN at B=17 (tiles of 9 and 8 rows; past
+# the batches that stack, so that the product is h's alone). Against the reference; and each
+# element is still one sum in k order: the first two rows alone (B=2, h read in place) give the
+# same bits. GRU's tiles have at most 8 rows, so it reads h in place at any B; it is here for
+# the reference.
+@pytest.mark.parametrize("dtype, H_", [(np.float32, 1024), (np.float64, 512)],
+                         ids=["float32", "float64"])
+@pytest.mark.parametrize("kcell", KERNEL_CELLS)
+def test_op_reading_h_transposed_matches_reference_and_a_smaller_batch(kcell, dtype, H_):
+    arrays, lengths, got = check_random_lengths_against_reference(
+        np.random.default_rng(H_), kcell, dtype, (3, 17, 6, H_), state=True)
+    first_two = {name: None if a is None else a[:, :2] if name == "x" else
+                 a[:2] if name in ("h0", "c0") else a for name, a in arrays.items()}
+    y_two = run_op("cpu", kcell, first_two, lengths[:2], training=False)[0]
+    np.testing.assert_array_equal(y_two, got["y"][:, :2])
+
+
 def check_stacking_case(kcell, dtype, I_, H_, B_):
     arrays, lengths, got = check_random_lengths_against_reference(
         np.random.default_rng(I_ + B_), kcell, dtype, (4, B_, I_, H_), state=True)
