@@ -17,16 +17,27 @@ def parser(doc):
     return p
 
 
+@contextlib.contextmanager
 def blas_threads(threads):
-    """A context that runs fusedrnn's kernels, and NumPy's BLAS, on `threads` threads. The
-    examples' models are small: one thread is fastest for their matrix products, and NumPy's
-    BLAS threads, which wait on each other, are many times slower while other programs share the
-    cores. fusedrnn's threads are set for the process; threadpoolctl (installed with
-    fusedrnn[examples]) limits NumPy's BLAS and restores it afterwards."""
-    if "cpu" in fr.backends():
-        fr.set_num_threads(threads)
+    """A context that runs fusedrnn's kernels, and NumPy's BLAS, on `threads` threads, and
+    restores both when it ends (a test that runs an example in its process goes on with the
+    threads it had). The examples' models are small: one thread is fastest for their matrix
+    products, and NumPy's BLAS threads, which wait on each other, are many times slower while
+    other programs share the cores. threadpoolctl (installed with fusedrnn[examples]) limits
+    NumPy's BLAS."""
+    kernels = "cpu" in fr.backends()
+    before = fr.get_num_threads() if kernels else None
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(threads, user_api="blas")
+        limit = contextlib.nullcontext()
+    else:
+        limit = threadpool_limits(threads, user_api="blas")
+    try:
+        if kernels:
+            fr.set_num_threads(threads)
+        with limit:
+            yield
+    finally:
+        if kernels:
+            fr.set_num_threads(before)

@@ -4,6 +4,7 @@ relative-error measure."""
 import functools
 
 import numpy as np
+import pytest
 
 import fusedrnn
 from fusedrnn import ops
@@ -23,6 +24,20 @@ LAYERS = {
     "rnn_tanh": functools.partial(fusedrnn.RNN, nonlinearity="tanh"),
     "rnn_relu": functools.partial(fusedrnn.RNN, nonlinearity="relu"),
 }
+
+
+@pytest.fixture(autouse=True)
+def kernel_threads_unchanged():
+    """Fails a test that leaves the kernels' thread count changed: every test after it would run
+    on that count (the examples once left one thread behind, and the kernel tests after them ran
+    single-threaded, past the code that cuts work over threads)."""
+    if "cpu" not in fusedrnn.backends():
+        yield
+        return
+    before = fusedrnn.get_num_threads()
+    yield
+    after = fusedrnn.get_num_threads()
+    assert after == before, f"the test left {after} kernel threads, found {before}"
 
 
 def leaves(state):

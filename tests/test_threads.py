@@ -165,3 +165,13 @@ def test_concurrent_functional_ops_equal_serial():
         for r in results:
             for got, want in zip(r, serial[i]):
                 assert got.tobytes() == want.tobytes(), i
+
+
+def test_get_num_threads_returns_what_set_num_threads_set():
+    before = fr.get_num_threads()
+    try:
+        for threads in (1, 3, before):
+            fr.set_num_threads(threads)
+            assert fr.get_num_threads() == threads
+    finally:
+        fr.set_num_threads(before)

@@ -20,7 +20,7 @@ from .layers import GRU, LSTM, RNN
 __version__ = "0.1.0"
 _MAX_THREADS = 1024  # as the C++ side allows
 __all__ = ["LSTM", "GRU", "RNN", "ops", "reference", "tbptt", "train", "backends",
-           "set_num_threads", "release_memory"]
+           "get_num_threads", "set_num_threads", "release_memory"]
 
 
 def backends():
@@ -40,6 +40,13 @@ def set_num_threads(threads):
     if _core is None:
         raise ValueError(f"set_num_threads: the compiled extension is not loaded ({CORE_ERROR})")
     _core.set_num_threads(threads)
+
+
+def get_num_threads():
+    """The kernels' thread count: the last set_num_threads, or the cores this process may use."""
+    if _core is None:
+        raise ValueError(f"get_num_threads: the compiled extension is not loaded ({CORE_ERROR})")
+    return _core.build_info()["threads"]
 
 
 def release_memory():
