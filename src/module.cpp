@@ -330,8 +330,8 @@ py::tuple backward_typed(const PyTape& pt, const fusedrnn::Tape<T>& tape,
   const auto& dt = pt.dtype;
   py::array dx = output_array(dt, {d.T, d.B, d.I});
   py::array dh0(dt, std::vector<py::ssize_t>{d.B, d.H});
-  py::array dw_ih(dt, std::vector<py::ssize_t>{GH, d.I});
-  py::array dw_hh(dt, std::vector<py::ssize_t>{GH, d.H});
+  py::array dw_ih = output_array(dt, {GH, d.I});
+  py::array dw_hh = output_array(dt, {GH, d.H});
   py::array dc0, db_ih, db_hh;
   if (has_c) dc0 = py::array(dt, std::vector<py::ssize_t>{d.B, d.H});
   const bool has_bias = pt.b_ih.has_value();

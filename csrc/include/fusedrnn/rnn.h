@@ -118,11 +118,11 @@ class Tape {
   TapeBuffers<T> buffers_;
 };
 
-// Memory for a large output of a call, y or dx ([T, B, *]), uninitialised. Dropped, its block is
-// kept for a later output as a dropped tape's is (release_memory() frees them): a training loop
-// drops and allocates the same outputs at every step, and fresh memory is faulted in and
-// cleared page by page. Outputs under kMinKeptOutputBytes gain nothing from it (malloc keeps
-// small blocks itself).
+// Memory for a large output of a call (y, dx, a weight gradient), uninitialised. Dropped, its
+// block is kept for a later output as a dropped tape's is (release_memory() frees them): a
+// training loop drops and allocates the same outputs at every step, and fresh memory is faulted
+// in and cleared page by page. Outputs under kMinKeptOutputBytes gain nothing from it (malloc
+// keeps small blocks itself).
 class OutputBuffer {
  public:
   static constexpr std::size_t kMinKeptOutputBytes = std::size_t{4} << 20;
