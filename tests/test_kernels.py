@@ -108,6 +108,15 @@ def test_op_matches_reference_at_odd_sizes(kcell, dtype, reverse, shape):
                                            reverse)
 
 
+# A batch of one's backward packs a W_hh of 8 MB or more from 16 steps on (BLAS reads it in
+# strips of columns; recurrent_product.h's min_steps_packing_one_row): LSTM and GRU, float32
+# H=840 (11.3 and 8.5 MB), 16 steps; the forward's products stay with BLAS.
+@pytest.mark.parametrize("kcell", ["lstm", "gru"])
+def test_op_packing_a_large_w_hh_for_a_batch_of_ones_backward_matches_reference(kcell):
+    check_random_lengths_against_reference(np.random.default_rng(16), kcell, np.float32,
+                                           (16, 1, 3, 840))
+
+
 # The recurrent products run fusedrnn's own kernel: panels of 8, 16 or 32 hidden units by gate
 # count (float32; 4, 8 or 16 float64); AVX2 tiles of 1 to 3 batch rows, or 4 rows against half
 # a panel (B % 3 == 1); AVX-512 tiles of up to 12 or 8 rows. Sizes on both sides of each edge.
