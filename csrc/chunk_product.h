@@ -57,11 +57,25 @@ class ChunkProduct {
       const int64_t blocks = even_blocks(wanted, std::clamp<int64_t>(rows / 16, 1, kMaxBlocks));
       const int64_t panels = packed_panels<T>(shape_);
       const int64_t group = group_panels(shape_);
+      // Too few rows to cut (a batch of one's 20 steps) but work for several threads: each
+      // thread packs panels and multiplies every row by them in turn, while they are in its
+      // caches. In one block of rows, one thread ran LSTM training T=20 B=1 H=1024's input
+      // projection and dx while the other had only packed with it.
+      const bool cut_panels = blocks == 1 && wanted > 1;
       for (int64_t p0 = 0; p0 < panels; p0 += group) {
         const int64_t p1 = std::min(panels, p0 + group);
-        if (!whole_) pack_panels(shape_, w_, ldw_, p0, p1, packing_);
         const Panels<T> at = in_place_ ? packed_at(shape_, w_)
                                        : packed_at(shape_, packing_, whole_ ? 0 : p0);
+        if (cut_panels) {
+          parallel_for(p1 - p0, [&](int64_t i) {
+            const int64_t p = p0 + i;
+            if (!whole_) pack_panels(shape_, w_, ldw_, p, p + 1, packing_ + i * at.panel_elements);
+            packed_multiply(shape_, at, p, p + 1, a, lda, rows, c, ldc, accumulate,
+                            a_transposed);
+          });
+          continue;
+        }
+        if (!whole_) pack_panels(shape_, w_, ldw_, p0, p1, packing_);
         parallel_for(blocks, [&](int64_t i) {
           const int64_t r0 = rows * i / blocks, r1 = rows * (i + 1) / blocks;
           packed_multiply(shape_, at, p0, p1, a + (a_transposed ? r0 : r0 * lda), lda, r1 - r0,
