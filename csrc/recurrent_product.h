@@ -144,8 +144,8 @@ class RecurrentProduct {
   // The backward's products (M not transposed) by BLAS read W in strips of columns, a block of
   // units each, every row of W a few cache lines at a time; from 8 MB on, packed panels repay
   // their packing sooner. Alternated in one process on a Zen 4, training with a batch of one
-  // and the backward packed from 16 steps: LSTM T=20 H=1024 (16 MB) 10-15% faster, T=16
-  // 11-15%, H=768 (9.4 MB) 3-9%, float64 H=512 (8 MB) 4-13%, GRU H=1024 13-16%; but LSTM
+  // and the backward packed from 16 steps: LSTM T=20 H=1024 (16 MB) 9-21% faster, T=16
+  // 11-15%, H=768 (9.4 MB) 3-9%, float64 H=512 (8 MB) 4-13%, GRU H=1024 13-18%; but LSTM
   // H=512 (4 MB) 3-6% slower, GRU H=512 3-7%, and LSTM T=4 H=1024 5-7%. The forward's products
   // by BLAS read whole rows of W: packed from 16 steps, LSTM T=20 H=1024 trained 4-8% slower.
   static int64_t min_steps_packing_one_row(const ProductShape& shape) {

@@ -47,7 +47,8 @@ template <typename T>
 void column_sums(const T* dg, int64_t rows, int64_t cols, int64_t ld, T beta, T* db) {
   constexpr int64_t kBlockBytes = int64_t{256} << 10;
   const int64_t bytes = rows * cols * int64_t{sizeof(T)};
-  const cpu::Split blocks(cols, std::clamp<int64_t>(bytes / kBlockBytes, 1, std::max<int64_t>(1, cols / 64)));
+  const int64_t most = std::max<int64_t>(1, cols / 64);
+  const cpu::Split blocks(cols, std::clamp<int64_t>(bytes / kBlockBytes, 1, most));
   cpu::parallel_for(blocks.count, [&](int64_t i) {
     T* FR_R out = db + blocks.begin(i);
     const int64_t width = blocks.size(i);

@@ -1,6 +1,6 @@
 """The benchmark tools still run against the package: benchmarks/ab.py (two builds in one
-process) on a tiny case, with two copies of the installed package, and benchmarks/core_pingpong.cc.
-It checks that the tools run and report, not any timing."""
+process) on a tiny case, with two copies of the installed package, benchmarks/core_pingpong.cc
+and benchmarks/read_bandwidth.cc. It checks that the tools run and report, not any timing."""
 
 import os
 import re
@@ -53,3 +53,25 @@ def test_core_pingpong_reports_a_round_trip(tmp_path):
     proc = subprocess.run([str(tool)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert re.fullmatch(r"round trip \d+\.\d ns\n", proc.stdout), proc.stdout
+
+
+def test_read_bandwidth_reports_a_rate(tmp_path):
+    compiler = shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    try:
+        with open("/proc/cpuinfo") as f:
+            has_avx2 = " avx2" in f.read()
+    except OSError:
+        has_avx2 = False
+    if not has_avx2:
+        pytest.skip("the tool reads with AVX2 loads")
+    tool = tmp_path / "read_bandwidth"
+    subprocess.run([compiler, "-O2", "-mavx2", "-pthread", "-o", str(tool),
+                    os.path.join(BENCHMARKS, "read_bandwidth.cc")], check=True, timeout=120)
+    proc = subprocess.run([str(tool), "1", "2"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert re.fullmatch(r"1 MB, 2 threads: median \d+\.\d GB/s, best \d+\.\d \(checksum \S+\)\n",
+                        proc.stdout), proc.stdout
+    proc = subprocess.run([str(tool), "0", "2"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "expected positive integers" in proc.stderr
