@@ -41,24 +41,27 @@ def test_ab_refuses_one_directory_twice(tmp_path):
     assert proc.returncode != 0 and "same directory" in proc.stderr
 
 
-def test_core_pingpong_reports_a_round_trip(tmp_path):
+def build_tool(tmp_path, name, *flags):
+    """benchmarks/<name>.cc compiled into tmp_path (a skip where no C++ compiler is found)."""
     compiler = shutil.which("c++") or shutil.which("g++")
     if compiler is None:
         pytest.skip("no C++ compiler")
+    tool = tmp_path / name
+    subprocess.run([compiler, "-O2", *flags, "-pthread", "-o", str(tool),
+                    os.path.join(BENCHMARKS, name + ".cc")], check=True, timeout=120)
+    return tool
+
+
+def test_core_pingpong_reports_a_round_trip(tmp_path):
     if not {0, 1} <= os.sched_getaffinity(0):
         pytest.skip("the tool bounces a cache line between CPUs 0 and 1")
-    tool = tmp_path / "core_pingpong"
-    subprocess.run([compiler, "-O2", "-pthread", "-o", str(tool),
-                    os.path.join(BENCHMARKS, "core_pingpong.cc")], check=True, timeout=120)
+    tool = build_tool(tmp_path, "core_pingpong")
     proc = subprocess.run([str(tool)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert re.fullmatch(r"round trip \d+\.\d ns\n", proc.stdout), proc.stdout
 
 
 def test_read_bandwidth_reports_a_rate(tmp_path):
-    compiler = shutil.which("c++") or shutil.which("g++")
-    if compiler is None:
-        pytest.skip("no C++ compiler")
     try:
         with open("/proc/cpuinfo") as f:
             has_avx2 = " avx2" in f.read()
@@ -66,9 +69,7 @@ def test_read_bandwidth_reports_a_rate(tmp_path):
         has_avx2 = False
     if not has_avx2:
         pytest.skip("the tool reads with AVX2 loads")
-    tool = tmp_path / "read_bandwidth"
-    subprocess.run([compiler, "-O2", "-mavx2", "-pthread", "-o", str(tool),
-                    os.path.join(BENCHMARKS, "read_bandwidth.cc")], check=True, timeout=120)
+    tool = build_tool(tmp_path, "read_bandwidth", "-mavx2")
     proc = subprocess.run([str(tool), "1", "2"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert re.fullmatch(r"1 MB, 2 threads: median \d+\.\d GB/s, best \d+\.\d \(checksum \S+\)\n",
