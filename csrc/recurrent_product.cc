@@ -124,6 +124,7 @@ struct Avx512;
     FR_AVX512_INLINE static V zero() { return _mm512_setzero_##P(); }                       \
     FR_AVX512_INLINE static V set1(T a) { return _mm512_set1_##P(a); }                      \
     FR_AVX512_INLINE static V load(const T* p) { return _mm512_loadu_##P(p); }              \
+    FR_AVX512_INLINE static void store(T* p, V v) { _mm512_storeu_##P(p, v); }             \
     FR_AVX512_INLINE static V fmadd(V a, V b, V c) { return _mm512_fmadd_##P(a, b, c); }    \
     /* p[0, count), zeros past them (count below the register's lanes) */                  \
     FR_AVX512_INLINE static V load_first(const T* p, int64_t count) {                       \
@@ -308,6 +309,51 @@ __attribute__((target("avx512f"))) void rows_dots_avx512(const T* a, const T* w,
   for (; u < n; ++u) row_dots_avx512<T, 1>(a, w + u * ldw, ldw, k_count, c + u, accumulate);
 }
 
+// sums[u] += Σ_{q < Rows} a[q]·w[q·ldw + u] for u < units, q in order by fused multiply-adds:
+// Rows rows of W against the sums of a block of units (a multiple of the register's lanes
+// past `units`, past which W is read as zeros).
+template <typename T, int Rows>
+FR_AVX512_INLINE void add_rows_avx512(const T* a, const T* w, int64_t ldw, int64_t units,
+                                      T* sums) {
+  using S = Avx512<T>;
+  constexpr int64_t kLanes64 = 64 / sizeof(T);
+  typename S::Vector aq[Rows];
+#pragma GCC unroll 4
+  for (int q = 0; q < Rows; ++q) aq[q] = S::set1(a[q]);
+  for (int64_t u = 0; u < units; u += kLanes64) {
+    typename S::Vector acc = S::load(sums + u);
+    const bool whole = u + kLanes64 <= units;
+#pragma GCC unroll 4
+    for (int q = 0; q < Rows; ++q) {
+      const T* row = w + q * ldw + u;
+      acc = S::fmadd(aq[q], whole ? S::load(row) : S::load_first(row, units - u), acc);
+    }
+    S::store(sums + u, acc);
+  }
+}
+
+// c[u] (+)= Σ_k a[k]·w[k·ldw + u] for u < n: one row of A against M = W (not transposed) where
+// it lies, every row of W read across a block of units at a time, four rows at once. Each sum
+// starts from zero and adds the k in order by fused multiply-adds, as the packed tiles do, and
+// so has their bits; the block's sums (4 KB) stay in L1.
+template <typename T>
+__attribute__((target("avx512f"))) void row_axpys_avx512(const T* a, const T* w, int64_t ldw,
+                                                         int64_t k_count, int64_t n, T* c,
+                                                         bool accumulate) {
+  constexpr int64_t kLanes64 = 64 / sizeof(T), kBlock = 4096 / sizeof(T);
+  constexpr int kRows = 4;
+  alignas(64) T sums[kBlock];
+  for (int64_t u0 = 0; u0 < n; u0 += kBlock) {
+    const int64_t units = std::min(kBlock, n - u0);
+    std::fill(sums, sums + (units + kLanes64 - 1) / kLanes64 * kLanes64, T(0));
+    int64_t k = 0;
+    for (; k + kRows <= k_count; k += kRows)
+      add_rows_avx512<T, kRows>(a + k, w + k * ldw + u0, ldw, units, sums);
+    for (; k < k_count; ++k) add_rows_avx512<T, 1>(a + k, w + k * ldw + u0, ldw, units, sums);
+    for (int64_t u = 0; u < units; ++u) c[u0 + u] = accumulate ? c[u0 + u] + sums[u] : sums[u];
+  }
+}
+
 #endif
 
 bool use_avx2_fma() { return cpu_isa() != Isa::portable; }
@@ -409,6 +455,15 @@ void row_dots(const T* a, const T* w, int64_t ldw, int64_t k, int64_t n, T* c, b
   if (cpu_isa() == Isa::avx512) return rows_dots_avx512(a, w, ldw, k, n, c, accumulate);
 #endif
   detail::fail("row_dots: expected a CPU with AVX-512 (packed_kernel_beats_blas)");
+}
+
+template <typename T>
+void row_axpys(const T* a, const T* w, int64_t ldw, int64_t k, int64_t n, T* c,
+               bool accumulate) {
+#if FR_AVX2_KERNEL
+  if (cpu_isa() == Isa::avx512) return row_axpys_avx512(a, w, ldw, k, n, c, accumulate);
+#endif
+  detail::fail("row_axpys: expected a CPU with AVX-512 (packed_kernel_beats_blas)");
 }
 
 template <typename T>
@@ -660,6 +715,7 @@ void packed_multiply(const ProductShape& shape, const Panels<T>& panels, int64_t
   template void pack_stacked_panels<T>(const ProductShape&, const T*, int64_t, const T*,       \
                                        int64_t, int64_t, T*);                                  \
   template void row_dots<T>(const T*, const T*, int64_t, int64_t, int64_t, T*, bool);         \
+  template void row_axpys<T>(const T*, const T*, int64_t, int64_t, int64_t, T*, bool);        \
   template void packed_multiply<T>(const ProductShape&, const Panels<T>&, int64_t, int64_t,    \
                                    const T*, int64_t, int64_t, T*, int64_t, bool, bool,        \
                                    const RightA<T>&);

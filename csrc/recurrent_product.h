@@ -59,6 +59,13 @@ bool packed_kernel_beats_blas();
 // H=1024 and 9-11% at H=512, GRU at H=1024 1-11%.
 template <typename T>
 void row_dots(const T* a, const T* w, int64_t ldw, int64_t k, int64_t n, T* c, bool accumulate);
+// c[u] = Σ_k a[k]·w[k·ldw + u] for u < n (+= with accumulate): the same for a backward step
+// (M = W_hh, not transposed), every row of W_hh read across a block of units. The bits are the
+// packed kernel's. OpenBLAS's matrix-vector product read W_hh in strips of 128 units, a few
+// cache lines of every row at a time; two Zen 4 cores ran a 4096x1024 W_hh at 41 GB/s that way,
+// at 68 (91) by this in blocks of 256 (512) units; 1024x1024 at 68, and 90 (107).
+template <typename T>
+void row_axpys(const T* a, const T* w, int64_t ldw, int64_t k, int64_t n, T* c, bool accumulate);
 
 template <typename T>
 int64_t packed_elements(const ProductShape& shape);
@@ -168,6 +175,7 @@ class RecurrentProduct {
   // Unit blocks handed to threads start on multiples of this.
   int64_t unit_step() const {
     if (packed_) return panel_layout<T>(shape_.segments).units;
+    if (!shape_.transposed && packed_kernel_beats_blas()) return kMinAxpyUnits;  // row_axpys
     // BLAS blocks of at least 128 units, as parallel_gemm's: backward, a block of a batch of one
     // is a matrix-vector product down all G·H rows of W_hh, which narrower blocks read a
     // fraction of a cache line at a time (LSTM T=200 B=1 H=1024 training: 16-unit blocks took
@@ -234,7 +242,8 @@ class RecurrentProduct {
                              (u1 + units - 1) / units, a, lda, rows, c, ldc, accumulate);
     }
     const int64_t n = u1 - u0;
-    if (rows == 1 && shape_.transposed && packed_kernel_beats_blas()) {
+    if (rows == 1 && packed_kernel_beats_blas()) {
+      if (!shape_.transposed) return row_axpys(a, w_ + u0, ldw_, shape_.k, n, c + u0, accumulate);
       for (int64_t s = 0; s < shape_.segments; ++s) {
         const int64_t col = s * shape_.width + u0;
         row_dots(a, w_ + col * ldw_, ldw_, shape_.k, n, c + col, accumulate);
@@ -254,6 +263,7 @@ class RecurrentProduct {
 
  private:
   static constexpr int64_t kMinStepsPackingOneRow = 32;
+  static constexpr int64_t kMinAxpyUnits = 256;
   static constexpr int64_t kStripsBytes = int64_t{8} << 20;
   static constexpr int64_t kL1Ways = 8;
 
