@@ -76,3 +76,16 @@ def test_read_bandwidth_reports_a_rate(tmp_path):
                         proc.stdout), proc.stdout
     proc = subprocess.run([str(tool), "0", "2"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "expected positive integers" in proc.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS is read from /proc")
+def test_bench_peak_memory_counts_what_a_step_allocates():
+    """`fusedrnn bench --memory`'s fresh-process measurement sees at least the weight gradients a
+    GRU training step returns (6 MB). Before the heap's free memory was given back first, a step
+    could reuse what setting the case up had freed: this case read 0.0 MB."""
+    from fusedrnn import bench
+
+    case = bench.Case(cell="gru", mode="train", T=20, B=1, I=512, H=512)
+    gradients_mb = 2 * 3 * 512 * 512 * 4 / 2**20
+    for _ in range(2):
+        assert bench.peak_step_memory(case, "fusedrnn") >= gradients_mb

@@ -13,6 +13,7 @@ implementation (``--memory``), so that neither library's caches or the other's a
 count.
 """
 
+import ctypes
 import itertools
 import json
 import os
@@ -263,6 +264,17 @@ def _rss_peak_reset():
         return False
 
 
+def _give_back_free_heap():
+    """Returns the memory malloc holds free to the system (glibc's malloc_trim; elsewhere
+    nothing). Without it a step could reuse memory freed while its case was set up, which adds
+    nothing to the resident set: repeats of GRU training T=20 B=16 H=1024 read 19.5 or 0.5 MB for
+    fusedrnn and 26.6 or 14.6 for torch, against 51.6-52.6 and 71.6-72.0 after it."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _status_kb(field):
     with open("/proc/self/status") as f:
         for line in f:
@@ -273,13 +285,14 @@ def _status_kb(field):
 
 def _child_peak_mb(case_dict, impl):
     """In a fresh process: warm the implementation up on a tiny case (libraries, thread pools,
-    BLAS buffers), set the real case up, then the peak RSS above the resting RSS during one
-    training step."""
+    BLAS buffers), set the real case up and give the heap's free memory back, then the peak RSS
+    above the resting RSS during one training step."""
     case = Case(**case_dict)
     tiny = Case(**{**case_dict, "T": 2, "B": 1, "I": 2, "H": 2, "layers": 1})
     _set_threads(case.threads)
     _runners(tiny, False)[impl]()
     step = _runners(case, False)[impl]
+    _give_back_free_heap()
     resting = _status_kb("VmRSS")
     if not _rss_peak_reset():
         raise OSError("cannot reset the peak RSS (/proc/self/clear_refs)")
