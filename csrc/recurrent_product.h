@@ -8,7 +8,8 @@
 // (recurrent_product.cc), float or double. OpenBLAS packs its operand again at every call, which
 // for a step's small product (a 16x128 h against a 512x128 W_hh, say) costs about as much as
 // the product. A batch of one in a short call (a matrix-vector product) reads W_hh where it lies:
-// forward by row_dots where the CPU has AVX-512, else, and backward, through BLAS on each block.
+// by row_dots (forward) and row_axpys (backward) where the CPU has AVX-512, else through BLAS on
+// each block.
 #pragma once
 
 #include <cstdint>
@@ -147,8 +148,9 @@ class RecurrentProduct {
     pack_stacked_panels(shape_, w_, ldw_, w_right, ldw_right, k_right_, packed_);
   }
 
-  // Packed panels for products of several rows, in a call of `steps` steps; 0 for BLAS: a batch
-  // of one unless the AVX-512 kernel runs it over enough steps (steps 0: never). A
+  // Packed panels for products of several rows, in a call of `steps` steps; 0 for none (W read
+  // where it lies): a batch of one unless the AVX-512 kernel runs it over enough steps (steps 0:
+  // never). A
   // matrix-vector product reads W once per step either way, and packing costs ~10 steps; but
   // one float row against a panel in L2 ran at 79 GFLOP/s on a Zen 5 core, OpenBLAS's AVX2 gemv
   // at 42 (from L3, both 48).
@@ -164,6 +166,8 @@ class RecurrentProduct {
   // 11-15%, H=768 (9.4 MB) 3-9%, float64 H=512 (8 MB) 4-13%, GRU H=1024 13-18%; but LSTM
   // H=512 (4 MB) 3-6% slower, GRU H=512 3-7%, and LSTM T=4 H=1024 5-7%. The forward's products
   // by BLAS read whole rows of W: packed from 16 steps, LSTM T=20 H=1024 trained 4-8% slower.
+  // (Both measured against BLAS, before row_dots and row_axpys, which read an unpacked W faster;
+  // their break-even, estimated from bandwidths, moved little, and has not been measured again.)
   static int64_t min_steps_packing_one_row(const ProductShape& shape) {
     const bool strips = !shape.transposed && weight_bytes(shape, false) >= kStripsBytes;
     return strips ? kMinStepsPackingOneRow / 2 : kMinStepsPackingOneRow;
