@@ -14,8 +14,9 @@
 // vectors, and a tile has up to 24 accumulators (12 rows of a 2-register panel, 8 of a
 // 3-register one); a block's rows are cut into near-equal tiles, none under layout.rows.
 // The panel outer loop keeps one panel (k·vectors·32 bytes) in L2 while all rows of A pass over
-// it. A batch of one's forward step, W_hh not packed, runs row_dots: dot products of h with
-// W_hh's rows where they lie.
+// it. A batch of one's step, W_hh not packed, reads W_hh where it lies: forward by row_dots (dot
+// products of h with W_hh's rows), backward by row_axpys (every row of W_hh across a block of
+// units).
 #include <algorithm>
 #include <cstring>
 #include <string>
@@ -273,8 +274,8 @@ __attribute__((target("avx512f"))) void tile_avx512(const TileIn<T>& in, const T
 // lie, each dot in a register of partial sums (the k of one lane apart by the register's
 // lanes) added up by lanes_sum at its end.
 template <typename T, int Rows>
-FR_AVX512_INLINE void row_dots_avx512(const T* a, const T* w, int64_t ldw, int64_t k_count, T* c,
-                                      bool accumulate) {
+FR_AVX512_INLINE void dots_avx512(const T* a, const T* w, int64_t ldw, int64_t k_count, T* c,
+                                  bool accumulate) {
   using S = Avx512<T>;
   constexpr int64_t kLanes64 = 64 / sizeof(T);
   typename S::Vector acc[Rows];
@@ -299,14 +300,14 @@ FR_AVX512_INLINE void row_dots_avx512(const T* a, const T* w, int64_t ldw, int64
 // Four rows of W at a time: in a microbenchmark, eight ran no faster and sixteen at half the
 // speed.
 template <typename T>
-__attribute__((target("avx512f"))) void rows_dots_avx512(const T* a, const T* w, int64_t ldw,
-                                                         int64_t k_count, int64_t n, T* c,
-                                                         bool accumulate) {
+__attribute__((target("avx512f"))) void row_dots_avx512(const T* a, const T* w, int64_t ldw,
+                                                        int64_t k_count, int64_t n, T* c,
+                                                        bool accumulate) {
   constexpr int kRows = 4;
   int64_t u = 0;
   for (; u + kRows <= n; u += kRows)
-    row_dots_avx512<T, kRows>(a, w + u * ldw, ldw, k_count, c + u, accumulate);
-  for (; u < n; ++u) row_dots_avx512<T, 1>(a, w + u * ldw, ldw, k_count, c + u, accumulate);
+    dots_avx512<T, kRows>(a, w + u * ldw, ldw, k_count, c + u, accumulate);
+  for (; u < n; ++u) dots_avx512<T, 1>(a, w + u * ldw, ldw, k_count, c + u, accumulate);
 }
 
 // sums[u] += Σ_{q < Rows} a[q]·w[q·ldw + u] for u < units, q in order by fused multiply-adds:
@@ -452,7 +453,7 @@ bool packed_kernel_beats_blas() { return cpu_isa() == Isa::avx512; }
 template <typename T>
 void row_dots(const T* a, const T* w, int64_t ldw, int64_t k, int64_t n, T* c, bool accumulate) {
 #if FR_AVX2_KERNEL
-  if (cpu_isa() == Isa::avx512) return rows_dots_avx512(a, w, ldw, k, n, c, accumulate);
+  if (cpu_isa() == Isa::avx512) return row_dots_avx512(a, w, ldw, k, n, c, accumulate);
 #endif
   detail::fail("row_dots: expected a CPU with AVX-512 (packed_kernel_beats_blas)");
 }
