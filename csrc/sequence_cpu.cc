@@ -431,7 +431,8 @@ void backward(const BackwardArgs<Real>& a) {
 
   for (int64_t c = chunks.count() - 1; c >= 0; --c) {
     const Chunk k = chunks[c];
-    products.for_walk_rows(B, k.steps * recurrent_flops, cpu::packed_kernel_beats_blas(),
+    products.for_walk_rows(B, k.steps, k.steps * recurrent_flops,
+                           cpu::packed_kernel_beats_blas(),
                            [&](int64_t r0, int64_t r1) { walk_rows(k, r0, r1); });
     dg_next = dgh_of(k.s0, k);
     std::memcpy(dg_carry, dg_next, sizeof(Real) * B * ldg);

@@ -68,13 +68,15 @@ def test_same_digest_in_process_across_processes_and_thread_counts(threads_resto
     assert digest_in_child(2) == here  # a fresh process: other addresses, cold caches
 
 
+@pytest.mark.parametrize("T, B", [(24, 32), (64, 16)])
 @pytest.mark.parametrize("kind", sorted(LAYERS))
-def test_walking_rows_or_cutting_units_gives_the_same_bits(kind, threads_restored):
+def test_walking_rows_or_cutting_units_gives_the_same_bits(kind, T, B, threads_restored):
     """A float32 W_hh that fits in L3 but not in L2 (here 0.6-2.4 MB packed) is walked by batch
-    rows where the pool has no more threads than row blocks (2 at B=32), and cut by units at
-    every step where it has more (csrc/cells_cpu.h, kWalkFromL3Bytes); inference may walk where
-    training's forward cuts. Every way sums each element the same way: the bits agree."""
-    T, B, H = 24, 32, 384
+    rows where the pool has no more threads than row blocks (2 at B=32; at B=16, 2 in a walk of
+    64 steps), and cut by units at every step where it has more (csrc/cells_cpu.h,
+    kWalkFromL3Bytes, kMinLongWalkSteps); inference may walk where training's forward cuts.
+    Every way sums each element the same way: the bits agree."""
+    H = 384
     rng = np.random.default_rng(5)
     m = LAYERS[kind](H, H, dtype=np.float32, seed=4)
     x = rng.uniform(-1, 1, (T, B, H)).astype(np.float32)
