@@ -254,10 +254,11 @@ void forward(const ForwardArgs<Real>& a) {
   // (fork-joins dear), LSTM inference T=200 B=128 H=32 took 2.85-2.92 ms that way and 2.34-2.42
   // this way, T=20 B=128 H=128 2.10-2.17 against 1.65-1.87; when it ran fast, both ways took the
   // same.
-  // A W_hh read from L3 is walked by rows in inference only: its walk packs W_ih whole, which
-  // training's peak memory has no room for (see chunk_product.h). Only with the kernel that
-  // also runs the chunks' projections, so that the cut changes no bit.
-  const bool walk_from_l3 = !training && cpu::packed_kernel_beats_blas();
+  // A W_hh read from L3 is walked by rows in inference, or where the step's product takes x's
+  // too (stacked): else its walk packs W_ih whole, which training's peak memory has no room for
+  // (see chunk_product.h). Only with the kernel that also runs the chunks' projections, so that
+  // the cut changes no bit.
+  const bool walk_from_l3 = (!training || stacked) && cpu::packed_kernel_beats_blas();
   const int64_t walk_blocks = Products::walk_row_blocks(
       a.cell, H, B, T, true, chunks.steps() * recurrent_flops, walk_from_l3);
   const bool rows_walk_alone = walk_blocks > 1;
