@@ -36,6 +36,9 @@ constexpr int64_t kStackedFromL3Bytes = int64_t{8} << 20;
 constexpr int64_t kMinRowsStackedFromL3 = 4;
 constexpr int64_t kMaxRowsStackedFromL3 = 16;
 
+// An RNN's W_hh from which a batch of one's backward packs it (StepProducts::main_packing).
+constexpr int64_t kRnnPackingBytes = int64_t{4} << 20;
+
 // The recurrent products a cell's steps use, W_hh packed once per call: forward h·W_hhᵀ over
 // the gates, backward dG·W_hh. GRU reset-before's n gate reads r⊙h, so it has its own.
 template <typename T>
@@ -48,12 +51,16 @@ struct StepProducts {
     return ProductShape{forward, H, 1, H};
   }
   static bool has_n_gate(Cell cell) { return cell == Cell::GRU_RESET_BEFORE; }
-  // Elements to pack for a call of `steps` steps of B rows. A batch of one packs only for cells
-  // of several gates: an RNN's packed W_hh put its training step at B=1, T=200, H=512 above
-  // torch's peak (2.8 against 2.3 MB) for a step already 3x as fast as torch's without it.
+  // Elements to pack for a call of `steps` steps of B rows. A batch of one packs for cells of
+  // several gates, and for an RNN's backward over a W_hh of kRnnPackingBytes or more: with the
+  // readers of an unpacked W_hh (row_dots, row_axpys), alternated in one process on a Zen 4,
+  // RNN training T=200 B=1 H=1024 (4 MB) ran 11-13% faster with its backward packed, H=128 to
+  // 512 level; with the forward packed too, H=1024 no faster and H=512 4-20% slower. (Its peak
+  // grows by W_hh: 13.2 -> 17.2 MB at H=1024, where torch's read 27 to 156.)
   static int64_t main_packing(Cell cell, int64_t H, int64_t B, int64_t steps, bool forward) {
+    const bool rnn_packs = !forward && H * H * int64_t{sizeof(T)} >= kRnnPackingBytes;
     return RecurrentProduct<T>::packing_size(main_shape(cell, H, forward), B,
-                                             gate_count(cell) > 1 ? steps : 0);
+                                             gate_count(cell) > 1 || rnn_packs ? steps : 0);
   }
   static int64_t n_gate_packing(Cell cell, int64_t H, int64_t B, int64_t steps, bool forward) {
     return has_n_gate(cell)

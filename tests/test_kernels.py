@@ -93,8 +93,9 @@ def check_random_lengths_against_reference(rng, kcell, dtype, shape, reverse=Fal
 # and products too small to cut by rows or columns, which parallel_gemm.h cuts along k: weight
 # gradients of H=32 over 704 rows, and a batch of one's input projection over I=8000 (a
 # matrix-vector product).
-# A batch of one runs BLAS's matrix-vector product, or, with AVX-512 and 32 steps or more, the
-# packed kernel one row at a time (T40B1, T32B1).
+# A batch of one reads W_hh where it lies (with AVX-512, by row_dots and row_axpys; else BLAS's
+# matrix-vector product), or, with AVX-512 and 32 steps or more, runs the packed kernel one row
+# at a time (T40B1, T32B1).
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 1, 2, 3), (5, 3, 4, 1), (4, 2, 9, 13),
                                    (2, 40, 5, 33), (3, 8, 7, 161), (2, 8, 5, 300),
                                    (11, 64, 100, 32), (1, 1, 8000, 63), (40, 1, 5, 33),
@@ -115,6 +116,15 @@ def test_op_matches_reference_at_odd_sizes(kcell, dtype, reverse, shape):
 def test_op_packing_a_large_w_hh_for_a_batch_of_ones_backward_matches_reference(kcell):
     check_random_lengths_against_reference(np.random.default_rng(16), kcell, np.float32,
                                            (16, 1, 3, 840))
+
+
+# So does an RNN's backward from 4 MB (cells_cpu.h's kRnnPackingBytes), in a call of 32 steps:
+# float32 H=1024 packs, H=1023 reads W_hh where it lies; its forward never packs.
+@pytest.mark.parametrize("H_", [1023, 1024])
+@pytest.mark.parametrize("kcell", ["rnn_tanh", "rnn_relu"])
+def test_op_packing_an_rnn_w_hh_for_a_batch_of_ones_backward_matches_reference(kcell, H_):
+    check_random_lengths_against_reference(np.random.default_rng(17), kcell, np.float32,
+                                           (32, 1, 3, H_))
 
 
 # The recurrent products run fusedrnn's own kernel: panels of 8, 16 or 32 hidden units by gate
