@@ -210,11 +210,11 @@ constexpr int64_t kMinWalkRowsFromL3 = 16;
 // a block where the walk takes kMinLongWalkSteps or more: each block then reads W_hh (or a
 // stacked [W_ihᵀ; W_hhᵀ]) at every step, but no step waits at a fork-join, and the pointwise
 // rows run whole, not in 16-unit blocks. Alternated in one process on a Zen 4, two blocks of 8
-// rows at B=16 (blocks of 4 rows ran 2-7% slower than these): LSTM
-// inference T=200 H=512 ran 7% faster, bidirectional and two-layer 7%, GRU 4-12%, RNN H=1024
-// 7%, H=512 11-16%, LSTM training's backward 1-3%; but a walk costs 0.1-1 ms more at its start
-// (T=1: RNN H=1024 1.7 against 0.7 ms), so that RNN inference T=20 ran 5% slower, T=40 level,
-// T=80 3% faster; LSTM T=50 2%, T=100 6%.
+// rows at B=16 (blocks of 4 rows ran 2-7% slower than these): LSTM inference T=200 H=512 ran
+// 3-7% faster, bidirectional and two-layer 3-7%, GRU 4-12%, RNN H=1024 7%, H=512 6-16%, LSTM
+// training's backward 1-3%. But a walk costs 0.1-1 ms more at its start (T=1: RNN H=1024 1.7
+// against 0.7 ms, in some processes only), so that RNN inference T=20 ran 5% slower, T=40
+// level, T=80 3% faster; LSTM T=50 2%, T=100 6%.
 constexpr int64_t kMinLongWalkRows = 8;
 constexpr int64_t kMinLongWalkSteps = 64;
 
