@@ -58,8 +58,10 @@ struct StepProducts {
   // 512 level; with the forward packed too, H=1024 no faster and H=512 4-20% slower. (Its peak
   // grows by W_hh: 13.2 -> 17.2 MB at H=1024, where torch's read 27 to 156.)
   static int64_t main_packing(Cell cell, int64_t H, int64_t B, int64_t steps, bool forward) {
-    const bool rnn_packs = !forward && H * H * int64_t{sizeof(T)} >= kRnnPackingBytes;
-    return RecurrentProduct<T>::packing_size(main_shape(cell, H, forward), B,
+    const ProductShape shape = main_shape(cell, H, forward);
+    const bool rnn_packs =
+        !forward && RecurrentProduct<T>::weight_bytes(shape, false) >= kRnnPackingBytes;
+    return RecurrentProduct<T>::packing_size(shape, B,
                                              gate_count(cell) > 1 || rnn_packs ? steps : 0);
   }
   static int64_t n_gate_packing(Cell cell, int64_t H, int64_t B, int64_t steps, bool forward) {
