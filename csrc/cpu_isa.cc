@@ -4,6 +4,10 @@
 #include <cstdlib>
 #include <cstring>
 
+#if defined(__unix__)
+#include <unistd.h>
+#endif
+
 namespace fusedrnn {
 namespace cpu {
 
@@ -20,6 +24,17 @@ Isa cpu_isa() {
     return best;
   }();
   return isa;
+}
+
+int64_t l2_cache_bytes() {
+  static const int64_t bytes = [] {
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    const long reported = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    if (reported > 0) return int64_t{reported};
+#endif
+    return int64_t{512} << 10;
+  }();
+  return bytes;
 }
 
 }  // namespace cpu

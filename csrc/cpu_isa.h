@@ -1,8 +1,10 @@
 // Which instruction set fusedrnn's CPU code runs. The recurrent kernel's tiles
 // (recurrent_product.cc) are compiled for AVX-512, for AVX2 with FMA and portably, the
 // pointwise rows (pointwise.h) for AVX-512, x86-64-v3 and the x86-64 baseline; one wheel runs
-// on any x86-64 and picks at run time.
+// on any x86-64 and picks at run time. And the size of its L2, which some loop orders go by.
 #pragma once
+
+#include <cstdint>
 
 namespace fusedrnn {
 namespace cpu {
@@ -13,6 +15,9 @@ enum class Isa { portable, avx2, avx512 };
 // FUSEDRNN_KERNEL_ISA=avx2 or =portable, so that the tests hold every version to the reference
 // on a machine that runs the widest.
 Isa cpu_isa();
+
+// Bytes of L2 a core has, as the C library reports it (glibc's sysconf), else 512 KB.
+int64_t l2_cache_bytes();
 
 }  // namespace cpu
 }  // namespace fusedrnn

@@ -75,7 +75,9 @@ def test_walking_rows_or_cutting_units_gives_the_same_bits(kind, T, B, threads_r
     rows where the pool has no more threads than row blocks (2 at B=32; at B=16, 2 in a walk of
     64 steps), and cut by units at every step where it has more (csrc/cells_cpu.h,
     kWalkFromL3Bytes, kMinLongWalkSteps); inference may walk where training's forward cuts.
-    Every way sums each element the same way: the bits agree."""
+    Every way sums each element the same way, and so does either loop order of the kernel's
+    products (panels outer where a walk's block reads all of W_hh, rows outer where a step's
+    block of units reads a share that fits in half of L2): the bits agree."""
     H = 384
     rng = np.random.default_rng(5)
     m = LAYERS[kind](H, H, dtype=np.float32, seed=4)
