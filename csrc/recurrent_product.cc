@@ -14,9 +14,10 @@
 // vectors, and a tile has up to 24 accumulators (12 rows of a 2-register panel, 8 of a
 // 3-register one); a block's rows are cut into near-equal tiles, none under layout.rows.
 // A panel outer loop keeps one panel (k·vectors·32 bytes) in L2 while all rows of A pass over
-// it; panels that all fit in L2 go in a loop inside the rows' (rows_outer_fits). A batch of
-// one's step, W_hh not packed, reads W_hh where it lies: forward by row_dots (dot products of
-// h with W_hh's rows), backward by row_axpys (every row of W_hh across a block of units).
+// it; panels that fit in half of L2 together go in a loop inside the rows' (rows_outer_fits).
+// A batch of one's step, W_hh not packed, reads W_hh where it lies: forward by row_dots (dot
+// products of h with W_hh's rows), backward by row_axpys (every row of W_hh across a block of
+// units).
 #include <algorithm>
 #include <cstring>
 #include <string>
