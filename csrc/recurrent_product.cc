@@ -17,7 +17,7 @@
 // it; panels that fit in half of L2 together go in a loop inside the rows' (rows_outer_fits).
 // A batch of one's step, W_hh not packed, reads W_hh where it lies: forward by row_dots (dot
 // products of h with W_hh's rows), backward by row_axpys (every row of W_hh across a block of
-// units).
+// units); its input projection over a few steps by rows_dots (row_dots for several rows of x).
 #include <algorithm>
 #include <cstring>
 #include <string>
@@ -271,44 +271,101 @@ __attribute__((target("avx512f"))) void tile_avx512(const TileIn<T>& in, const T
     }
 }
 
-// c[u] (+)= Σ_k a[k]·w[u·ldw + k] for u < Rows: one row of A against Rows rows of W where they
-// lie, each dot in a register of partial sums (the k of one lane apart by the register's
-// lanes) added up by lanes_sum at its end.
-template <typename T, int Rows>
-FR_AVX512_INLINE void dots_avx512(const T* a, const T* w, int64_t ldw, int64_t k_count, T* c,
-                                  bool accumulate) {
+// Rows of A against rows of W where they lie (rows_dots): c[r·ldc + u] (+)= Σ_k a[r·lda + k] ·
+// w[u·ldw + k] for r < rows, u < units.
+template <typename T>
+struct Dots {
+  const T* a;
+  int64_t lda, rows;
+  const T* w;
+  int64_t ldw, k_count, units;
+  T* c;
+  int64_t ldc;
+  bool accumulate;
+};
+
+// acc[r][u] += a's row r times w's row u at k [k, k + count), lane by lane: count is a whole
+// register's lanes but at the end of the rows.
+template <typename T, int Units, int ARows>
+FR_AVX512_INLINE void add_dots_avx512(typename Avx512<T>::Vector (&acc)[ARows][Units],
+                                      const Dots<T>& d, const T* a, const T* w, int64_t k,
+                                      int64_t count) {
   using S = Avx512<T>;
-  constexpr int64_t kLanes64 = 64 / sizeof(T);
-  typename S::Vector acc[Rows];
+  const bool whole = count == 64 / int64_t{sizeof(T)};
+  typename S::Vector wv[Units];
 #pragma GCC unroll 4
-  for (int r = 0; r < Rows; ++r) acc[r] = S::zero();
-  int64_t k = 0;
-  for (; k + kLanes64 <= k_count; k += kLanes64) {
-    const typename S::Vector av = S::load(a + k);
-#pragma GCC unroll 4
-    for (int r = 0; r < Rows; ++r) acc[r] = S::fmadd(S::load(w + r * ldw + k), av, acc[r]);
+  for (int u = 0; u < Units; ++u) {
+    const T* row = w + u * d.ldw + k;
+    wv[u] = whole ? S::load(row) : S::load_first(row, count);
   }
-  if (k < k_count) {
-    const typename S::Vector av = S::load_first(a + k, k_count - k);
+#pragma GCC unroll 6
+  for (int r = 0; r < ARows; ++r) {
+    const T* row = a + r * d.lda + k;
+    const typename S::Vector av = whole ? S::load(row) : S::load_first(row, count);
 #pragma GCC unroll 4
-    for (int r = 0; r < Rows; ++r)
-      acc[r] = S::fmadd(S::load_first(w + r * ldw + k, k_count - k), av, acc[r]);
+    for (int u = 0; u < Units; ++u) acc[r][u] = S::fmadd(wv[u], av, acc[r][u]);
   }
-#pragma GCC unroll 4
-  for (int r = 0; r < Rows; ++r) c[r] = accumulate ? c[r] + lanes_sum(acc[r]) : lanes_sum(acc[r]);
 }
 
-// Four rows of W at a time: in a microbenchmark, eight ran no faster and sixteen at half the
-// speed.
+// The dots of ARows rows of A and Units rows of W, each in a register of partial sums (the k
+// of one lane apart by the register's lanes) added up by lanes_sum at its end. A dot's bits
+// depend on its two rows alone, not on the tile that computes it.
+template <typename T, int Units, int ARows>
+FR_AVX512_INLINE void dots_tile_avx512(const Dots<T>& d, const T* a, const T* w, T* c) {
+  using S = Avx512<T>;
+  constexpr int64_t kLanes64 = 64 / sizeof(T);
+  typename S::Vector acc[ARows][Units];
+#pragma GCC unroll 6
+  for (int r = 0; r < ARows; ++r)
+#pragma GCC unroll 4
+    for (int u = 0; u < Units; ++u) acc[r][u] = S::zero();
+  int64_t k = 0;
+  for (; k + kLanes64 <= d.k_count; k += kLanes64)
+    add_dots_avx512<T, Units, ARows>(acc, d, a, w, k, kLanes64);
+  if (k < d.k_count) add_dots_avx512<T, Units, ARows>(acc, d, a, w, k, d.k_count - k);
+#pragma GCC unroll 6
+  for (int r = 0; r < ARows; ++r)
+#pragma GCC unroll 4
+    for (int u = 0; u < Units; ++u) {
+      T* dst = c + r * d.ldc + u;
+      *dst = d.accumulate ? *dst + lanes_sum(acc[r][u]) : lanes_sum(acc[r][u]);
+    }
+}
+
+// ARows rows of A (from a) against rows [u0, u1) of W, at most four: a tile of all four, or
+// one at a time at W's end. Six rows of A keep 24 sums, four rows of W and a row of A in
+// registers.
+template <typename T, int ARows>
+FR_AVX512_INLINE void dots_rows_avx512(const Dots<T>& d, const T* a, int64_t u0, int64_t u1,
+                                       T* c) {
+  if (u1 - u0 == 4) return dots_tile_avx512<T, 4, ARows>(d, a, d.w + u0 * d.ldw, c + u0);
+  for (int64_t u = u0; u < u1; ++u) dots_tile_avx512<T, 1, ARows>(d, a, d.w + u * d.ldw, c + u);
+}
+
+// Four rows of W at a time (with one row of A, eight ran no faster in a microbenchmark and
+// sixteen at half the speed), each four against all rows of A in near-equal tiles of at most
+// six while those four stay in L1: W is read from beyond L1 once, and A (a batch of one's steps
+// of x, 80 KB at T=20, I=1024) from L2 once for every four rows of W.
 template <typename T>
-__attribute__((target("avx512f"))) void row_dots_avx512(const T* a, const T* w, int64_t ldw,
-                                                        int64_t k_count, int64_t n, T* c,
-                                                        bool accumulate) {
-  constexpr int kRows = 4;
-  int64_t u = 0;
-  for (; u + kRows <= n; u += kRows)
-    dots_avx512<T, kRows>(a, w + u * ldw, ldw, k_count, c + u, accumulate);
-  for (; u < n; ++u) dots_avx512<T, 1>(a, w + u * ldw, ldw, k_count, c + u, accumulate);
+__attribute__((target("avx512f"))) void rows_dots_avx512(const Dots<T>& d) {
+  constexpr int64_t kUnits = 4, kMaxTileRows = 6;
+  const int64_t tiles = (d.rows + kMaxTileRows - 1) / kMaxTileRows;
+  for (int64_t u0 = 0; u0 < d.units; u0 += kUnits) {
+    const int64_t u1 = std::min(d.units, u0 + kUnits);
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t r0 = d.rows * t / tiles, r1 = d.rows * (t + 1) / tiles;
+      const T* a = d.a + r0 * d.lda;
+      T* c = d.c + r0 * d.ldc;
+      switch (r1 - r0) {
+        case 1: dots_rows_avx512<T, 1>(d, a, u0, u1, c); break;
+        case 2: dots_rows_avx512<T, 2>(d, a, u0, u1, c); break;
+        case 3: dots_rows_avx512<T, 3>(d, a, u0, u1, c); break;
+        case 4: dots_rows_avx512<T, 4>(d, a, u0, u1, c); break;
+        case 5: dots_rows_avx512<T, 5>(d, a, u0, u1, c); break;
+        default: dots_rows_avx512<T, 6>(d, a, u0, u1, c);
+      }
+    }
+  }
 }
 
 // sums[u] += Σ_{q < Rows} a[q]·w[q·ldw + u] for u < units, q in order by fused multiply-adds:
@@ -453,10 +510,17 @@ bool packed_kernel_beats_blas() { return cpu_isa() == Isa::avx512; }
 
 template <typename T>
 void row_dots(const T* a, const T* w, int64_t ldw, int64_t k, int64_t n, T* c, bool accumulate) {
+  rows_dots(a, k, 1, w, ldw, k, n, c, n, accumulate);
+}
+
+template <typename T>
+void rows_dots(const T* a, int64_t lda, int64_t rows, const T* w, int64_t ldw, int64_t k,
+               int64_t n, T* c, int64_t ldc, bool accumulate) {
 #if FR_AVX2_KERNEL
-  if (cpu_isa() == Isa::avx512) return row_dots_avx512(a, w, ldw, k, n, c, accumulate);
+  if (cpu_isa() == Isa::avx512)
+    return rows_dots_avx512(Dots<T>{a, lda, rows, w, ldw, k, n, c, ldc, accumulate});
 #endif
-  detail::fail("row_dots: expected a CPU with AVX-512 (packed_kernel_beats_blas)");
+  detail::fail("rows_dots: expected a CPU with AVX-512 (packed_kernel_beats_blas)");
 }
 
 template <typename T>
@@ -745,6 +809,8 @@ void packed_multiply(const ProductShape& shape, const Panels<T>& panels, int64_t
   template void pack_stacked_panels<T>(const ProductShape&, const T*, int64_t, const T*,       \
                                        int64_t, int64_t, T*);                                  \
   template void row_dots<T>(const T*, const T*, int64_t, int64_t, int64_t, T*, bool);         \
+  template void rows_dots<T>(const T*, int64_t, int64_t, const T*, int64_t, int64_t, int64_t, T*, \
+                             int64_t, bool);                                                   \
   template void row_axpys<T>(const T*, const T*, int64_t, int64_t, int64_t, T*, bool);        \
   template void packed_multiply<T>(const ProductShape&, const Panels<T>&, int64_t, int64_t,    \
                                    const T*, int64_t, int64_t, T*, int64_t, bool, bool,        \

@@ -60,6 +60,12 @@ bool packed_kernel_beats_blas();
 // H=1024 and 9-11% at H=512, GRU at H=1024 1-11%.
 template <typename T>
 void row_dots(const T* a, const T* w, int64_t ldw, int64_t k, int64_t n, T* c, bool accumulate);
+// c[r·ldc + u] (+)= Σ_k a[r·lda + k]·w[u·ldw + k] for r < rows, u < n: row_dots for several
+// rows of A (a batch of one's input projection over a few steps, chunk_product.h), each dot
+// with row_dots's bits.
+template <typename T>
+void rows_dots(const T* a, int64_t lda, int64_t rows, const T* w, int64_t ldw, int64_t k,
+               int64_t n, T* c, int64_t ldc, bool accumulate);
 // c[u] = Σ_k a[k]·w[k·ldw + u] for u < n (+= with accumulate): the same for a backward step
 // (M = W_hh, not transposed), every row of W_hh read across a block of units. The bits are the
 // packed kernel's. OpenBLAS's matrix-vector product read W_hh in strips of 128 units, a few

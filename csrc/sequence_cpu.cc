@@ -265,12 +265,21 @@ void forward(const ForwardArgs<Real>& a) {
   // Training packs W_ih a group of panels at a time for each chunk, which keeps its peak under
   // torch's (chunk_product.h); inference has no such target and packs it whole, once: LSTM
   // T=200 B=16 H=512 31.7 -> 31.2 ms, GRU 23.3 -> 23.0 (alternated in one process).
-  const bool pack_w_ih_once = !training && chunks.count() > 1;
+  // A batch of one over a few steps reads W_ih by dot products rather than packing it (see
+  // ChunkProduct::dots_pay). Only B=1, whose shorter calls' steps (row_dots) have bits of their
+  // own already: the rows of a batch of two or more keep the bits the same rows get in any
+  // other such batch (test_kernels), which dots, summed in an order of their own, would not.
+  using ProjectionProduct = cpu::ChunkProduct<Real>;
+  const auto projection_reading =
+      !training && chunks.count() > 1 ? ProjectionProduct::Reading::whole
+      : B == 1 && ProjectionProduct::dots_pay(projection_shape, chunks.steps())
+          ? ProjectionProduct::Reading::dots
+          : ProjectionProduct::Reading::groups;
   const int64_t projection_packing =
       stacked ? 0
       : rows_walk_alone
           ? cpu::RecurrentProduct<Real>::packing_size(projection_shape, B / walk_blocks, T)
-          : cpu::ChunkProduct<Real>::packing_size(projection_shape, pack_w_ih_once);
+          : ProjectionProduct::packing_size(projection_shape, projection_reading);
   const int64_t ldg = cpu::pre_activation_stride<Real>(GH);
   const int64_t xproj_size = stacked ? GH : chunks.steps() * B * ldg;
   // Room for h_prev transposed, where the steps' products read it so (cells_cpu.h's
@@ -344,8 +353,8 @@ void forward(const ForwardArgs<Real>& a) {
   } else if (stacked) {
     for (int64_t s = 0; s < T; ++s) step_forward(a.cell, step_io(s, chunks[0]), training);
   } else {
-    const cpu::ChunkProduct<Real> project(projection_shape, a.weights.w_ih, d.I, w_ih_packing,
-                                          pack_w_ih_once);
+    const ProjectionProduct project(projection_shape, a.weights.w_ih, d.I, w_ih_packing,
+                                    projection_reading);
     for (int64_t c = 0; c < chunks.count(); ++c) {
       const Chunk k = chunks[c];
       project(a.x + k.t0 * B * d.I, d.I, false, k.steps * B, xproj, ldg, false);

@@ -139,6 +139,22 @@ def test_op_matches_reference_around_panel_edges(kcell, dtype, B_, H_):
                                            (3, B_, 5, H_))
 
 
+# With AVX-512, a batch of one over at most 96 steps projects x by dot products of its rows with
+# a W_ih of more than 2 MB where it lies (chunk_product.h's dots_pay): float32 I = 4099 (a k
+# past the last whole register; an RNN's W_ih 2.1 MB) and H = 130 (gate rows past a multiple
+# of four), T = 13 (tiles of 5, 4 and 4 rows of x) and either side of 96 steps; float64
+# I = 2053. Against the reference, and inference against training (both read W_ih alike).
+@pytest.mark.parametrize("dtype, I_", [(np.float32, 4099), (np.float64, 2053)],
+                         ids=["float32", "float64"])
+@pytest.mark.parametrize("T_", [13, 96, 97])
+@pytest.mark.parametrize("kcell", KERNEL_CELLS)
+def test_op_projecting_a_batch_of_one_by_dots_matches_reference(kcell, T_, dtype, I_):
+    arrays, lengths, got = check_random_lengths_against_reference(
+        np.random.default_rng(T_), kcell, dtype, (T_, 1, I_, 130), state=True)
+    y_infer = run_op("cpu", kcell, arrays, lengths, False, training=False)[0]
+    np.testing.assert_array_equal(y_infer, got["y"])
+
+
 # An LSTM or RNN whose packed [W_ihᵀ; W_hhᵀ] fits in 512 KB takes x's product inside each step's
 # (cells_cpu.h, StepProducts::stacks_input): float32 LSTM I = H = 128 just does, I = 129 does
 # not; a float32 RNN up to I = H = 256; float64 LSTM H = 64 up to I = 192, RNN H = 128 up to
