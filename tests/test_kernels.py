@@ -211,19 +211,22 @@ def check_stacking_case(kcell, dtype, I_, H_, B_):
     np.testing.assert_array_equal(y_infer, got["y"])
 
 
-# The CPU driver walks time in chunks of ceil(1024 / B) steps (sequence_cpu.cc): B=700 makes
-# chunks of 2, 2, 2 and 1 of T=7 steps, so gradients cross chunk edges in both directions. H=300
-# makes W_hh large enough that each step splits its units over threads, so a step reading gate
-# gradients that its chunk has overwritten shows up (it did, when the carry between chunks was
-# taken out); H=24 splits the rows.
+# The CPU driver walks time in chunks of ceil(rows / B) steps (sequence_cpu.cc's chunk_rows):
+# 1024 rows at H=300, so B=700 makes chunks of 2, 2, 2 and 1 of T=7 steps, and gradients cross
+# chunk edges in both directions. H=300 makes W_hh large enough that each step splits its units
+# over threads, so a step reading gate gradients that its chunk has overwritten shows up (it
+# did, when the carry between chunks was taken out). H=24 splits the rows, and its chunks hold
+# more rows (RNN float32 26214, 38 steps): T=80 still crosses several edges.
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-@pytest.mark.parametrize("H_, dtype", [(24, np.float32), (24, np.float64), (300, np.float32)],
+@pytest.mark.parametrize("T_, H_, dtype", [(80, 24, np.float32), (80, 24, np.float64),
+                                           (7, 300, np.float32)],
                          ids=["H24-float32", "H24-float64", "H300-float32"])
 @pytest.mark.parametrize("kcell", KERNEL_CELLS)
-def test_op_matches_reference_over_several_chunks(kcell, H_, dtype, reverse, bias):
+def test_op_matches_reference_over_several_chunks(kcell, T_, H_, dtype, reverse, bias):
     arrays, lengths, got = check_random_lengths_against_reference(
-        np.random.default_rng(9), kcell, dtype, (7, 700, 5, H_), reverse, bias=bias, state=True)
+        np.random.default_rng(9), kcell, dtype, (T_, 700, 5, H_), reverse, bias=bias,
+        state=True)
     y_infer = run_op("cpu", kcell, arrays, lengths, reverse, training=False)[0]
     np.testing.assert_array_equal(y_infer, got["y"])
 
