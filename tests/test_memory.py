@@ -82,7 +82,8 @@ def test_at_most_eight_dropped_tapes_are_kept():
     assert r["dropped"] - r["released"] > 8 * r["tape_nbytes"] - slack, r
 
 
-# Gate gradients are kept for one chunk of the backward walk: ceil(1024 / B) steps, at most T.
+# Gate gradients are kept for one chunk of the backward walk: ceil(1024 / B) steps, at most T, at
+# the probe's H=256 (smaller H takes longer chunks: sequence_cpu.cc's chunk_rows).
 CHUNK_ROWS = 1024
 GATES = {"lstm": 4, "gru": 3, "gru_reset_before": 3, "rnn_relu": 1}
 
