@@ -44,7 +44,7 @@ class ChunkProduct {
   // inference ran 5-7% faster at T=96, level at T=128 and 3-8% slower at T=200, and at H=128
   // (a W_ih of 256 KB, one group) T=64 0-4% slower.
   static bool dots_pay(const ProductShape& shape, int64_t rows) {
-    const int64_t bytes = shape.k * shape.segments * shape.width * int64_t{sizeof(T)};
+    const int64_t bytes = RecurrentProduct<T>::weight_bytes(shape, false);  // W where it lies
     return uses_kernel() && shape.transposed && rows <= kMaxDotRows && bytes > kGroupBytes;
   }
 
