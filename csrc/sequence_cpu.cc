@@ -466,7 +466,10 @@ void backward(const BackwardArgs<Real>& a) {
     std::memcpy(dg_carry, dg_next, sizeof(Real) * B * ldg);
     dg_next = dg_carry;
 
-    // The chunk's weight gradients, added to the later chunks' (taken first), and its dx.
+    // The chunk's weight gradients, added to the later chunks' (taken first), and its dx. A
+    // walk's threads taking their rows' dx right after each step, while those rows' gate
+    // gradients are in cache, ran GRU training T=200 B=128 H=32 5% faster but LSTM T=200 B=16
+    // H=128 1-10% slower, and LSTM B=128 H=32 level to 2% slower (alternated in one process).
     const int64_t rows = k.steps * B;
     const Real beta = c == chunks.count() - 1 ? Real(0) : Real(1);
     const Real* x = a.x + k.t0 * B * I;
