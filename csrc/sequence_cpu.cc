@@ -110,6 +110,12 @@ class Chunks {
   int64_t steps_;
 };
 
+// The chunks of a call of `cell` over d's sizes (chunk_rows rows each).
+template <typename Real>
+Chunks chunks_of(Cell cell, const Dims& d, bool reverse) {
+  return Chunks(d.T, d.B, chunk_rows<Real>(cell, d.H), reverse);
+}
+
 template <template <typename, bool> class Step, typename T>
 struct Dispatch {
   static void forward(const cpu::StepIO<T>& s, bool training) {
@@ -213,7 +219,7 @@ struct BackwardScratch {
   BackwardScratch(Cell cell, const Dims& d, bool has_dy) {
     using Products = cpu::StepProducts<Real>;
     const int64_t B = d.B, H = d.H, GH = gate_count(cell) * H;
-    const int64_t rows = Chunks(d.T, B, chunk_rows<Real>(cell, H), false).steps() * B;
+    const int64_t rows = chunks_of<Real>(cell, d, false).steps() * B;
     ldg = cpu::pre_activation_stride<Real>(GH);
     chunk = rows * ldg;
     // GRU's recurrent gate gradients differ from the input side's (n's reset): its steps write
@@ -263,7 +269,7 @@ void forward(const ForwardArgs<Real>& a) {
               : Products::main_packing(a.cell, H, B, T, true);
   const int64_t n_gate_packing = Products::n_gate_packing(a.cell, H, B, T, true);
   const cpu::ProductShape projection_shape{true, d.I, G, H};  // x·W_ihᵀ
-  const Chunks chunks(T, B, chunk_rows<Real>(a.cell, H), a.reverse);
+  const Chunks chunks = chunks_of<Real>(a.cell, d, a.reverse);
   const double recurrent_flops = 2.0 * double(B) * double(GH) * double(H);  // a step's
   // Where the walk splits the batch rows (small W_hh: StepProducts::walk_row_blocks), each row
   // block goes through the whole sequence on one thread, projecting its own rows of x a step at
@@ -399,7 +405,7 @@ void backward(const BackwardArgs<Real>& a) {
   // them to two alternating step buffers, for the next step's product; the weight gradients
   // get them from the input side's afterwards. The other cells' are the input side's.
   const bool own_dgh = cell == Cell::GRU;
-  const Chunks chunks(T, B, chunk_rows<Real>(cell, H), tape.reverse());
+  const Chunks chunks = chunks_of<Real>(cell, d, tape.reverse());
   const BackwardScratch<Real> sizes(cell, d, a.dy != nullptr);
   const int64_t ldg = sizes.ldg;
   using Products = cpu::StepProducts<Real>;
