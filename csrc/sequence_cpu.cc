@@ -11,12 +11,23 @@
 #include "blas.h"
 #include "cells_cpu.h"
 #include "chunk_product.h"
+#include "cpu_isa.h"
 #include "fusedrnn/rnn.h"
 #include "rnn_common.h"
 #include "workspace.h"
 
 namespace fusedrnn {
 namespace {
+
+// Asks for the cache lines of p[0, n) ahead of their first read.
+template <typename T>
+void prefetch(const T* p, int64_t n) {
+#if defined(__GNUC__)
+  for (int64_t i = 0; i < n; i += 64 / int64_t{sizeof(T)}) __builtin_prefetch(p + i, 0, 3);
+#else
+  static_cast<void>(p), static_cast<void>(n);
+#endif
+}
 
 using detail::check_backward_args;
 using detail::check_cell;
@@ -358,6 +369,15 @@ void forward(const ForwardArgs<Real>& a) {
                              training ? a.tape->gates() + p.t * B * width : scratch_gates,
                              a.y + p.t * B * a.ldy, a.ldy, rec, ldg, h_t};
   };
+  // A stacked product's tiles read x a k at a time across 10-12 rows, and an x from beyond L2
+  // reached them late: each row block asks for its rows of the next step's x before a step.
+  // Alternated in one process on a Zen 5, T=200 B=128: inference ran 7-10% faster for RNN
+  // H=128, 9-11% for LSTM H=32 and 2% for LSTM H=128; training 5% for LSTM H=32, 1-6% for RNN
+  // H=128; level at B=16 H=512, at T=20 and bidirectional. An x that stays in L2 (B=16 H=32)
+  // is not asked for. Asking for the tape's and dy's rows of the backward's next step too (into
+  // L2 or L1) ran training at H=128 2-4% slower.
+  const bool prefetch_x =
+      stacked && T * B * d.I * int64_t{sizeof(Real)} > cpu::l2_cache_bytes() / 2;
   if (rows_walk_alone) {
     const auto project = stacked ? cpu::RecurrentProduct<Real>()
                                  : cpu::RecurrentProduct<Real>(projection_shape, a.weights.w_ih,
@@ -370,8 +390,11 @@ void forward(const ForwardArgs<Real>& a) {
           for (int64_t t = k.t0; t < k.t0 + k.steps; ++t)
             project.multiply(a.x + (t * B + r0) * d.I, d.I, r1 - r0, 0, H,
                              xproj + ((t - k.t0) * B + r0) * ldg, ldg, false);
-        for (int64_t s = k.s0; s < k.s1; ++s)
+        for (int64_t s = k.s0; s < k.s1; ++s) {
+          if (prefetch_x && s + 1 < T)
+            prefetch(a.x + (slots(s + 1).t * B + r0) * d.I, (r1 - r0) * d.I);
           step_forward(a.cell, cpu::rows_of(step_io(s, k), r0, r1, width), training);
+        }
       }
     });
   } else if (stacked) {
