@@ -374,8 +374,9 @@ void forward(const ForwardArgs<Real>& a) {
   // Alternated in one process on a Zen 5, T=200 B=128: inference ran 7-10% faster for RNN
   // H=128, 9-11% for LSTM H=32 and 2% for LSTM H=128; training 5% for LSTM H=32, 1-6% for RNN
   // H=128; level at B=16 H=512, at T=20 and bidirectional. An x that stays in L2 (B=16 H=32)
-  // is not asked for. Asking for the tape's and dy's rows of the backward's next step too (into
-  // L2 or L1) ran training at H=128 2-4% slower.
+  // is not asked for. Asking for the next step's rows of x before a walk's projection too ran
+  // GRU inference B=128 H=128 1-3% faster but H=512 3% slower; for the tape's and dy's rows of
+  // the backward's next step (into L2 or L1), training at H=128 2-4% slower.
   const bool prefetch_x =
       stacked && T * B * d.I * int64_t{sizeof(Real)} > cpu::l2_cache_bytes() / 2;
   if (rows_walk_alone) {
