@@ -33,6 +33,7 @@ def table(report, command):
     m, s = report["machine"], report["summary"]
     build = m.get("build", {})
     memory = any(r.get("peak_mb") for r in report["results"])  # measured with --memory
+    now = any("x_floor_now" in r for r in report["results"])  # ceiling measured beside cases
     lines = [
         "# CPU sweep: fusedrnn against torch.nn",
         "",
@@ -44,6 +45,8 @@ def table(report, command):
         "Times are medians of interleaved runs in one process (a run under 0.5 s timed after "
         "20 ms of untimed runs of its own library); ratio = torch ms / fusedrnn ms; "
         "x floor = fusedrnn ms / (the case's GEMM flops at the ceiling)"
+        + ("; ceil now = the ceiling measured again in each of the case's rounds (median), "
+           "x now = x floor at it" if now else "")
         + ("; MB = peak memory of one training step above resting, each in a fresh process."
            if memory else "."),
         "",
@@ -53,12 +56,16 @@ def table(report, command):
                      f"{s['ratio_geomean']:.2f}x over {s['cases_compared']} cases.**")
     if "worst_x_floor" in s:
         lines.append(f"Farthest from the floor among cases with a floor of at least 5 ms: "
-                     f"{s['worst_x_floor']:.2f}x ({s['worst_x_floor_case']}).")
+                     f"{s['worst_x_floor']:.2f}x ({s['worst_x_floor_case']})"
+                     + (f"; at the ceiling measured beside each case, {s['worst_x_floor_now']:.2f}x "
+                        f"({s['worst_x_floor_now_case']})." if "worst_x_floor_now" in s else "."))
     if "memory_ratio_max" in s:
         lines.append(f"Training peak memory fusedrnn/torch: at most {s['memory_ratio_max']:.2f}.")
     lines += ["", "| case | fusedrnn ms | torch ms | ratio | GFLOP/s | x floor |"
+              + (" ceil now | x now |" if now else "")
               + (" MB fused | MB torch |" if memory else ""),
-              "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if memory else "")]
+              "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if now else "")
+              + ("---:|---:|" if memory else "")]
     for r in report["results"]:
         ms, peak = r["median_ms"], r.get("peak_mb") or {}
 
@@ -69,6 +76,8 @@ def table(report, command):
             f"| {label(r['case'])} | {ms['fusedrnn']:.2f} | {num(ms.get('torch'), '.2f')} | "
             f"{num(r.get('ratio_torch_over_fusedrnn'), '.2f')} | {r['gflops_fusedrnn']:.1f} | "
             f"{num(r.get('x_floor'), '.2f')} |"
+            + (f" {num(r.get('ceiling_now_gflops'), '.0f')} | {num(r.get('x_floor_now'), '.2f')} |"
+               if now else "")
             + (f" {num(peak.get('fusedrnn'), '.1f')} | {num(peak.get('torch'), '.1f')} |"
                if memory else ""))
     return "\n".join(lines) + "\n"

@@ -2,6 +2,7 @@
 process) on a tiny case, with two copies of the installed package, benchmarks/core_pingpong.cc
 and benchmarks/read_bandwidth.cc. It checks that the tools run and report, not any timing."""
 
+import json
 import os
 import re
 import shutil
@@ -89,3 +90,27 @@ def test_bench_peak_memory_counts_what_a_step_allocates():
     gradients_mb = 2 * 3 * 512 * 512 * 4 / 2**20
     for _ in range(2):
         assert bench.peak_step_memory(case, "fusedrnn") >= gradients_mb
+
+
+def test_bench_json_and_report_carry_the_ceiling_measured_beside_each_case(tmp_path):
+    """`fusedrnn bench --json` then benchmarks/report.py on a tiny case: each result carries the
+    ceiling measured in its rounds and its distance from the floor at it, and the table shows
+    them. Checks the plumbing, not any timing."""
+    out = tmp_path / "tiny.json"
+    cli = [sys.executable, "-m", "fusedrnn.cli", "bench", "--cell", "gru", "--mode", "infer",
+           "--T", "3", "--B", "2", "--H", "8", "--runs", "3", "--threads", "1",
+           "--json", str(out)]
+    proc = subprocess.run(cli, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ceil now" in proc.stdout and "at the ceiling measured beside" not in proc.stdout
+    report = json.loads(out.read_text())
+    (result,) = report["results"]
+    assert result["ceiling_now_gflops"] > 0
+    assert result["x_floor_now"] == pytest.approx(
+        result["x_floor"] * result["ceiling_now_gflops"] / report["ceiling_gflops"])
+    proc = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "report.py"), str(out),
+                           "--command", "tiny"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (tmp_path / "tiny.md").read_text()
+    assert "| ceil now | x now |" in table
+    assert f"| {result['x_floor_now']:.2f} |" in table

@@ -8,7 +8,10 @@ and each run is timed with CUDA events on the default stream, where both librari
 On the CPU each case is also measured against this machine's GEMM ceiling (what the kernels'
 own GEMM reaches on a large square product, measured at start): its *floor* is the time its
 GEMM flops would take at that ceiling, so ``x floor`` says how far a case is from the best a
-GEMM-based RNN could do. Peak memory of a training step is measured in a fresh child process per
+GEMM-based RNN could do. A shared machine's speed drifts (the ceiling of a 2-core cloud VM read
+370-460 GFLOP/s from one minute to the next), so the ceiling is measured again beside each case,
+once in each of its rounds: ``ceil now`` is the median of those, and ``x now`` the case's
+distance from the floor at it. Peak memory of a training step is measured in a fresh child process per
 implementation (``--memory``), so that neither library's caches or the other's allocations
 count.
 """
@@ -195,12 +198,21 @@ def _set_threads(threads):
     return threads
 
 
+CEILING_N = 2048  # the ceiling's product: n×n times n×n
+
+
 def gemm_ceiling(dtype="float32", threads=None):
-    """GFLOP/s of a 2048² product through the kernels' GEMM (median of 5), or None without it."""
+    """GFLOP/s of a CEILING_N² product through the kernels' GEMM (median of 5), or None without
+    it."""
     if _core is None:
         return None
     _set_threads(threads)
-    return _core.gemm_gflops(dtype, 2048, 5)
+    return _core.gemm_gflops(dtype, CEILING_N, 5)
+
+
+def _floor_ms(case, ceiling_gflops):
+    """Milliseconds the case's GEMM flops take at `ceiling_gflops`."""
+    return case.flops() / (ceiling_gflops * 1e9) * 1e3
 
 
 # Runs shorter than this are each preceded by untimed runs of the same implementation, at least
@@ -222,7 +234,8 @@ def _prime(fn):
 def run_case(case, runs=7, with_numpy=False, ceiling=None, memory=False, budget_s=20.0):
     """Median seconds of each implementation, the runs interleaved so that drift in the
     machine's speed hits every implementation alike. Cases whose warm-up shows that `runs`
-    runs would take longer than `budget_s` get fewer runs (never fewer than 3)."""
+    runs would take longer than `budget_s` get fewer runs (never fewer than 3). With a
+    `ceiling` (the CPU's, measured at start), each round also measures the ceiling anew."""
     threads = _set_threads(case.threads)
     impls = _runners(case, with_numpy)
     timer = _time_cuda if case.device == "cuda" else _time
@@ -231,12 +244,15 @@ def run_case(case, runs=7, with_numpy=False, ceiling=None, memory=False, budget_
     cost = sum(max(2 * w, w + PRIME_FOR_S) if primed[name] else w for name, w in warm.items())
     runs = max(3, min(runs, int(budget_s / max(cost, 1e-9))))
     times = {name: [] for name in impls}
+    ceilings_beside = []
     order = list(impls)
     for r in range(runs):
         for name in (order if r % 2 == 0 else order[::-1]):
             if primed[name]:
                 _prime(impls[name])
             times[name].append(timer(impls[name]))
+        if ceiling:
+            ceilings_beside.append(_core.gemm_gflops(case.dtype, CEILING_N, 1))
     medians = {name: statistics.median(t) for name, t in times.items()}
     result = dict(case=asdict(case), threads=threads, runs=runs, device=_device_name(case),
                   median_ms={k: v * 1e3 for k, v in medians.items()},
@@ -244,8 +260,11 @@ def run_case(case, runs=7, with_numpy=False, ceiling=None, memory=False, budget_
     if "torch" in medians:
         result["ratio_torch_over_fusedrnn"] = medians["torch"] / medians["fusedrnn"]
     if ceiling:
-        result["floor_ms"] = case.flops() / (ceiling * 1e9) * 1e3
+        result["floor_ms"] = _floor_ms(case, ceiling)
         result["x_floor"] = result["median_ms"]["fusedrnn"] / result["floor_ms"]
+        result["ceiling_now_gflops"] = statistics.median(ceilings_beside)
+        result["x_floor_now"] = (result["median_ms"]["fusedrnn"]
+                                 / _floor_ms(case, result["ceiling_now_gflops"]))
     if memory and case.mode == "train":
         result["peak_mb"] = {name: peak_step_memory(case, name) for name in impls
                              if name != "numpy"}
@@ -318,7 +337,7 @@ def _columns(with_numpy, memory, ceiling):
     cols = [("case", 58), ("fusedrnn ms", 11), ("torch ms", 9), ("torch/fused", 11),
             ("GFLOP/s", 8)]
     if ceiling:
-        cols += [("% ceiling", 9), ("x floor", 7)]
+        cols += [("% ceiling", 9), ("x floor", 7), ("ceil now", 8), ("x now", 6)]
     if memory:
         cols += [("MB fused", 8), ("MB torch", 8)]
     if with_numpy:
@@ -337,6 +356,8 @@ def _row(r, label, cols):
         "GFLOP/s": f"{r['gflops_fusedrnn']:.1f}",
         "% ceiling": f"{100 / r['x_floor']:.0f}%" if "x_floor" in r else "-",
         "x floor": f"{r['x_floor']:.2f}" if "x_floor" in r else "-",
+        "ceil now": f"{r['ceiling_now_gflops']:.0f}" if "ceiling_now_gflops" in r else "-",
+        "x now": f"{r['x_floor_now']:.2f}" if "x_floor_now" in r else "-",
         "MB fused": f"{peak['fusedrnn']:.1f}" if peak.get("fusedrnn") is not None else "-",
         "MB torch": f"{peak['torch']:.1f}" if peak.get("torch") is not None else "-",
         "numpy ms": f"{ms['numpy']:.1f}" if "numpy" in ms else "-",
@@ -347,7 +368,8 @@ def _row(r, label, cols):
 
 def summarize(results):
     """Minimum and geometric-mean torch/fusedrnn ratios, and the worst distance from the GEMM
-    floor among cases whose floor is at least 5 ms (where the floor is a fair yardstick)."""
+    floor among cases whose floor is at least 5 ms (where the floor is a fair yardstick), at
+    the ceiling measured at start and at the one measured beside each case."""
     out = {}
     ratios = [r["ratio_torch_over_fusedrnn"] for r in results if "ratio_torch_over_fusedrnn" in r]
     if ratios:
@@ -355,8 +377,10 @@ def summarize(results):
                    cases_compared=len(ratios))
     heavy = [r for r in results if r.get("floor_ms", 0) >= 5]
     if heavy:
-        worst = max(heavy, key=lambda r: r["x_floor"])
-        out.update(worst_x_floor=worst["x_floor"], worst_x_floor_case=Case(**worst["case"]).label)
+        for key in ("x_floor", "x_floor_now"):
+            worst = max(heavy, key=lambda r: r[key])
+            out.update({"worst_" + key: worst[key],
+                        f"worst_{key}_case": Case(**worst["case"]).label})
     memory = [r["peak_mb"] for r in results
               if r.get("peak_mb", {}).get("fusedrnn") and r["peak_mb"].get("torch")]
     if memory:
@@ -381,7 +405,7 @@ def run_cases(cases, runs=7, with_numpy=False, memory=False, progress=None, out=
         print(f"device: {_device_name(cases[0])}; peer: torch.nn on CUDA (cuDNN); CUDA events",
               file=out)
     if ceiling:
-        print(f"GEMM ceiling ({dtype}, 2048², the kernels' GEMM): {ceiling:.1f} GFLOP/s", file=out)
+        print(f"GEMM ceiling ({dtype}, {CEILING_N}², the kernels' GEMM): {ceiling:.1f} GFLOP/s", file=out)
     cols = _columns(with_numpy, memory, ceiling)
     header = " ".join(f"{n:<{w}}" if n == "case" else f"{n:>{w}}" for n, w in cols)
     print(header, file=out)
@@ -406,7 +430,9 @@ def run_cases(cases, runs=7, with_numpy=False, memory=False, progress=None, out=
               file=out)
     if "worst_x_floor" in summary:
         print(f"farthest from the GEMM floor (floor >= 5 ms): {summary['worst_x_floor']:.2f}x "
-              f"({summary['worst_x_floor_case']})", file=out)
+              f"({summary['worst_x_floor_case']}); at the ceiling measured beside each case: "
+              f"{summary['worst_x_floor_now']:.2f}x ({summary['worst_x_floor_now_case']})",
+              file=out)
     if "memory_ratio_max" in summary:
         print(f"training peak memory fusedrnn/torch: at most {summary['memory_ratio_max']:.2f}",
               file=out)
