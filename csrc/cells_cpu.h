@@ -31,10 +31,16 @@ constexpr int64_t kStackedBytes = int64_t{512} << 10;
 // L2): LSTM inference T=200 H=512 4.5% faster at B=16, 4% at B=8, 6% at B=4 (4% slower at B=2,
 // whose steps are bound by streaming both weights), RNN T=200 B=16 H=1024 6% and float64 H=512
 // 14%, LSTM training B=16 H=512 1%; but 3-7% slower at B=24, whose 12-row tiles over k = 1024
-// outgrow the 32 KB L1.
+// outgrow the 32 KB L1. Where L1 holds kWideL1Bytes (Zen 5: 48 KB), larger batches stack too,
+// their walk's row blocks each streaming the stacked weights: alternated in one process on a
+// Zen 5, LSTM inference T=100 H=256 ran 9% faster at B=48, 5-6% at B=64, 3% at B=96 and B=128
+// (training B=128 4.5%), T=200 H=512 5% at B=20 and B=24 (training 4%), T=100 H=512 4% at
+// B=32, 5-7.5% at B=64 (training 4%), 1% at B=128; RNN H=1024 B=64 and B=128 and T=20 LSTM
+// B=128 H=512 level to 1% faster.
 constexpr int64_t kStackedFromL3Bytes = int64_t{8} << 20;
 constexpr int64_t kMinRowsStackedFromL3 = 4;
 constexpr int64_t kMaxRowsStackedFromL3 = 16;
+constexpr int64_t kWideL1Bytes = int64_t{48} << 10;
 
 // An RNN's W_hh from which a batch of one's backward packs it (StepProducts::main_packing).
 constexpr int64_t kRnnPackingBytes = int64_t{4} << 20;
@@ -71,12 +77,12 @@ struct StepProducts {
   }
 
   // A forward of a cell with one product a step (LSTM, RNN) whose stacked M, [W_ihᵀ; W_hhᵀ],
-  // stays in L2 (or, for a batch of 4 to 16 rows, streams from L3: kStackedFromL3Bytes) takes
+  // stays in L2 (or, for a batch of 4 rows or more, streams from L3: kStackedFromL3Bytes) takes
   // x·W_ihᵀ and h·W_hhᵀ as one product, [x | h]·[W_ihᵀ; W_hhᵀ] over k = I + H:
   // twice the k of each (a Zen 5 core ran k=32 tiles at 224 GFLOP/s, k = 32 + 32 at 248), one
   // call for two, and no projection's pre-activations to write and read back. Each element is
-  // then one sum, its rounding not that of two sums added: a cut by sizes alone (not by thread
-  // count or instruction set), so inference and training stack alike.
+  // then one sum, its rounding not that of two sums added: a cut by sizes and the L1's alone
+  // (not by thread count or instruction set), so inference and training stack alike.
   static ProductShape stacked_shape(Cell cell, int64_t I, int64_t H) {
     return ProductShape{true, I + H, gate_count(cell), H};
   }
@@ -84,8 +90,8 @@ struct StepProducts {
     const bool one_product = cell == Cell::LSTM || cell == Cell::RNN_TANH ||
                              cell == Cell::RNN_RELU;
     const int64_t bytes = packed_elements<T>(stacked_shape(cell, I, H)) * int64_t{sizeof(T)};
-    const bool from_l3 = B >= kMinRowsStackedFromL3 && B <= kMaxRowsStackedFromL3 &&
-                         bytes <= kStackedFromL3Bytes;
+    const bool rows_fit = B <= kMaxRowsStackedFromL3 || l1_cache_bytes() >= kWideL1Bytes;
+    const bool from_l3 = B >= kMinRowsStackedFromL3 && rows_fit && bytes <= kStackedFromL3Bytes;
     return one_product && B > 1 && (bytes <= kStackedBytes || from_l3);
   }
 

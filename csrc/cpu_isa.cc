@@ -26,15 +26,36 @@ Isa cpu_isa() {
   return isa;
 }
 
-int64_t l2_cache_bytes() {
-  static const int64_t bytes = [] {
-#if defined(_SC_LEVEL2_CACHE_SIZE)
-    const long reported = sysconf(_SC_LEVEL2_CACHE_SIZE);
-    if (reported > 0) return int64_t{reported};
+namespace {
+
+// sysconf(name)'s answer where it gives one, else `fallback`.
+[[maybe_unused]] int64_t reported_or(int name, int64_t fallback) {
+#if defined(__unix__)
+  const long reported = sysconf(name);
+  if (reported > 0) return int64_t{reported};
 #endif
-    return int64_t{512} << 10;
-  }();
+  static_cast<void>(name);
+  return fallback;
+}
+
+}  // namespace
+
+int64_t l1_cache_bytes() {
+#if defined(_SC_LEVEL1_DCACHE_SIZE)
+  static const int64_t bytes = reported_or(_SC_LEVEL1_DCACHE_SIZE, int64_t{32} << 10);
   return bytes;
+#else
+  return int64_t{32} << 10;
+#endif
+}
+
+int64_t l2_cache_bytes() {
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+  static const int64_t bytes = reported_or(_SC_LEVEL2_CACHE_SIZE, int64_t{512} << 10);
+  return bytes;
+#else
+  return int64_t{512} << 10;
+#endif
 }
 
 }  // namespace cpu

@@ -1,7 +1,8 @@
 // Which instruction set fusedrnn's CPU code runs. The recurrent kernel's tiles
 // (recurrent_product.cc) are compiled for AVX-512, for AVX2 with FMA and portably, the
 // pointwise rows (pointwise.h) for AVX-512, x86-64-v3 and the x86-64 baseline; one wheel runs
-// on any x86-64 and picks at run time. And the size of its L2, which some loop orders go by.
+// on any x86-64 and picks at run time. And the sizes of its L1 and L2, which some choices of
+// loop order and product go by.
 #pragma once
 
 #include <cstdint>
@@ -16,7 +17,11 @@ enum class Isa { portable, avx2, avx512 };
 // on a machine that runs the widest.
 Isa cpu_isa();
 
-// Bytes of L2 a core has, as the C library reports it (glibc's sysconf), else 512 KB.
+// Bytes of L1 data cache a core has, as the C library reports it (glibc's sysconf), else
+// 32 KB.
+int64_t l1_cache_bytes();
+
+// Bytes of L2 a core has, as the C library reports it, else 512 KB.
 int64_t l2_cache_bytes();
 
 }  // namespace cpu
