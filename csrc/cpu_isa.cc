@@ -28,10 +28,17 @@ Isa cpu_isa() {
 
 namespace {
 
+// The sysconf names of L1's and L2's sizes, or -1 where the C library has none.
+#if defined(_SC_LEVEL1_DCACHE_SIZE) && defined(_SC_LEVEL2_CACHE_SIZE)
+constexpr int kL1Name = _SC_LEVEL1_DCACHE_SIZE, kL2Name = _SC_LEVEL2_CACHE_SIZE;
+#else
+constexpr int kL1Name = -1, kL2Name = -1;
+#endif
+
 // sysconf(name)'s answer where it gives one, else `fallback`.
-[[maybe_unused]] int64_t reported_or(int name, int64_t fallback) {
+int64_t cache_bytes(int name, int64_t fallback) {
 #if defined(__unix__)
-  const long reported = sysconf(name);
+  const long reported = name < 0 ? -1 : sysconf(name);
   if (reported > 0) return int64_t{reported};
 #endif
   static_cast<void>(name);
@@ -41,21 +48,13 @@ namespace {
 }  // namespace
 
 int64_t l1_cache_bytes() {
-#if defined(_SC_LEVEL1_DCACHE_SIZE)
-  static const int64_t bytes = reported_or(_SC_LEVEL1_DCACHE_SIZE, int64_t{32} << 10);
+  static const int64_t bytes = cache_bytes(kL1Name, int64_t{32} << 10);
   return bytes;
-#else
-  return int64_t{32} << 10;
-#endif
 }
 
 int64_t l2_cache_bytes() {
-#if defined(_SC_LEVEL2_CACHE_SIZE)
-  static const int64_t bytes = reported_or(_SC_LEVEL2_CACHE_SIZE, int64_t{512} << 10);
+  static const int64_t bytes = cache_bytes(kL2Name, int64_t{512} << 10);
   return bytes;
-#else
-  return int64_t{512} << 10;
-#endif
 }
 
 }  // namespace cpu
