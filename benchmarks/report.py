@@ -57,8 +57,9 @@ def table(report, command):
     if "worst_x_floor" in s:
         lines.append(f"Farthest from the floor among cases with a floor of at least 5 ms: "
                      f"{s['worst_x_floor']:.2f}x ({s['worst_x_floor_case']})"
-                     + (f"; at the ceiling measured beside each case, {s['worst_x_floor_now']:.2f}x "
-                        f"({s['worst_x_floor_now_case']})." if "worst_x_floor_now" in s else "."))
+                     + (f"; at the ceiling measured beside each case, "
+                        f"{s['worst_x_floor_now']:.2f}x ({s['worst_x_floor_now_case']})."
+                        if "worst_x_floor_now" in s else "."))
     if "memory_ratio_max" in s:
         lines.append(f"Training peak memory fusedrnn/torch: at most {s['memory_ratio_max']:.2f}.")
     lines += ["", "| case | fusedrnn ms | torch ms | ratio | GFLOP/s | x floor |"

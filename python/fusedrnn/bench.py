@@ -9,9 +9,9 @@ On the CPU each case is also measured against this machine's GEMM ceiling (what 
 own GEMM reaches on a large square product, measured at start): its *floor* is the time its
 GEMM flops would take at that ceiling, so ``x floor`` says how far a case is from the best a
 GEMM-based RNN could do. A shared machine's speed drifts (the ceiling of a 2-core cloud VM read
-370-460 GFLOP/s from one minute to the next), so the ceiling is measured again beside each case,
-once in each of its rounds: ``ceil now`` is the median of those, and ``x now`` the case's
-distance from the floor at it. Peak memory of a training step is measured in a fresh child process per
+200-450 GFLOP/s within one sweep), so the ceiling is measured again beside each case, once in
+each of its rounds: ``ceil now`` is the median of those, and ``x now`` the case's distance from
+the floor at it. Peak memory of a training step is measured in a fresh child process per
 implementation (``--memory``), so that neither library's caches or the other's allocations
 count.
 """
@@ -405,7 +405,8 @@ def run_cases(cases, runs=7, with_numpy=False, memory=False, progress=None, out=
         print(f"device: {_device_name(cases[0])}; peer: torch.nn on CUDA (cuDNN); CUDA events",
               file=out)
     if ceiling:
-        print(f"GEMM ceiling ({dtype}, {CEILING_N}², the kernels' GEMM): {ceiling:.1f} GFLOP/s", file=out)
+        print(f"GEMM ceiling ({dtype}, {CEILING_N}², the kernels' GEMM): {ceiling:.1f} GFLOP/s",
+              file=out)
     cols = _columns(with_numpy, memory, ceiling)
     header = " ".join(f"{n:<{w}}" if n == "case" else f"{n:>{w}}" for n, w in cols)
     print(header, file=out)
