@@ -34,6 +34,7 @@ def table(report, command):
     build = m.get("build", {})
     memory = any(r.get("peak_mb") for r in report["results"])  # measured with --memory
     now = any("x_floor_now" in r for r in report["results"])  # ceiling measured beside cases
+    roof = any("x_roof_now" in r for r in report["results"])  # and the bandwidth
     lines = [
         "# CPU sweep: fusedrnn against torch.nn",
         "",
@@ -47,6 +48,9 @@ def table(report, command):
         "x floor = fusedrnn ms / (the case's GEMM flops at the ceiling)"
         + ("; ceil now = the ceiling measured again in each of the case's rounds (median), "
            "x now = x floor at it" if now else "")
+        + ("; GB/s now = the bandwidth at which the threads read a buffer of W_hh's size, "
+           "measured likewise, x roof = fusedrnn ms / (the floor at ceil now, each step taking "
+           "at least the time to read W_hh at GB/s now)" if roof else "")
         + ("; MB = peak memory of one training step above resting, each in a fresh process."
            if memory else "."),
         "",
@@ -59,13 +63,17 @@ def table(report, command):
                      f"{s['worst_x_floor']:.2f}x ({s['worst_x_floor_case']})"
                      + (f"; at the ceiling measured beside each case, "
                         f"{s['worst_x_floor_now']:.2f}x ({s['worst_x_floor_now_case']})."
-                        if "worst_x_floor_now" in s else "."))
+                        if "worst_x_floor_now" in s else ".")
+                     + (f" From the roofline beside each case: {s['worst_x_roof_now']:.2f}x "
+                        f"({s['worst_x_roof_now_case']})." if "worst_x_roof_now" in s else ""))
     if "memory_ratio_max" in s:
         lines.append(f"Training peak memory fusedrnn/torch: at most {s['memory_ratio_max']:.2f}.")
     lines += ["", "| case | fusedrnn ms | torch ms | ratio | GFLOP/s | x floor |"
               + (" ceil now | x now |" if now else "")
+              + (" GB/s now | x roof |" if roof else "")
               + (" MB fused | MB torch |" if memory else ""),
               "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if now else "")
+              + ("---:|---:|" if roof else "")
               + ("---:|---:|" if memory else "")]
     for r in report["results"]:
         ms, peak = r["median_ms"], r.get("peak_mb") or {}
@@ -79,6 +87,8 @@ def table(report, command):
             f"{num(r.get('x_floor'), '.2f')} |"
             + (f" {num(r.get('ceiling_now_gflops'), '.0f')} | {num(r.get('x_floor_now'), '.2f')} |"
                if now else "")
+            + (f" {num(r.get('read_gbps_now'), '.0f')} | {num(r.get('x_roof_now'), '.2f')} |"
+               if roof else "")
             + (f" {num(peak.get('fusedrnn'), '.1f')} | {num(peak.get('torch'), '.1f')} |"
                if memory else ""))
     return "\n".join(lines) + "\n"

@@ -505,6 +505,15 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("dtype"), py::arg("n") = 2048, py::arg("repeats") = 5,
         "Median GFLOP/s of n×n×n GEMMs through the kernels' BLAS: the bench's ceiling.");
+  m.def(
+      "read_gbps",
+      [](int64_t bytes, int repeats) {
+        py::gil_scoped_release release;
+        return fusedrnn::read_gbps(bytes, repeats);
+      },
+      py::arg("bytes"), py::arg("repeats") = 5,
+      "Median GB/s at which the kernels' threads read a buffer of `bytes`, each its share: the\n"
+      "bench's bandwidth for a case's W_hh.");
   m.def("empty",
         [](const std::vector<int64_t>& shape, const py::object& dtype) {
           const py::dtype dt = py::dtype::from_args(dtype);

@@ -1,6 +1,7 @@
 """The benchmark tools still run against the package: benchmarks/ab.py (two builds in one
-process) on a tiny case, with two copies of the installed package, benchmarks/core_pingpong.cc
-and benchmarks/read_bandwidth.cc. It checks that the tools run and report, not any timing."""
+process) on a tiny case, with two copies of the installed package, benchmarks/core_pingpong.cc,
+and `fusedrnn bench`'s yardsticks (GEMM ceiling, read bandwidth, roofline). It checks that the
+tools run and report, and the yardsticks' arithmetic, not any timing."""
 
 import json
 import os
@@ -62,21 +63,30 @@ def test_core_pingpong_reports_a_round_trip(tmp_path):
     assert re.fullmatch(r"round trip \d+\.\d ns\n", proc.stdout), proc.stdout
 
 
-def test_read_bandwidth_reports_a_rate(tmp_path):
-    try:
-        with open("/proc/cpuinfo") as f:
-            has_avx2 = " avx2" in f.read()
-    except OSError:
-        has_avx2 = False
-    if not has_avx2:
-        pytest.skip("the tool reads with AVX2 loads")
-    tool = build_tool(tmp_path, "read_bandwidth", "-mavx2")
-    proc = subprocess.run([str(tool), "1", "2"], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert re.fullmatch(r"1 MB, 2 threads: median \d+\.\d GB/s, best \d+\.\d \(checksum \S+\)\n",
-                        proc.stdout), proc.stdout
-    proc = subprocess.run([str(tool), "0", "2"], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "expected positive integers" in proc.stderr
+def test_read_bandwidth_is_measured_and_checks_its_arguments():
+    assert _core.read_gbps(1 << 16, 3) > 0
+    with pytest.raises(ValueError, match="bytes: expected 4096..2\\^34, got 100"):
+        _core.read_gbps(100, 1)
+    with pytest.raises(ValueError, match="repeats: expected 1..1000, got 0"):
+        _core.read_gbps(1 << 16, 0)
+
+
+def test_roofline_is_the_floor_until_reading_w_hh_takes_longer_than_its_product():
+    """A step's product of B rows by W_hh does 2·B·G·H·H flops on G·H·H·4 bytes: at 400 GFLOP/s
+    and 100 GB/s the read takes longer below B=8 (4 flops a byte)."""
+    from fusedrnn import bench
+
+    ceiling, bandwidth = 400.0, 100.0
+    for B in (1, 4, 16, 128):
+        case = bench.Case(cell="lstm", mode="train", T=20, B=B, I=256, H=512)
+        floor, roof = bench._floor_ms(case, ceiling), bench._roof_ms(case, ceiling, bandwidth)
+        steps = case.recurrent_steps()
+        assert steps == 2 * 20
+        step_read_ms = 4 * 512 * 512 * 4 / (bandwidth * 1e9) * 1e3
+        step_product_ms = 2 * B * 4 * 512 * 512 / (ceiling * 1e9) * 1e3
+        assert roof == pytest.approx(
+            floor + steps * max(0.0, step_read_ms - step_product_ms), rel=1e-12)
+        assert (roof > floor * (1 + 1e-9)) == (B < 8)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS is read from /proc")
@@ -92,10 +102,10 @@ def test_bench_peak_memory_counts_what_a_step_allocates():
         assert bench.peak_step_memory(case, "fusedrnn") >= gradients_mb
 
 
-def test_bench_json_and_report_carry_the_ceiling_measured_beside_each_case(tmp_path):
+def test_bench_json_and_report_carry_the_yardsticks_measured_beside_each_case(tmp_path):
     """`fusedrnn bench --json` then benchmarks/report.py on a tiny case: each result carries the
-    ceiling measured in its rounds and its distance from the floor at it, and the table shows
-    them. Checks the plumbing, not any timing."""
+    ceiling and the read bandwidth measured in its rounds and its distances from the floor and
+    the roofline at them, and the table shows them. Checks the plumbing, not any timing."""
     out = tmp_path / "tiny.json"
     cli = [sys.executable, "-m", "fusedrnn.cli", "bench", "--cell", "gru", "--mode", "infer",
            "--T", "3", "--B", "2", "--H", "8", "--runs", "3", "--threads", "1",
@@ -108,9 +118,10 @@ def test_bench_json_and_report_carry_the_ceiling_measured_beside_each_case(tmp_p
     assert result["ceiling_now_gflops"] > 0
     assert result["x_floor_now"] == pytest.approx(
         result["x_floor"] * result["ceiling_now_gflops"] / report["ceiling_gflops"])
+    assert result["read_gbps_now"] > 0 and result["x_roof_now"] <= result["x_floor_now"]
     proc = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "report.py"), str(out),
                            "--command", "tiny"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (tmp_path / "tiny.md").read_text()
-    assert "| ceil now | x now |" in table
-    assert f"| {result['x_floor_now']:.2f} |" in table
+    assert "| ceil now | x now | GB/s now | x roof |" in table
+    assert f"| {result['x_floor_now']:.2f} | {result['read_gbps_now']:.0f} | " in table

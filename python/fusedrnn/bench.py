@@ -11,7 +11,11 @@ GEMM flops would take at that ceiling, so ``x floor`` says how far a case is fro
 GEMM-based RNN could do. A shared machine's speed drifts (the ceiling of a 2-core cloud VM read
 200-450 GFLOP/s within one sweep), so the ceiling is measured again beside each case, once in
 each of its rounds: ``ceil now`` is the median of those, and ``x now`` the case's distance from
-the floor at it. Peak memory of a training step is measured in a fresh child process per
+the floor at it. A step of a small batch waits on memory, not on FMAs: it reads all of W_hh for
+a few flops a byte. So each round also measures the bandwidth at which the threads read a buffer
+of W_hh's size (``GB/s now``: from L2, L3 or DRAM, by the size), and ``x roof`` is the case's
+distance from its roofline, the floor with each step taking at least the time to read W_hh.
+Peak memory of a training step is measured in a fresh child process per
 implementation (``--memory``), so that neither library's caches or the other's allocations
 count.
 """
@@ -82,16 +86,36 @@ class Case:
         return (f"{self.cell} {self.mode} T={self.T} B={self.B} I={self.I} H={self.H} "
                 f"L={self.layers} {d} {self.dtype}{math}")
 
+    @property
+    def gates(self):
+        return {"lstm": 4, "gru": 3}.get(self.cell, 1)
+
+    @property
+    def directions(self):
+        return 2 if self.bidirectional else 1
+
     def flops(self):
         """GEMM flops: forward 2·T·B·G·H·(I+H) per layer and direction; backward twice that
         (dx and dW_ih, dh and dW_hh)."""
-        G = {"lstm": 4, "gru": 3}.get(self.cell, 1)
-        D = 2 if self.bidirectional else 1
+        D = self.directions
         total = 0
         for layer in range(self.layers):
             width = self.I if layer == 0 else D * self.H
-            total += D * 2 * self.T * self.B * G * self.H * (width + self.H)
+            total += D * 2 * self.T * self.B * self.gates * self.H * (width + self.H)
         return total * (3 if self.mode == "train" else 1)
+
+    def recurrent_steps(self):
+        """Products of a step's h (or gate gradients) by all of one W_hh: T per layer and
+        direction, forward and (training) backward."""
+        return self.T * self.layers * self.directions * (2 if self.mode == "train" else 1)
+
+    def step_flops(self):
+        """Flops of one of those products: 2·B·G·H·H."""
+        return 2 * self.B * self.gates * self.H * self.H
+
+    def weight_bytes(self):
+        """Bytes of one W_hh (G·H × H), all of which each of those products reads."""
+        return self.gates * self.H * self.H * np.dtype(self.dtype).itemsize
 
 
 def _inputs(case, as_torch=False):
@@ -215,6 +239,17 @@ def _floor_ms(case, ceiling_gflops):
     return case.flops() / (ceiling_gflops * 1e9) * 1e3
 
 
+def _roof_ms(case, ceiling_gflops, read_gbps):
+    """The floor, but with each step's recurrent product no faster than reading all of W_hh at
+    `read_gbps` (the roofline of the product: a batch of one does two flops for every four
+    bytes of W_hh, and where W_hh outgrows the cores' L2 its steps wait on L3 or DRAM)."""
+    step_s = max(case.step_flops() / (ceiling_gflops * 1e9),
+                 case.weight_bytes() / (read_gbps * 1e9))
+    recurrent_flops = case.recurrent_steps() * case.step_flops()
+    other_s = (case.flops() - recurrent_flops) / (ceiling_gflops * 1e9)
+    return (other_s + case.recurrent_steps() * step_s) * 1e3
+
+
 # Runs shorter than this are each preceded by untimed runs of the same implementation, at least
 # one and PRIME_FOR_S in all. A library's idle threads keep their cores for a while after its
 # call (torch's libgomp workers spin for milliseconds, fusedrnn's for a fraction of one); a short
@@ -235,7 +270,8 @@ def run_case(case, runs=7, with_numpy=False, ceiling=None, memory=False, budget_
     """Median seconds of each implementation, the runs interleaved so that drift in the
     machine's speed hits every implementation alike. Cases whose warm-up shows that `runs`
     runs would take longer than `budget_s` get fewer runs (never fewer than 3). With a
-    `ceiling` (the CPU's, measured at start), each round also measures the ceiling anew."""
+    `ceiling` (the CPU's, measured at start), each round also measures the ceiling anew, and
+    the bandwidth at which the threads read a buffer of the case's W_hh size."""
     threads = _set_threads(case.threads)
     impls = _runners(case, with_numpy)
     timer = _time_cuda if case.device == "cuda" else _time
@@ -244,7 +280,7 @@ def run_case(case, runs=7, with_numpy=False, ceiling=None, memory=False, budget_
     cost = sum(max(2 * w, w + PRIME_FOR_S) if primed[name] else w for name, w in warm.items())
     runs = max(3, min(runs, int(budget_s / max(cost, 1e-9))))
     times = {name: [] for name in impls}
-    ceilings_beside = []
+    ceilings_beside, bandwidths_beside = [], []
     order = list(impls)
     for r in range(runs):
         for name in (order if r % 2 == 0 else order[::-1]):
@@ -253,6 +289,7 @@ def run_case(case, runs=7, with_numpy=False, ceiling=None, memory=False, budget_
             times[name].append(timer(impls[name]))
         if ceiling:
             ceilings_beside.append(_core.gemm_gflops(case.dtype, CEILING_N, 1))
+            bandwidths_beside.append(_core.read_gbps(max(case.weight_bytes(), 4096), 1))
     medians = {name: statistics.median(t) for name, t in times.items()}
     result = dict(case=asdict(case), threads=threads, runs=runs, device=_device_name(case),
                   median_ms={k: v * 1e3 for k, v in medians.items()},
@@ -265,6 +302,10 @@ def run_case(case, runs=7, with_numpy=False, ceiling=None, memory=False, budget_
         result["ceiling_now_gflops"] = statistics.median(ceilings_beside)
         result["x_floor_now"] = (result["median_ms"]["fusedrnn"]
                                  / _floor_ms(case, result["ceiling_now_gflops"]))
+        result["read_gbps_now"] = statistics.median(bandwidths_beside)
+        result["roof_ms_now"] = _roof_ms(case, result["ceiling_now_gflops"],
+                                         result["read_gbps_now"])
+        result["x_roof_now"] = result["median_ms"]["fusedrnn"] / result["roof_ms_now"]
     if memory and case.mode == "train":
         result["peak_mb"] = {name: peak_step_memory(case, name) for name in impls
                              if name != "numpy"}
@@ -337,7 +378,8 @@ def _columns(with_numpy, memory, ceiling):
     cols = [("case", 58), ("fusedrnn ms", 11), ("torch ms", 9), ("torch/fused", 11),
             ("GFLOP/s", 8)]
     if ceiling:
-        cols += [("% ceiling", 9), ("x floor", 7), ("ceil now", 8), ("x now", 6)]
+        cols += [("% ceiling", 9), ("x floor", 7), ("ceil now", 8), ("x now", 6),
+                 ("GB/s now", 8), ("x roof", 6)]
     if memory:
         cols += [("MB fused", 8), ("MB torch", 8)]
     if with_numpy:
@@ -358,6 +400,8 @@ def _row(r, label, cols):
         "x floor": f"{r['x_floor']:.2f}" if "x_floor" in r else "-",
         "ceil now": f"{r['ceiling_now_gflops']:.0f}" if "ceiling_now_gflops" in r else "-",
         "x now": f"{r['x_floor_now']:.2f}" if "x_floor_now" in r else "-",
+        "GB/s now": f"{r['read_gbps_now']:.0f}" if "read_gbps_now" in r else "-",
+        "x roof": f"{r['x_roof_now']:.2f}" if "x_roof_now" in r else "-",
         "MB fused": f"{peak['fusedrnn']:.1f}" if peak.get("fusedrnn") is not None else "-",
         "MB torch": f"{peak['torch']:.1f}" if peak.get("torch") is not None else "-",
         "numpy ms": f"{ms['numpy']:.1f}" if "numpy" in ms else "-",
@@ -369,7 +413,8 @@ def _row(r, label, cols):
 def summarize(results):
     """Minimum and geometric-mean torch/fusedrnn ratios, and the worst distance from the GEMM
     floor among cases whose floor is at least 5 ms (where the floor is a fair yardstick), at
-    the ceiling measured at start and at the one measured beside each case."""
+    the ceiling measured at start and at the one measured beside each case, and from the
+    roofline beside each case."""
     out = {}
     ratios = [r["ratio_torch_over_fusedrnn"] for r in results if "ratio_torch_over_fusedrnn" in r]
     if ratios:
@@ -377,7 +422,7 @@ def summarize(results):
                    cases_compared=len(ratios))
     heavy = [r for r in results if r.get("floor_ms", 0) >= 5]
     if heavy:
-        for key in ("x_floor", "x_floor_now"):
+        for key in ("x_floor", "x_floor_now", "x_roof_now"):
             worst = max(heavy, key=lambda r: r[key])
             out.update({"worst_" + key: worst[key],
                         f"worst_{key}_case": Case(**worst["case"]).label})
@@ -432,7 +477,9 @@ def run_cases(cases, runs=7, with_numpy=False, memory=False, progress=None, out=
     if "worst_x_floor" in summary:
         print(f"farthest from the GEMM floor (floor >= 5 ms): {summary['worst_x_floor']:.2f}x "
               f"({summary['worst_x_floor_case']}); at the ceiling measured beside each case: "
-              f"{summary['worst_x_floor_now']:.2f}x ({summary['worst_x_floor_now_case']})",
+              f"{summary['worst_x_floor_now']:.2f}x ({summary['worst_x_floor_now_case']}); "
+              f"from the roofline beside it (W_hh read at GB/s now): "
+              f"{summary['worst_x_roof_now']:.2f}x ({summary['worst_x_roof_now_case']})",
               file=out)
     if "memory_ratio_max" in summary:
         print(f"training peak memory fusedrnn/torch: at most {summary['memory_ratio_max']:.2f}",

@@ -200,4 +200,9 @@ void release_memory();
 // What `fusedrnn bench` measures every case against.
 double gemm_gflops(bool double_precision, int64_t n, int repeats);
 
+// The read bandwidth of this machine for a buffer of `bytes` (4096..2^34), each of the kernels'
+// threads summing its share: the median GB/s of `repeats` timings (after one warm-up read).
+// What `fusedrnn bench` measures a case's W_hh against (its steps read all of it).
+double read_gbps(int64_t bytes, int repeats);
+
 }  // namespace fusedrnn
