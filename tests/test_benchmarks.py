@@ -118,7 +118,8 @@ def test_bench_json_and_report_carry_the_yardsticks_measured_beside_each_case(tm
     assert result["ceiling_now_gflops"] > 0
     assert result["x_floor_now"] == pytest.approx(
         result["x_floor"] * result["ceiling_now_gflops"] / report["ceiling_gflops"])
-    assert result["read_gbps_now"] > 0 and result["x_roof_now"] <= result["x_floor_now"]
+    assert result["read_gbps_now"] > 0
+    assert result["x_roof_now"] <= result["x_floor_now"] * (1 + 1e-12)  # the roof is no lower
     proc = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "report.py"), str(out),
                            "--command", "tiny"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
