@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import layers
+from . import layers, ops
 from ._backend import _core
 
 QUICK_CASES = [
@@ -88,7 +88,7 @@ class Case:
 
     @property
     def gates(self):
-        return {"lstm": 4, "gru": 3}.get(self.cell, 1)
+        return ops.GATES[self.cell]
 
     @property
     def directions(self):
