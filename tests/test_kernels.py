@@ -127,6 +127,37 @@ def test_op_packing_an_rnn_w_hh_for_a_batch_of_ones_backward_matches_reference(k
                                            (32, 1, 3, H_))
 
 
+# A batch of one over 32 steps or more runs the packed kernel one row at a time; where the packed
+# W_hh does not fit in half the L2 of every thread, that row's kernel asks for its panels' lines
+# ahead (recurrent_product.cc's streams_panels): float32 LSTM and GRU at H=512 (4 and 3 MB),
+# float64 LSTM at H=256 (2 MB), on a machine of up to 4 threads of 1 MB of L2 (or 8 of 512 KB).
+# Against the reference, in forward and backward; and the requests change no bit: a batch of two
+# holding the sequence twice (2-row tiles, no requests) gives it the same y, h_n and dx. Without
+# AVX-512 a batch of one goes through BLAS instead, whose sums need not be the kernel's.
+@pytest.mark.parametrize("kcell, dtype, H_", [("lstm", np.float32, 512), ("gru", np.float32, 512),
+                                              ("lstm", np.float64, 256)])
+def test_op_streaming_a_batch_of_ones_w_hh_matches_reference_and_a_batch_of_two(kcell, dtype, H_):
+    rng = np.random.default_rng(H_)
+    arrays = layer_arrays(rng, kcell, dtype, 32, 1, 3, H_)
+    grads = dict(dy=rng.uniform(-1, 1, (32, 1, H_)).astype(dtype),
+                 dh_n=rng.uniform(-1, 1, (1, H_)).astype(dtype))
+    got = forward_backward("cpu", kcell, arrays, grads)
+    want = forward_backward("numpy", kcell, arrays, grads)
+    for name, ref in want.items():
+        if ref is not None:
+            assert rel_err(got[name], ref) < RTOL[dtype], name
+    if _core.build_info()["recurrent_kernel"] != "avx512f":
+        return
+    twice = {name: None if a is None else np.concatenate([a, a], axis=1) if name == "x" else
+             np.concatenate([a, a]) if name in ("h0", "c0") else a for name, a in arrays.items()}
+    grads_twice = dict(dy=np.concatenate([grads["dy"]] * 2, axis=1),
+                       dh_n=np.concatenate([grads["dh_n"]] * 2))
+    two = forward_backward("cpu", kcell, twice, grads_twice)
+    np.testing.assert_array_equal(two["y"][:, :1], got["y"])
+    np.testing.assert_array_equal(two["h_n"][:1], got["h_n"])
+    np.testing.assert_array_equal(two["dx"][:, :1], got["dx"])
+
+
 # The recurrent products run fusedrnn's own kernel: panels of 8, 16 or 32 hidden units by gate
 # count (float32; 4, 8 or 16 float64); AVX2 tiles of 1 to 3 batch rows, or 4 rows against half
 # a panel (B % 3 == 1); AVX-512 tiles of up to 12 or 8 rows. Sizes on both sides of each edge.
