@@ -709,7 +709,7 @@ bool rows_outer_fits(int64_t bytes) {
 // alone left its tiles waiting on L3. Asking for the lines 16 k ahead (the streaming row kernel),
 // alternated in one process on a Zen 5, a batch of one over T=200 ran faster: LSTM training 6%
 // at H=512 and 4% at H=1024, inference 7% at H=512 (at H=1024 level within the noise), GRU
-// inference H=1024 5%, RNN training H=1024 6%, GRU training 1-3%. Where M stays in L2 the
+// inference H=1024 5%, RNN training H=1024 6%, GRU training 1-2.5%. Where M stays in L2 the
 // requests only take issue slots: LSTM inference H=128 ran 7% slower with them, H=256 (1 MB,
 // half of each of two L2s) 31%.
 bool streams_panels(int64_t bytes, int64_t rows) {
