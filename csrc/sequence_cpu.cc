@@ -552,7 +552,8 @@ BuildInfo build_info() {
 void set_num_threads(int threads) { cpu::set_pool_threads(threads); }
 
 void release_memory() {
-  cpu::Workspace::release_thread_block();
+  cpu::Workspace::release(cpu::this_thread_block());
+  cpu::Workspace::release(cpu::side_block());
   cpu::KeptMemory::tapes().release_all();
   cpu::KeptMemory::outputs().release_all();
 }

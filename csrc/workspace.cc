@@ -1,6 +1,7 @@
 #include "workspace.h"
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -16,15 +17,18 @@
 
 namespace fusedrnn {
 namespace cpu {
-namespace {
 
-struct ThreadBlock {
+struct ScratchBlock {
   std::unique_ptr<unsigned char[]> data;
   std::size_t size = 0;
-  bool in_use = false;
+  // Atomic for the side block, which two threads' calls may both ask for (a second pair of
+  // calls, from another thread, runs inline while the first holds the pool).
+  std::atomic<bool> in_use{false};
 };
 
-thread_local ThreadBlock thread_block;
+namespace {
+
+thread_local ScratchBlock* lent_block = nullptr;  // LentBlock's, else the thread's own
 
 unsigned char* aligned(unsigned char* p) {
   const auto address = reinterpret_cast<std::uintptr_t>(p);
@@ -118,16 +122,29 @@ void KeptMemory::release_all() {
   for (std::size_t i = 0; i < kMaxKept; ++i) freed[i] = std::move(blocks_[i].data);
 }
 
-void Workspace::release_thread_block() {
-  ThreadBlock& block = thread_block;
-  if (block.in_use) return;  // a call on this thread is using it (not expected: none nests)
+ScratchBlock& this_thread_block() {
+  thread_local ScratchBlock block;
+  return block;
+}
+
+ScratchBlock& side_block() {
+  static ScratchBlock* const block = new ScratchBlock();  // never destroyed, as KeptMemory
+  return *block;
+}
+
+LentBlock::LentBlock(ScratchBlock& block) : outer_(lent_block) { lent_block = &block; }
+LentBlock::~LentBlock() { lent_block = outer_; }
+
+void Workspace::release(ScratchBlock& block) {
+  if (block.in_use.exchange(true)) return;  // a call is using it
   block.data.reset();
   block.size = 0;
+  block.in_use = false;
 }
 
 Workspace::Workspace(std::size_t bytes) {
-  ThreadBlock& block = thread_block;
-  if (block.in_use) {  // not expected (the drivers do not nest), but never share a block
+  ScratchBlock& block = lent_block ? *lent_block : this_thread_block();
+  if (block.in_use.exchange(true)) {  // never share a block (the drivers do not nest)
     own_.reset(new unsigned char[bytes]);
     next_ = aligned(own_.get());
     return;
@@ -138,22 +155,26 @@ Workspace::Workspace(std::size_t bytes) {
     // freed one often stays with malloc). Pages never touched cost no memory.
     const std::size_t grown = bytes + bytes / 4;
     block.data.reset();  // free before allocating: never hold both
-    block.data.reset(new unsigned char[grown]);
+    block.size = 0;
+    try {
+      block.data.reset(new unsigned char[grown]);
+    } catch (...) {
+      block.in_use = false;  // no destructor runs for a constructor that throws
+      throw;
+    }
     block.size = grown;
   }
-  block.in_use = true;
-  uses_thread_block_ = true;
+  block_ = &block;
   next_ = aligned(block.data.get());
 }
 
 Workspace::~Workspace() {
-  if (!uses_thread_block_) return;
-  ThreadBlock& block = thread_block;
-  block.in_use = false;
-  if (block.size > kMaxRetainedBytes) {
-    block.data.reset();
-    block.size = 0;
+  if (!block_) return;
+  if (block_->size > kMaxRetainedBytes) {
+    block_->data.reset();
+    block_->size = 0;
   }
+  block_->in_use = false;
 }
 
 }  // namespace cpu

@@ -68,6 +68,25 @@ class KeptMemory {
   uint64_t clock_ = 0;
 };
 
+// A kept block of scratch: each thread's own, and the one lent to the second of two calls run
+// side by side (pair_cpu.cc), so that the memory it keeps is never a pool worker's, which
+// fusedrnn.release_memory() could not reach.
+struct ScratchBlock;
+ScratchBlock& this_thread_block();
+ScratchBlock& side_block();
+
+// While alive, the calling thread's Workspaces take `block` instead of its own.
+class LentBlock {
+ public:
+  explicit LentBlock(ScratchBlock& block);
+  ~LentBlock();
+  LentBlock(const LentBlock&) = delete;
+  LentBlock& operator=(const LentBlock&) = delete;
+
+ private:
+  ScratchBlock* outer_;
+};
+
 class Workspace {
  public:
   static constexpr std::size_t kMaxRetainedBytes = std::size_t{256} << 20;
@@ -81,8 +100,8 @@ class Workspace {
     return total;
   }
 
-  // Frees the calling thread's kept block (fusedrnn.release_memory()).
-  static void release_thread_block();
+  // Frees a kept block unless a call is using it (fusedrnn.release_memory()).
+  static void release(ScratchBlock& block);
 
   explicit Workspace(std::size_t bytes);
   ~Workspace();
@@ -102,7 +121,7 @@ class Workspace {
   static std::size_t round_up(std::size_t n) { return (n + kAlignment - 1) / kAlignment * kAlignment; }
 
   std::unique_ptr<unsigned char[]> own_;  // when the thread's block is already in use
-  bool uses_thread_block_ = false;
+  ScratchBlock* block_ = nullptr;         // the kept block taken, if any
   unsigned char* next_ = nullptr;
 };
 

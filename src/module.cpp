@@ -99,6 +99,14 @@ T* mptr(py::array& a) {
   return static_cast<T*>(a.mutable_data());
 }
 
+struct Inputs {
+  Cell cell;
+  fusedrnn::Dims dims;
+  py::dtype dtype;
+  py::array x, w_ih, w_hh;
+  std::optional<py::array> h0, c0, b_ih, b_hh, lengths;
+};
+
 // A forward's tape plus the arrays backward needs again, kept alive with it. A tape rebuilt from
 // arrays (tape_from_arrays) views them and keeps them alive too.
 class PyTape {
@@ -110,20 +118,16 @@ class PyTape {
   py::dtype dtype;
   std::vector<py::array> viewed;  // the buffers a rebuilt tape views
 
+  // Keeps the forward's x and weights (the tape itself is set after).
+  explicit PyTape(const Inputs& in)
+      : x(in.x), w_ih(in.w_ih), w_hh(in.w_hh), b_ih(in.b_ih), b_hh(in.b_hh), dtype(in.dtype) {}
+
   const fusedrnn::Dims& dims() const {
     return std::visit([](const auto& t) -> const fusedrnn::Dims& { return t->dims(); }, tape);
   }
   Cell cell() const { return std::visit([](const auto& t) { return t->cell(); }, tape); }
   bool reverse() const { return std::visit([](const auto& t) { return t->reverse(); }, tape); }
   std::size_t bytes() const { return std::visit([](const auto& t) { return t->bytes(); }, tape); }
-};
-
-struct Inputs {
-  Cell cell;
-  fusedrnn::Dims dims;
-  py::dtype dtype;
-  py::array x, w_ih, w_hh;
-  std::optional<py::array> h0, c0, b_ih, b_hh, lengths;
 };
 
 // Taken as objects rather than int/bool parameters: pybind11's own conversion failure lists the
@@ -245,143 +249,299 @@ Inputs check_inputs(const py::object& cell_id, const py::object& x_obj, const py
   return in;
 }
 
+// A forward call's outputs and arguments, from its checked inputs to the tuple it returns.
 template <typename T>
-py::tuple forward_typed(Inputs& in, const std::optional<RowStrided>& y_out, bool reverse,
-                        bool training) {
-  const auto& d = in.dims;
-  const bool has_c = fusedrnn::has_cell_state(in.cell);
-  py::array y = y_out ? y_out->a : output_array(in.dtype, {d.T, d.B, d.H});
-  py::array h_n(in.dtype, std::vector<py::ssize_t>{d.B, d.H});
-  py::object c_n = py::none();
-  py::array c_arr;
-  if (has_c) {
-    c_arr = py::array(in.dtype, std::vector<py::ssize_t>{d.B, d.H});
-    c_n = c_arr;
+struct ForwardCall {
+  // (The arrays are made in the initialisers: a default py::array is a new empty NumPy array.)
+  ForwardCall(Inputs& inputs, const std::optional<RowStrided>& y_out, bool reverse,
+              bool training)
+      : in(inputs),
+        training(training),
+        y(y_out ? y_out->a : output_array(in.dtype, {in.dims.T, in.dims.B, in.dims.H})),
+        h_n(in.dtype, std::vector<py::ssize_t>{in.dims.B, in.dims.H}) {
+    const auto& d = in.dims;
+    const bool has_c = fusedrnn::has_cell_state(in.cell);
+    if (has_c) c_n = py::array(in.dtype, std::vector<py::ssize_t>{d.B, d.H});
+    args.cell = in.cell;
+    args.dims = d;
+    args.reverse = reverse;
+    args.x = static_cast<const T*>(in.x.data());
+    args.h0 = cptr<T>(in.h0);
+    args.c0 = cptr<T>(in.c0);
+    args.weights = {static_cast<const T*>(in.w_ih.data()), static_cast<const T*>(in.w_hh.data()),
+                    cptr<T>(in.b_ih), cptr<T>(in.b_hh)};
+    args.lengths = cptr<int64_t>(in.lengths);
+    args.y = mptr<T>(y);
+    args.ldy = y_out ? y_out->ld : d.H;
+    args.h_n = mptr<T>(h_n);
+    args.c_n = has_c ? mptr<T>(*c_n) : nullptr;
   }
-  fusedrnn::ForwardArgs<T> a;
-  a.cell = in.cell;
-  a.dims = d;
-  a.reverse = reverse;
-  a.x = static_cast<const T*>(in.x.data());
-  a.h0 = cptr<T>(in.h0);
-  a.c0 = cptr<T>(in.c0);
-  a.weights = {static_cast<const T*>(in.w_ih.data()), static_cast<const T*>(in.w_hh.data()),
-               cptr<T>(in.b_ih), cptr<T>(in.b_hh)};
-  a.lengths = cptr<int64_t>(in.lengths);
-  a.y = mptr<T>(y);
-  a.ldy = y_out ? y_out->ld : d.H;
-  a.h_n = mptr<T>(h_n);
-  a.c_n = has_c ? mptr<T>(c_arr) : nullptr;
+
+  // Without the GIL: a training call's tape (its memory may be a fresh block's).
+  void make_tape() {
+    if (!training) return;
+    tape = std::make_unique<fusedrnn::Tape<T>>(in.cell, in.dims, args.reverse, args.lengths);
+    args.tape = tape.get();
+  }
+
+  // (y, h_n, c_n or None, tape or None), after the call.
+  py::tuple results() {
+    py::object tape_obj = py::none();
+    if (training) {
+      auto t = std::make_unique<PyTape>(in);
+      t->tape = std::move(tape);
+      tape_obj = py::cast(std::move(t));
+    }
+    return py::make_tuple(y, h_n, c_n ? py::object(*c_n) : py::object(py::none()), tape_obj);
+  }
+
+  Inputs& in;
+  const bool training;
+  py::array y, h_n;
+  std::optional<py::array> c_n;
+  fusedrnn::ForwardArgs<T> args;
   std::unique_ptr<fusedrnn::Tape<T>> tape;
+};
+
+// The name of the first of a call's inputs `in` that a y may share memory with (the y of the
+// same call, or of the other call of a pair), or null.
+const char* input_sharing_memory(const RowStrided& y, const Inputs& in) {
+  const auto present = [](const std::optional<py::array>& a) { return a ? &*a : nullptr; };
+  const std::pair<const char*, const py::array*> inputs[] = {
+      {"x", &in.x}, {"w_ih", &in.w_ih}, {"w_hh", &in.w_hh}, {"b_ih", present(in.b_ih)},
+      {"b_hh", present(in.b_hh)}, {"h0", present(in.h0)}, {"c0", present(in.c0)},
+      {"lengths", present(in.lengths)}};
+  for (const auto& [name, arr] : inputs)
+    if (arr && may_share_memory(y.a, *arr)) return name;
+  return nullptr;
+}
+
+// A forward call's checked inputs and flags; what `forward` and `forward_pair` take.
+struct CheckedForward {
+  Inputs in;
+  bool reverse, training;
+  std::optional<RowStrided> y;
+};
+
+CheckedForward check_forward(const py::object& cell, const py::object& x, const py::object& h0,
+                             const py::object& c0, const py::object& w_ih,
+                             const py::object& w_hh, const py::object& b_ih,
+                             const py::object& b_hh, const py::object& lengths,
+                             const py::object& reverse, const py::object& training,
+                             const py::object& y) {
+  CheckedForward c{check_inputs(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths),
+                   to_flag(reverse, "reverse"), to_flag(training, "training"), std::nullopt};
+  const auto& d = c.in.dims;
+  c.y = optional_rows(y, "y", c.in.dtype, d.T, d.B, d.H, true);
+  // The kernels read the inputs while they write y: they must not share memory.
+  if (c.y)
+    if (const char* name = input_sharing_memory(*c.y, c.in))
+      throw py::value_error(std::string("y: expected an array apart from the inputs' memory, "
+                                        "got one that may share memory with ") + name);
+  return c;
+}
+
+template <typename T>
+py::tuple forward_typed(CheckedForward& c) {
+  ForwardCall<T> call(c.in, c.y, c.reverse, c.training);
   {
     py::gil_scoped_release release;
-    if (training) tape = std::make_unique<fusedrnn::Tape<T>>(in.cell, d, reverse, a.lengths);
-    a.tape = tape.get();
-    fusedrnn::forward(a);
+    call.make_tape();
+    fusedrnn::forward(call.args);
   }
-  py::object tape_obj = py::none();
-  if (training) {
-    auto t = std::make_unique<PyTape>();
-    t->tape = std::move(tape);
-    t->x = in.x;
-    t->w_ih = in.w_ih;
-    t->w_hh = in.w_hh;
-    t->b_ih = in.b_ih;
-    t->b_hh = in.b_hh;
-    t->dtype = in.dtype;
-    tape_obj = py::cast(std::move(t));
-  }
-  return py::make_tuple(y, h_n, c_n, tape_obj);
+  return call.results();
 }
 
 py::tuple forward(const py::object& cell, const py::object& x, const py::object& h0,
                   const py::object& c0, const py::object& w_ih, const py::object& w_hh,
                   const py::object& b_ih, const py::object& b_hh, const py::object& lengths,
-                  const py::object& reverse_obj, const py::object& training_obj,
-                  const py::object& y) {
-  Inputs in = check_inputs(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths);
-  const bool reverse = to_flag(reverse_obj, "reverse"), training = to_flag(training_obj, "training");
-  const auto& d = in.dims;
-  const auto y_out = optional_rows(y, "y", in.dtype, d.T, d.B, d.H, true);
-  if (y_out) {
-    // The kernels read the inputs while they write y: they must not share memory.
-    const auto present = [](const std::optional<py::array>& a) { return a ? &*a : nullptr; };
-    const std::pair<const char*, const py::array*> inputs[] = {
-        {"x", &in.x}, {"w_ih", &in.w_ih}, {"w_hh", &in.w_hh}, {"b_ih", present(in.b_ih)},
-        {"b_hh", present(in.b_hh)}, {"h0", present(in.h0)}, {"c0", present(in.c0)},
-        {"lengths", present(in.lengths)}};
-    for (const auto& [name, arr] : inputs)
-      if (arr && may_share_memory(y_out->a, *arr))
-        throw py::value_error(std::string("y: expected an array apart from the inputs' memory, "
-                                          "got one that may share memory with ") + name);
-  }
-  if (in.dtype.equal(py::dtype::of<float>()))
-    return forward_typed<float>(in, y_out, reverse, training);
-  return forward_typed<double>(in, y_out, reverse, training);
+                  const py::object& reverse, const py::object& training, const py::object& y) {
+  CheckedForward c = check_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
+                                   training, y);
+  if (c.in.dtype.equal(py::dtype::of<float>())) return forward_typed<float>(c);
+  return forward_typed<double>(c);
+}
+
+// Whether two row-strided arrays' elements may overlap: rows of a common stride whose columns
+// lie apart (the two halves of a bidirectional y) do not, though their spans interleave.
+bool rows_may_overlap(const RowStrided& a, const RowStrided& b, int64_t H) {
+  if (!may_share_memory(a.a, b.a)) return false;
+  if (a.ld != b.ld || a.a.itemsize() != b.a.itemsize()) return true;
+  const int64_t size = a.a.itemsize(), row = a.ld * size;
+  const auto start = [](const py::array& arr) { return static_cast<const char*>(arr.data()); };
+  const int64_t gap = ((start(b.a) - start(a.a)) % row + row) % row;  // b's columns past a's
+  return gap < H * size || gap + H * size > row;
+}
+
+// "a tuple of 3", or the type of what is not a tuple.
+std::string what_call(const py::handle& call) {
+  if (!py::isinstance<py::tuple>(call)) return type_name(call);
+  return "a tuple of " + std::to_string(py::len(call));
+}
+
+// The calls' argument tuples: those of `forward`, in its order.
+CheckedForward check_call(const py::handle& call, const char* name) {
+  if (!py::isinstance<py::tuple>(call) || py::len(call) != 12)
+    throw py::type_error(std::string(name) + ": expected a tuple of forward's 12 arguments, got " +
+                         what_call(call));
+  const auto t = py::reinterpret_borrow<py::tuple>(call);
+  return check_forward(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], t[10], t[11]);
 }
 
 template <typename T>
-py::tuple backward_typed(const PyTape& pt, const fusedrnn::Tape<T>& tape,
-                         const std::optional<RowStrided>& dy, const std::optional<py::array>& dh_n,
-                         const std::optional<py::array>& dc_n) {
-  const auto& d = tape.dims();
-  const bool has_c = fusedrnn::has_cell_state(tape.cell());
-  const int64_t GH = fusedrnn::gate_count(tape.cell()) * d.H;
-  const auto& dt = pt.dtype;
-  py::array dx = output_array(dt, {d.T, d.B, d.I});
-  py::array dh0(dt, std::vector<py::ssize_t>{d.B, d.H});
-  py::array dw_ih = output_array(dt, {GH, d.I});
-  py::array dw_hh = output_array(dt, {GH, d.H});
-  py::array dc0, db_ih, db_hh;
-  if (has_c) dc0 = py::array(dt, std::vector<py::ssize_t>{d.B, d.H});
-  const bool has_bias = pt.b_ih.has_value();
-  if (has_bias) {
-    db_ih = py::array(dt, std::vector<py::ssize_t>{GH});
-    db_hh = py::array(dt, std::vector<py::ssize_t>{GH});
-  }
-  fusedrnn::BackwardArgs<T> a;
-  a.tape = &tape;
-  a.x = static_cast<const T*>(pt.x.data());
-  a.weights = {static_cast<const T*>(pt.w_ih.data()), static_cast<const T*>(pt.w_hh.data()),
-               cptr<T>(pt.b_ih), cptr<T>(pt.b_hh)};
-  a.dy = dy ? static_cast<const T*>(dy->a.data()) : nullptr;
-  a.lddy = dy ? dy->ld : d.H;
-  a.dh_n = cptr<T>(dh_n);
-  a.dc_n = cptr<T>(dc_n);
-  a.dx = mptr<T>(dx);
-  a.dh0 = mptr<T>(dh0);
-  a.dc0 = has_c ? mptr<T>(dc0) : nullptr;
-  a.dw_ih = mptr<T>(dw_ih);
-  a.dw_hh = mptr<T>(dw_hh);
-  a.db_ih = has_bias ? mptr<T>(db_ih) : nullptr;
-  a.db_hh = has_bias ? mptr<T>(db_hh) : nullptr;
+py::tuple forward_pair_typed(CheckedForward& ca, CheckedForward& cb) {
+  ForwardCall<T> a(ca.in, ca.y, ca.reverse, ca.training);
+  ForwardCall<T> b(cb.in, cb.y, cb.reverse, cb.training);
   {
     py::gil_scoped_release release;
-    fusedrnn::backward(a);
+    a.make_tape();
+    b.make_tape();
+    fusedrnn::forward_pair(a.args, b.args);
   }
-  const auto or_none = [](const py::array& arr, bool present) -> py::object {
-    return present ? py::object(arr) : py::object(py::none());
-  };
-  return py::make_tuple(dx, dh0, or_none(dc0, has_c), dw_ih, dw_hh, or_none(db_ih, has_bias),
-                        or_none(db_hh, has_bias));
+  return py::make_tuple(a.results(), b.results());
 }
 
-py::tuple backward(const py::object& tape_obj, const py::object& dy, const py::object& dh_n,
-                   const py::object& dc_n) {
+py::tuple forward_pair(const py::object& call_a, const py::object& call_b) {
+  CheckedForward a = check_call(call_a, "call_a"), b = check_call(call_b, "call_b");
+  if (!b.in.dtype.equal(a.in.dtype))
+    throw py::type_error("call_b: expected x of call_a's dtype " +
+                         std::string(py::str(a.in.dtype)) + ", got " +
+                         std::string(py::str(b.in.dtype)));
+  // Each call writes its y while the other may run: neither y may meet the other call's inputs
+  // or its y.
+  if (a.y)
+    if (const char* name = input_sharing_memory(*a.y, b.in))
+      throw py::value_error(std::string("call_a: expected a y apart from call_b's inputs, got one "
+                                        "that may share memory with its ") + name);
+  if (b.y)
+    if (const char* name = input_sharing_memory(*b.y, a.in))
+      throw py::value_error(std::string("call_b: expected a y apart from call_a's inputs, got one "
+                                        "that may share memory with its ") + name);
+  if (a.y && b.y && (a.in.dims.H != b.in.dims.H || rows_may_overlap(*a.y, *b.y, a.in.dims.H)))
+    throw py::value_error("call_b: expected a y apart from call_a's y (e.g. the other half of "
+                          "each row), got one that may share memory with it");
+  if (a.in.dtype.equal(py::dtype::of<float>())) return forward_pair_typed<float>(a, b);
+  return forward_pair_typed<double>(a, b);
+}
+
+// A backward call's outputs and arguments, from its checked inputs to the tuple it returns.
+template <typename T>
+struct BackwardCall {
+  // (The arrays are made in the initialisers: a default py::array is a new empty NumPy array.)
+  BackwardCall(const PyTape& pt, const fusedrnn::Tape<T>& tape,
+               const std::optional<RowStrided>& dy, const std::optional<py::array>& dh_n,
+               const std::optional<py::array>& dc_n)
+      : d(tape.dims()),
+        GH(fusedrnn::gate_count(tape.cell()) * d.H),
+        dx(output_array(pt.dtype, {d.T, d.B, d.I})),
+        dh0(pt.dtype, std::vector<py::ssize_t>{d.B, d.H}),
+        dw_ih(output_array(pt.dtype, {GH, d.I})),
+        dw_hh(output_array(pt.dtype, {GH, d.H})) {
+    const auto& dt = pt.dtype;
+    if (fusedrnn::has_cell_state(tape.cell()))
+      dc0 = py::array(dt, std::vector<py::ssize_t>{d.B, d.H});
+    if (pt.b_ih) {
+      db_ih = py::array(dt, std::vector<py::ssize_t>{GH});
+      db_hh = py::array(dt, std::vector<py::ssize_t>{GH});
+    }
+    args.tape = &tape;
+    args.x = static_cast<const T*>(pt.x.data());
+    args.weights = {static_cast<const T*>(pt.w_ih.data()), static_cast<const T*>(pt.w_hh.data()),
+                    cptr<T>(pt.b_ih), cptr<T>(pt.b_hh)};
+    args.dy = dy ? static_cast<const T*>(dy->a.data()) : nullptr;
+    args.lddy = dy ? dy->ld : d.H;
+    args.dh_n = cptr<T>(dh_n);
+    args.dc_n = cptr<T>(dc_n);
+    const auto optional = [](std::optional<py::array>& a) { return a ? mptr<T>(*a) : nullptr; };
+    args.dx = mptr<T>(dx);
+    args.dh0 = mptr<T>(dh0);
+    args.dc0 = optional(dc0);
+    args.dw_ih = mptr<T>(dw_ih);
+    args.dw_hh = mptr<T>(dw_hh);
+    args.db_ih = optional(db_ih);
+    args.db_hh = optional(db_hh);
+  }
+
+  // (dx, dh0, dc0 or None, dw_ih, dw_hh, db_ih or None, db_hh or None), after the call.
+  py::tuple results() const {
+    const auto or_none = [](const std::optional<py::array>& a) {
+      return a ? py::object(*a) : py::object(py::none());
+    };
+    return py::make_tuple(dx, dh0, or_none(dc0), dw_ih, dw_hh, or_none(db_ih), or_none(db_hh));
+  }
+
+  const fusedrnn::Dims d;
+  const int64_t GH;
+  py::array dx, dh0, dw_ih, dw_hh;
+  std::optional<py::array> dc0, db_ih, db_hh;
+  fusedrnn::BackwardArgs<T> args;
+};
+
+// A backward call's checked inputs; what `backward` and `backward_pair` take.
+struct CheckedBackward {
+  const PyTape& tape;
+  std::optional<RowStrided> dy;
+  std::optional<py::array> dh_n, dc_n;
+};
+
+CheckedBackward check_backward(const py::object& tape_obj, const py::object& dy,
+                               const py::object& dh_n, const py::object& dc_n) {
   if (!py::isinstance<PyTape>(tape_obj))
     throw py::type_error("tape: expected a fusedrnn._core.Tape from a training forward, got " +
                          type_name(tape_obj));
   const PyTape& pt = tape_obj.cast<const PyTape&>();
   const auto& d = pt.dims();
-  auto dy_a = optional_rows(dy, "dy", pt.dtype, d.T, d.B, d.H, false);
-  auto dh_a = optional_array(dh_n, "dh_n", pt.dtype, {d.B, d.H});
-  std::optional<py::array> dc_a;
-  if (fusedrnn::has_cell_state(pt.cell())) dc_a = optional_array(dc_n, "dc_n", pt.dtype, {d.B, d.H});
+  CheckedBackward c{pt, optional_rows(dy, "dy", pt.dtype, d.T, d.B, d.H, false),
+                    optional_array(dh_n, "dh_n", pt.dtype, {d.B, d.H}), std::nullopt};
+  if (fusedrnn::has_cell_state(pt.cell()))
+    c.dc_n = optional_array(dc_n, "dc_n", pt.dtype, {d.B, d.H});
   else if (!dc_n.is_none())
     throw py::value_error("dc_n: expected None for a cell without c state, got " +
                           type_name(dc_n));
+  return c;
+}
+
+py::tuple backward(const py::object& tape, const py::object& dy, const py::object& dh_n,
+                   const py::object& dc_n) {
+  const CheckedBackward c = check_backward(tape, dy, dh_n, dc_n);
   return std::visit(
-      [&](const auto& t) { return backward_typed(pt, *t, dy_a, dh_a, dc_a); }, pt.tape);
+      [&](const auto& t) {
+        BackwardCall call(c.tape, *t, c.dy, c.dh_n, c.dc_n);
+        {
+          py::gil_scoped_release release;
+          fusedrnn::backward(call.args);
+        }
+        return call.results();
+      },
+      c.tape.tape);
+}
+
+py::tuple backward_pair(const py::object& call_a, const py::object& call_b) {
+  const auto check = [](const py::handle& call, const char* name) {
+    if (!py::isinstance<py::tuple>(call) || py::len(call) != 4)
+      throw py::type_error(std::string(name) + ": expected a tuple (tape, dy, dh_n, dc_n), got " +
+                           what_call(call));
+    const auto t = py::reinterpret_borrow<py::tuple>(call);
+    return check_backward(t[0], t[1], t[2], t[3]);
+  };
+  const CheckedBackward a = check(call_a, "call_a"), b = check(call_b, "call_b");
+  if (!b.tape.dtype.equal(a.tape.dtype))
+    throw py::type_error("call_b: expected a tape of call_a's dtype " +
+                         std::string(py::str(a.tape.dtype)) + ", got " +
+                         std::string(py::str(b.tape.dtype)));
+  // Every output is a new array: the two calls share nothing they write.
+  return std::visit(
+      [&](const auto& ta) {
+        const auto& tb = std::get<std::decay_t<decltype(ta)>>(b.tape.tape);
+        BackwardCall ba(a.tape, *ta, a.dy, a.dh_n, a.dc_n);
+        BackwardCall bb(b.tape, *tb, b.dy, b.dh_n, b.dc_n);
+        {
+          py::gil_scoped_release release;
+          fusedrnn::backward_pair(ba.args, bb.args);
+        }
+        return py::make_tuple(ba.results(), bb.results());
+      },
+      a.tape.tape);
 }
 
 // The tape's buffers as arrays that view it (and keep it alive): h_states (T+1, B, H),
@@ -435,15 +595,9 @@ py::object tape_from_arrays(const py::object& cell, const py::object& x, const p
   else if (!gates.is_none())
     throw py::value_error("gates: expected None for an RNN cell, got " +
                           type_name(gates));
-  auto t = std::make_unique<PyTape>();
+  auto t = std::make_unique<PyTape>(in);
   if (in.dtype.equal(py::dtype::of<float>())) t->tape = tape_view<float>(in, reverse, h, c, g);
   else t->tape = tape_view<double>(in, reverse, h, c, g);
-  t->x = in.x;
-  t->w_ih = in.w_ih;
-  t->w_hh = in.w_hh;
-  t->b_ih = in.b_ih;
-  t->b_hh = in.b_hh;
-  t->dtype = in.dtype;
   t->viewed.push_back(h);
   if (c) t->viewed.push_back(*c);
   if (g) t->viewed.push_back(*g);
@@ -478,6 +632,14 @@ PYBIND11_MODULE(_core, m) {
   m.def("backward", &backward, py::arg("tape"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
         "Returns (dx, dh0, dc0 or None, dw_ih, dw_hh, db_ih or None, db_hh or None). dy's rows\n"
         "may be evenly spaced, as y's (one direction's columns of a bidirectional dy).");
+  m.def("forward_pair", &forward_pair, py::arg("call_a"), py::arg("call_b"),
+        "Two independent forward calls, each a tuple of forward's arguments (a bidirectional\n"
+        "layer's directions; their y may be the two halves of one array's rows). Returns the\n"
+        "two calls' results, the same as forward's; side by side on two threads where each\n"
+        "call's steps are too small to share among the threads.");
+  m.def("backward_pair", &backward_pair, py::arg("call_a"), py::arg("call_b"),
+        "Two backward calls, each a tuple (tape, dy, dh_n, dc_n); returns their results, the\n"
+        "same as backward's.");
   m.def("tape_from_arrays", &tape_from_arrays, py::arg("cell"), py::arg("x"), py::arg("w_ih"),
         py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"),
         py::arg("h_states"), py::arg("c_states"), py::arg("gates"),

@@ -612,6 +612,44 @@ def read_only(a):
     return a
 
 
+PAIR_ORDER = ("cell", "x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "lengths", "reverse",
+              "training")
+
+
+def pair_call(cell_id=0, y=None, **changes):
+    """A tuple of _core.forward's arguments, in its order, for _core.forward_pair."""
+    a = {**core_args(cell_id), **changes}
+    return (*(a[k] for k in PAIR_ORDER), y)
+
+
+def pair_fwd(call_a=None, call_b=None):
+    return _core.forward_pair(pair_call() if call_a is None else call_a,
+                              pair_call(reverse=True) if call_b is None else call_b)
+
+
+def float64_args(cell_id=0):
+    return {k: v.astype(np.float64) if isinstance(v, np.ndarray) and v.dtype == F32 else v
+            for k, v in core_args(cell_id).items()}
+
+
+def pair_y_over(name, y_of="b"):
+    """A pair whose one call's y ends 3 values into the memory of the other call's input
+    `name`."""
+    want = A[name]
+    buf = np.zeros(want.size + T * B * H, F32)
+    inp = buf[:want.size].reshape(want.shape)
+    inp[...] = want
+    y = buf[want.size - 3:want.size - 3 + T * B * H].reshape(T, B, H)
+    reader, writer = pair_call(**{name: inp}), pair_call(reverse=True, y=y)
+    return pair_fwd(reader, writer) if y_of == "b" else pair_fwd(writer, reader)
+
+
+def halves(shift=0):
+    """The two halves of a (T, B, 2H) array's rows, the second `shift` values to the left."""
+    both = np.zeros((T, B, 2 * H), F32)
+    return both[..., :H], both[..., H - shift:2 * H - shift]
+
+
 def overlapping(name, offset=0):
     """A forward whose y starts `offset` values into the memory of float32 input `name` (at
     its end: the y of a forward that must succeed)."""
@@ -779,6 +817,36 @@ CORE_CASES = [
      r"dc_n: expected dtype float32, got float64"),
     ("dc_n for GRU", lambda: core_bwd(core_tape(1), dc_n=np.zeros((B, H), F32)), ValueError,
      r"dc_n: expected None for a cell without c state, got ndarray"),
+    # forward_pair: each call checked as forward's, and the two apart
+    ("pair call_a short", lambda: pair_fwd(call_a=(None,)), TypeError,
+     r"call_a: expected a tuple of forward's 12 arguments, got a tuple of 1"),
+    ("pair call_b list", lambda: pair_fwd(call_b=list(pair_call())), TypeError,
+     r"call_b: expected a tuple of forward's 12 arguments, got list"),
+    ("pair call_b x misshapen", lambda: pair_fwd(call_b=pair_call(x=np.zeros((T, B, I + 1), F32))),
+     ValueError, r"w_ih: expected shape \(24, 6\), got \(24, 5\)"),
+    ("pair dtypes", lambda: pair_fwd(call_b=pair_call(**float64_args())), TypeError,
+     r"call_b: expected x of call_a's dtype float32, got float64"),
+    ("pair one y for both", lambda: (lambda y: pair_fwd(pair_call(y=y), pair_call(y=y)))(
+        np.zeros((T, B, H), F32)), ValueError,
+     r"call_b: expected a y apart from call_a's y .*, got one that may share memory with it"),
+    ("pair halves overlapping", lambda: (lambda a, b: pair_fwd(pair_call(y=a), pair_call(y=b)))(
+        *halves(shift=1)), ValueError, r"call_b: expected a y apart from call_a's y"),
+    ("pair y over the other's x", lambda: pair_y_over("x"), ValueError,
+     r"call_b: expected a y apart from call_a's inputs, got one that may share memory with its "
+     r"x"),
+    ("pair y over the other's w_hh", lambda: pair_y_over("w_hh", y_of="a"), ValueError,
+     r"call_a: expected a y apart .*, got one that may share memory with its w_hh"),
+    # backward_pair
+    ("pair backward tape None", lambda: _core.backward_pair((None, None, None, None),
+                                                            (core_tape(), None, None, None)),
+     TypeError, r"tape: expected a fusedrnn\._core\.Tape from a training forward, got NoneType"),
+    ("pair backward call_b short", lambda: _core.backward_pair((core_tape(), None, None, None),
+                                                               (core_tape(),)), TypeError,
+     r"call_b: expected a tuple \(tape, dy, dh_n, dc_n\), got a tuple of 1"),
+    ("pair backward dtypes", lambda: _core.backward_pair(
+        (core_tape(), None, None, None),
+        (_core.forward(**{**float64_args(), "training": True})[3], None, None, None)), TypeError,
+     r"call_b: expected a tape of call_a's dtype float32, got float64"),
 ]
 
 
@@ -796,6 +864,17 @@ def test_core_takes_a_y_right_after_x():
     y, x = overlapping("x", offset=T * B * I)[0], A["x"]
     assert np.shares_memory(y, y.base) and not np.shares_memory(y, x)
     np.testing.assert_array_equal(y, core_fwd()[0])
+
+
+@needs_core
+def test_core_pair_takes_the_halves_of_one_y():
+    """Two directions may write the two halves of one array's rows: forward's results, bit for
+    bit, and the same as those of each call alone."""
+    y_a, y_b = halves()
+    (ya, *rest_a), (yb, *rest_b) = pair_fwd(pair_call(y=y_a), pair_call(reverse=True, y=y_b))
+    assert ya is y_a and yb is y_b
+    for y, call in ((y_a, core_fwd()), (y_b, core_fwd(reverse=True))):
+        np.testing.assert_array_equal(y, call[0])
 
 
 @needs_core

@@ -151,8 +151,26 @@ def run_forward(kcell, backend, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reve
         y, h_n, c_n, impl = _backend._core.forward(_KERNEL_CELLS.index(kcell), x, h0, c0, w_ih,
                                                    w_hh, b_ih, b_hh, lengths, reverse, training,
                                                    y)
+    return _forward_result(kcell, backend, x, H, training, y, h_n, c_n, impl)
+
+
+def run_forward_pair(kcell, calls):
+    """Two :func:`run_forward` calls of the "cpu" backend at once, each a tuple ``(x, w_ih, w_hh,
+    b_ih, b_hh, h0, c0, lengths, reverse, training, y)``: a bidirectional layer's directions,
+    whose y may be the two halves of one array's rows. The kernels run them side by side, a
+    thread each, where their steps are too small to share among the threads; the results are
+    the same either way, bit for bit."""
+    cell = _KERNEL_CELLS.index(kcell)
+    results = _backend._core.forward_pair(*[
+        (cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training, y)
+        for x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, training, y in calls])
+    return [_forward_result(kcell, "cpu", call[0], call[2].shape[1], call[9], *result)
+            for call, result in zip(calls, results)]
+
+
+def _forward_result(kcell, backend, x, H, training, y, h_n, c_n, impl):
     public = "gru" if kcell == "gru_reset_before" else kcell
-    tape = Tape(backend, public, (T, B, I, H), x.dtype, impl) if training else None
+    tape = Tape(backend, public, (*x.shape, H), x.dtype, impl) if training else None
     return ForwardResult(y, h_n, c_n, tape)
 
 
@@ -257,4 +275,13 @@ def run_backward(tape, dy, dh_n, dc_n):
     else:
         grads = _backend._core.backward(tape._impl, dy, dh_n, dc_n)
     return Gradients(*grads)
+
+
+def run_backward_pair(calls):
+    """Two :func:`run_backward` calls on tapes of the "cpu" backend at once, each a tuple
+    ``(tape, dy, dh_n, dc_n)``, side by side where :func:`run_forward_pair` would run their
+    forwards so."""
+    results = _backend._core.backward_pair(*[(tape._impl, dy, dh_n, dc_n)
+                                             for tape, dy, dh_n, dc_n in calls])
+    return [Gradients(*grads) for grads in results]
 

@@ -178,6 +178,16 @@ void forward(const ForwardArgs<T>& args);
 template <typename T>
 void backward(const BackwardArgs<T>& args);
 
+// Two independent calls, such as a bidirectional layer's two directions: neither may write
+// memory the other reads or writes (y may be two halves of one array's rows). The same results,
+// bit for bit, as forward(a) then forward(b). Where each call's steps are too small to share
+// among the threads (small weights, a batch of a few rows), the two run side by side, one
+// thread each; else one after the other. Both are checked before either runs.
+template <typename T>
+void forward_pair(const ForwardArgs<T>& a, const ForwardArgs<T>& b);
+template <typename T>
+void backward_pair(const BackwardArgs<T>& a, const BackwardArgs<T>& b);
+
 // Description of the compiled library, for `fusedrnn info`.
 struct BuildInfo {
   const char* compiler;
@@ -191,8 +201,9 @@ BuildInfo build_info();
 // depend on it. Default: the cores this process may use.
 void set_num_threads(int threads);
 // Frees the scratch memory the calling thread keeps between calls (the input projection and gate
-// gradients of its largest call, up to 256 MB) and the memory of dropped tapes and outputs kept
-// for the next ones (up to 8 blocks each): the next calls allocate them again.
+// gradients of its largest call, up to 256 MB; and that of the second call of a pair run side by
+// side) and the memory of dropped tapes and outputs kept for the next ones (up to 8 blocks
+// each): the next calls allocate them again.
 void release_memory();
 
 // The GEMM ceiling of this machine as the kernels' BLAS reaches it, with its current threads:
