@@ -690,8 +690,9 @@ PYBIND11_MODULE(_core, m) {
         "An uninitialised array as forward's y: one of 4 MB or more takes memory kept from\n"
         "dropped outputs (see release_memory).");
   m.def("release_memory", &fusedrnn::release_memory,
-        "Frees the scratch memory the calling thread keeps between calls and the memory of\n"
-        "dropped tapes and outputs kept for the next ones.");
+        "Frees the scratch memory the calling thread keeps between calls (and the second call\n"
+        "of a pair run side by side) and the memory of dropped tapes and outputs kept for the\n"
+        "next ones.");
   m.def("set_num_threads", &fusedrnn::set_num_threads, py::arg("threads"),
         "Threads for the kernels (GEMM blocks and pointwise rows); results do not depend on it.");
 }
