@@ -362,15 +362,16 @@ py::tuple forward(const py::object& cell, const py::object& x, const py::object&
   return forward_typed<double>(c);
 }
 
-// Whether two row-strided arrays' elements may overlap: rows of a common stride whose columns
-// lie apart (the two halves of a bidirectional y) do not, though their spans interleave.
-bool rows_may_overlap(const RowStrided& a, const RowStrided& b, int64_t H) {
+// Whether two row-strided arrays of Ha and Hb values a row may overlap: rows of a common stride
+// whose columns lie apart (the two halves of a bidirectional y) do not, though their spans
+// interleave.
+bool rows_may_overlap(const RowStrided& a, int64_t Ha, const RowStrided& b, int64_t Hb) {
   if (!may_share_memory(a.a, b.a)) return false;
   if (a.ld != b.ld || a.a.itemsize() != b.a.itemsize()) return true;
   const int64_t size = a.a.itemsize(), row = a.ld * size;
   const auto start = [](const py::array& arr) { return static_cast<const char*>(arr.data()); };
   const int64_t gap = ((start(b.a) - start(a.a)) % row + row) % row;  // b's columns past a's
-  return gap < H * size || gap + H * size > row;
+  return gap < Ha * size || gap + Hb * size > row;
 }
 
 // "a tuple of 3", or the type of what is not a tuple.
@@ -417,7 +418,7 @@ py::tuple forward_pair(const py::object& call_a, const py::object& call_b) {
     if (const char* name = input_sharing_memory(*b.y, a.in))
       throw py::value_error(std::string("call_b: expected a y apart from call_a's inputs, got one "
                                         "that may share memory with its ") + name);
-  if (a.y && b.y && (a.in.dims.H != b.in.dims.H || rows_may_overlap(*a.y, *b.y, a.in.dims.H)))
+  if (a.y && b.y && rows_may_overlap(*a.y, a.in.dims.H, *b.y, b.in.dims.H))
     throw py::value_error("call_b: expected a y apart from call_a's y (e.g. the other half of "
                           "each row), got one that may share memory with it");
   if (a.in.dtype.equal(py::dtype::of<float>())) return forward_pair_typed<float>(a, b);

@@ -81,3 +81,18 @@ def test_pair_after_release_memory_gives_the_same_bits(threads):
     for got, want in zip(again, first):
         for g, w in zip(got[:3], want[:3]):
             np.testing.assert_array_equal(g, w)
+
+
+def test_pair_of_unlike_calls_gives_the_bits_of_each(threads):
+    """The two calls need not be a layer's directions: another cell, other sizes, each y its own
+    array."""
+    rng = np.random.default_rng(3)
+    fwd = calls(rng, 0, np.float32, 3, 8, 16, 12, False)[0]
+    rev = calls(rng, 3, np.float32, 2, 24, 40, 7, True)[1]
+    ys = [np.empty((12, 3, 16), np.float32), np.empty((7, 2, 40), np.float32)]
+    pair = _core.forward_pair((*fwd, ys[0]), (*rev, ys[1]))
+    for got, call, y in zip(pair, (fwd, rev), ys):
+        want = _core.forward(*call)
+        assert got[0] is y
+        for g, w in zip(got[:3], want[:3]):
+            np.testing.assert_array_equal(g, w)
