@@ -10,6 +10,8 @@
 // in a fast spell of this machine, 1.12x in a slow one; with more weights it lost: H=256 B=4
 // 0.93x, B=1 H=1024 0.64x (two W_hh streaming from one L3).
 #include <exception>
+#include <string>
+#include <utility>
 
 #include "cells_cpu.h"
 #include "cpu_isa.h"
@@ -25,9 +27,10 @@ namespace {
 // weights fit in half a core's L2 (so each thread keeps its own call's there), and its batch has
 // fewer rows than two of the recurrent tile's, too few for two row blocks to walk the sequence
 // apart (cells_cpu.h's row_blocks), so that every step forks and joins across the threads, or
-// runs on one. And it is worth handing to a thread at all: at least a step block's flops
-// (cells_cpu.h's kStepBlockFlops). Below, waking the other thread costs more than it saves:
-// LSTM training T=1 B=1 H=32 ran 10% slower side by side, T=20 level.
+// runs on one. (A rule of thumb: the tile's rows are those of the forward's packed h·W_hhᵀ,
+// whatever product the call then takes.) And it is worth handing to a thread at all: at least a
+// step block's flops (cells_cpu.h's kStepBlockFlops). Below, waking the other thread costs more
+// than it saves: LSTM training T=1 B=1 H=32 ran 10% slower side by side, T=20 level.
 template <typename T>
 bool runs_best_on_one_thread(Cell cell, const Dims& d) {
   const int64_t weights = gate_count(cell) * d.H * (d.I + d.H);
@@ -38,9 +41,11 @@ bool runs_best_on_one_thread(Cell cell, const Dims& d) {
          flops >= cpu::kStepBlockFlops;
 }
 
-// run(a), run(b): side by side where `side_by_side` and the pool has two threads or more.
-// Nested parallel loops run inline on the thread of their call (thread_pool.h), and no result
-// depends on the threads that compute it, so the bits are those of one call after the other.
+// run(a), run(b): side by side where `side_by_side` and the pool has two threads or more, as
+// one job of two chunks. The pool serves that job alone until both calls end: meanwhile another
+// thread's calls run on their own thread (thread_pool.h). Nested parallel loops run inline on
+// the thread of their call, and no result depends on the threads that compute it, so the bits
+// are those of one call after the other.
 template <typename Args, typename Run>
 void run_pair(const Args& a, const Args& b, bool side_by_side, const Run& run) {
   if (!side_by_side || cpu::pool_threads() < 2) {
@@ -48,12 +53,13 @@ void run_pair(const Args& a, const Args& b, bool side_by_side, const Run& run) {
     run(b);
     return;
   }
-  // Each call's scratch goes where release_memory() reaches it, whichever thread runs it: a's
-  // in the calling thread's block, b's in the side block.
-  cpu::ScratchBlock& callers = cpu::this_thread_block();
+  // A call on the calling thread takes its block, as any call; one on a pool worker takes a
+  // side block of its own, which release_memory() reaches and no other call on a worker wants.
+  cpu::ScratchBlock& caller_block = cpu::this_thread_block();
   std::exception_ptr failed[2];
   cpu::parallel_for(2, [&](int64_t i) {
-    const cpu::LentBlock lent(i == 0 ? callers : cpu::side_block());
+    const bool on_caller = &cpu::this_thread_block() == &caller_block;
+    const cpu::LentBlock lent(on_caller ? caller_block : cpu::side_block(static_cast<int>(i)));
     try {
       run(i == 0 ? a : b);
     } catch (...) {  // a worker must not throw: rethrown on the calling thread below
@@ -64,12 +70,24 @@ void run_pair(const Args& a, const Args& b, bool side_by_side, const Run& run) {
     if (e) std::rethrow_exception(e);
 }
 
+// The outputs of two calls that would run at once must be apart; the C++ API takes pointers and
+// can only check that no two are the same (y's halves of one array are the glue's to check).
+void check_apart(const void* a, const void* b, const char* name) {
+  if (a && a == b)
+    detail::fail(std::string(name) + ": expected the two calls' own outputs, got one array for "
+                 "both");
+}
+
 }  // namespace
 
 template <typename Real>
 void forward_pair(const ForwardArgs<Real>& a, const ForwardArgs<Real>& b) {
   detail::check_forward_args(a, a.lengths);
   detail::check_forward_args(b, b.lengths);
+  check_apart(a.y, b.y, "y");
+  check_apart(a.h_n, b.h_n, "h_n");
+  check_apart(a.c_n, b.c_n, "c_n");
+  check_apart(a.tape, b.tape, "tape");
   const bool side_by_side = runs_best_on_one_thread<Real>(a.cell, a.dims) &&
                             runs_best_on_one_thread<Real>(b.cell, b.dims);
   run_pair(a, b, side_by_side, [](const ForwardArgs<Real>& args) { forward(args); });
@@ -79,6 +97,11 @@ template <typename Real>
 void backward_pair(const BackwardArgs<Real>& a, const BackwardArgs<Real>& b) {
   detail::check_backward_args(a);
   detail::check_backward_args(b);
+  const std::pair<const char*, std::pair<const void*, const void*>> outputs[] = {
+      {"dx", {a.dx, b.dx}},       {"dh0", {a.dh0, b.dh0}},       {"dc0", {a.dc0, b.dc0}},
+      {"dw_ih", {a.dw_ih, b.dw_ih}}, {"dw_hh", {a.dw_hh, b.dw_hh}}, {"db_ih", {a.db_ih, b.db_ih}},
+      {"db_hh", {a.db_hh, b.db_hh}}};
+  for (const auto& [name, pointers] : outputs) check_apart(pointers.first, pointers.second, name);
   const bool side_by_side = runs_best_on_one_thread<Real>(a.tape->cell(), a.tape->dims()) &&
                             runs_best_on_one_thread<Real>(b.tape->cell(), b.tape->dims());
   run_pair(a, b, side_by_side, [](const BackwardArgs<Real>& args) { backward(args); });

@@ -323,7 +323,7 @@ void forward(const ForwardArgs<Real>& a) {
                                             Products::main_shape(a.cell, H, true),
                                             main_packing > 0, H, B);
   const int64_t h_t_size = h_transposed ? BH : 0;
-  // Training reserves its backward's scratch too: the thread's block then need not grow between
+  // Training reserves its backward's scratch too: the scratch block then need not grow between
   // the two while the tape is held (the freed block often stays with malloc), and pages the
   // forward never touches cost nothing. LSTM T=20 B=16 H=128, whose forward stacks its
   // products and asks for less than its backward, peaked at 2.6 MB without it (torch 2.4).
@@ -553,7 +553,7 @@ void set_num_threads(int threads) { cpu::set_pool_threads(threads); }
 
 void release_memory() {
   cpu::Workspace::release(cpu::this_thread_block());
-  cpu::Workspace::release(cpu::side_block());
+  for (int call : {0, 1}) cpu::Workspace::release(cpu::side_block(call));
   cpu::KeptMemory::tapes().release_all();
   cpu::KeptMemory::outputs().release_all();
 }

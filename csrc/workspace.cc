@@ -15,14 +15,15 @@
 #include <unistd.h>
 #endif
 
+#include "rnn_common.h"
+
 namespace fusedrnn {
 namespace cpu {
 
 struct ScratchBlock {
   std::unique_ptr<unsigned char[]> data;
   std::size_t size = 0;
-  // Atomic for the side block, which two threads' calls may both ask for (a second pair of
-  // calls, from another thread, runs inline while the first holds the pool).
+  // Atomic: a block lent to a pool worker is asked for by a thread other than its owner's.
   std::atomic<bool> in_use{false};
 };
 
@@ -127,9 +128,10 @@ ScratchBlock& this_thread_block() {
   return block;
 }
 
-ScratchBlock& side_block() {
-  static ScratchBlock* const block = new ScratchBlock();  // never destroyed, as KeptMemory
-  return *block;
+ScratchBlock& side_block(int call) {
+  static ScratchBlock* const blocks = new ScratchBlock[2];  // never destroyed, as KeptMemory
+  if (call != 0 && call != 1) detail::fail("side_block: expected call 0 or 1");
+  return blocks[call];
 }
 
 LentBlock::LentBlock(ScratchBlock& block) : outer_(lent_block) { lent_block = &block; }
@@ -144,7 +146,7 @@ void Workspace::release(ScratchBlock& block) {
 
 Workspace::Workspace(std::size_t bytes) {
   ScratchBlock& block = lent_block ? *lent_block : this_thread_block();
-  if (block.in_use.exchange(true)) {  // never share a block (the drivers do not nest)
+  if (block.in_use.exchange(true)) {  // never share a block (not expected: none nests)
     own_.reset(new unsigned char[bytes]);
     next_ = aligned(own_.get());
     return;

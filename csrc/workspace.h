@@ -4,8 +4,9 @@
 // Fresh from the system, every page costs a fault and a clearing (a tenth of an LSTM step at
 // T=100, B=64, H=256 here), and whether malloc hands the same pages back next time depends on
 // its heuristics. The drivers' own scratch (input projection, gate gradients) comes from here:
-// one block per thread, grown to the largest call and reused. A block above kMaxRetainedBytes
-// is freed when its call ends, so one huge call does not pin its memory.
+// one block per calling thread (and two for the calls of a pair that pool workers run, see
+// pair_cpu.cc), grown to the largest call and reused. A block above kMaxRetainedBytes is freed
+// when its call ends, so one huge call does not pin its memory.
 #pragma once
 
 #include <array>
@@ -68,12 +69,12 @@ class KeptMemory {
   uint64_t clock_ = 0;
 };
 
-// A kept block of scratch: each thread's own, and the one lent to the second of two calls run
-// side by side (pair_cpu.cc), so that the memory it keeps is never a pool worker's, which
-// fusedrnn.release_memory() could not reach.
+// A kept block of scratch: each thread's own, and two lent to the calls of a pair run side by
+// side when a pool worker runs them (pair_cpu.cc), so that the memory they keep is never a
+// worker's own, which fusedrnn.release_memory() could not reach.
 struct ScratchBlock;
 ScratchBlock& this_thread_block();
-ScratchBlock& side_block();
+ScratchBlock& side_block(int call);  // call 0 or 1
 
 // While alive, the calling thread's Workspaces take `block` instead of its own.
 class LentBlock {
@@ -120,7 +121,7 @@ class Workspace {
  private:
   static std::size_t round_up(std::size_t n) { return (n + kAlignment - 1) / kAlignment * kAlignment; }
 
-  std::unique_ptr<unsigned char[]> own_;  // when the thread's block is already in use
+  std::unique_ptr<unsigned char[]> own_;  // when the block is already in use
   ScratchBlock* block_ = nullptr;         // the kept block taken, if any
   unsigned char* next_ = nullptr;
 };

@@ -374,19 +374,38 @@ bool rows_may_overlap(const RowStrided& a, int64_t Ha, const RowStrided& b, int6
   return gap < Ha * size || gap + Hb * size > row;
 }
 
-// "a tuple of 3", or the type of what is not a tuple.
-std::string what_call(const py::handle& call) {
-  if (!py::isinstance<py::tuple>(call)) return type_name(call);
-  return "a tuple of " + std::to_string(py::len(call));
+// A pair's call: a tuple of `size` items, or a TypeError naming the call.
+py::tuple call_tuple(const py::handle& call, const char* name, std::size_t size,
+                     const char* items) {
+  if (!py::isinstance<py::tuple>(call))
+    throw py::type_error(std::string(name) + ": expected a tuple " + items + ", got " +
+                         type_name(call));
+  const auto t = py::reinterpret_borrow<py::tuple>(call);
+  if (t.size() != size)  // PyTuple_Size: a subclass's __len__ does not count
+    throw py::type_error(std::string(name) + ": expected a tuple " + items + ", got a tuple of " +
+                         std::to_string(t.size()));
+  return t;
 }
 
-// The calls' argument tuples: those of `forward`, in its order.
+// check(), its ValueError or TypeError saying which call of a pair it is about.
+template <typename Check>
+auto for_call(const char* name, const Check& check) {
+  try {
+    return check();
+  } catch (const py::value_error& e) {
+    throw py::value_error(std::string(name) + ": " + e.what());
+  } catch (const py::type_error& e) {
+    throw py::type_error(std::string(name) + ": " + e.what());
+  }
+}
+
+// A pair's forward call: `forward`'s arguments, in its order.
 CheckedForward check_call(const py::handle& call, const char* name) {
-  if (!py::isinstance<py::tuple>(call) || py::len(call) != 12)
-    throw py::type_error(std::string(name) + ": expected a tuple of forward's 12 arguments, got " +
-                         what_call(call));
-  const auto t = py::reinterpret_borrow<py::tuple>(call);
-  return check_forward(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], t[10], t[11]);
+  const py::tuple t = call_tuple(call, name, 12, "of forward's 12 arguments");
+  return for_call(name, [&] {
+    return check_forward(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], t[10],
+                         t[11]);
+  });
 }
 
 template <typename T>
@@ -480,6 +499,7 @@ struct BackwardCall {
 
 // A backward call's checked inputs; what `backward` and `backward_pair` take.
 struct CheckedBackward {
+  py::object tape_obj;  // keeps `tape` alive
   const PyTape& tape;
   std::optional<RowStrided> dy;
   std::optional<py::array> dh_n, dc_n;
@@ -492,7 +512,7 @@ CheckedBackward check_backward(const py::object& tape_obj, const py::object& dy,
                          type_name(tape_obj));
   const PyTape& pt = tape_obj.cast<const PyTape&>();
   const auto& d = pt.dims();
-  CheckedBackward c{pt, optional_rows(dy, "dy", pt.dtype, d.T, d.B, d.H, false),
+  CheckedBackward c{tape_obj, pt, optional_rows(dy, "dy", pt.dtype, d.T, d.B, d.H, false),
                     optional_array(dh_n, "dh_n", pt.dtype, {d.B, d.H}), std::nullopt};
   if (fusedrnn::has_cell_state(pt.cell()))
     c.dc_n = optional_array(dc_n, "dc_n", pt.dtype, {d.B, d.H});
@@ -519,11 +539,8 @@ py::tuple backward(const py::object& tape, const py::object& dy, const py::objec
 
 py::tuple backward_pair(const py::object& call_a, const py::object& call_b) {
   const auto check = [](const py::handle& call, const char* name) {
-    if (!py::isinstance<py::tuple>(call) || py::len(call) != 4)
-      throw py::type_error(std::string(name) + ": expected a tuple (tape, dy, dh_n, dc_n), got " +
-                           what_call(call));
-    const auto t = py::reinterpret_borrow<py::tuple>(call);
-    return check_backward(t[0], t[1], t[2], t[3]);
+    const py::tuple t = call_tuple(call, name, 4, "(tape, dy, dh_n, dc_n)");
+    return for_call(name, [&] { return check_backward(t[0], t[1], t[2], t[3]); });
   };
   const CheckedBackward a = check(call_a, "call_a"), b = check(call_b, "call_b");
   if (!b.tape.dtype.equal(a.tape.dtype))

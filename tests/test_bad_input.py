@@ -823,7 +823,7 @@ CORE_CASES = [
     ("pair call_b list", lambda: pair_fwd(call_b=list(pair_call())), TypeError,
      r"call_b: expected a tuple of forward's 12 arguments, got list"),
     ("pair call_b x misshapen", lambda: pair_fwd(call_b=pair_call(x=np.zeros((T, B, I + 1), F32))),
-     ValueError, r"w_ih: expected shape \(24, 6\), got \(24, 5\)"),
+     ValueError, r"call_b: w_ih: expected shape \(24, 6\), got \(24, 5\)"),
     ("pair dtypes", lambda: pair_fwd(call_b=pair_call(**float64_args())), TypeError,
      r"call_b: expected x of call_a's dtype float32, got float64"),
     ("pair one y for both", lambda: (lambda y: pair_fwd(pair_call(y=y), pair_call(y=y)))(
@@ -839,7 +839,8 @@ CORE_CASES = [
     # backward_pair
     ("pair backward tape None", lambda: _core.backward_pair((None, None, None, None),
                                                             (core_tape(), None, None, None)),
-     TypeError, r"tape: expected a fusedrnn\._core\.Tape from a training forward, got NoneType"),
+     TypeError, r"call_a: tape: expected a fusedrnn\._core\.Tape from a training forward, got "
+                r"NoneType"),
     ("pair backward call_b short", lambda: _core.backward_pair((core_tape(), None, None, None),
                                                                (core_tape(),)), TypeError,
      r"call_b: expected a tuple \(tape, dy, dh_n, dc_n\), got a tuple of 1"),

@@ -2,6 +2,8 @@
 results of the two calls made one after the other, bit for bit, whether the kernels run them
 side by side (small weights and batches: csrc/pair_cpu.cc) or not, on one thread or two."""
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -11,9 +13,11 @@ from fusedrnn._backend import _core
 pytestmark = pytest.mark.skipif(_core is None, reason="the compiled extension is not built")
 
 CELLS = {0: 4, 1: 3, 2: 3, 3: 1, 4: 1}  # _core.CELLS index: gates
-# (B, I, H): side by side on two threads (a batch of fewer than two tiles' rows, weights in half
-# of L2), and one after the other (B=16 at H=128, which the threads walk in row blocks).
-SIZES = [(1, 8, 16), (5, 24, 32), (16, 128, 128)]
+T = 40
+# (B, I, H) at T steps: side by side on two threads (a batch of fewer than two tiles' rows,
+# weights in half of L2, a step block's flops or more, for every cell), and one after the other
+# (B=16 at H=128, which the threads walk in row blocks).
+SIZES = [(1, 32, 64), (5, 24, 32), (16, 128, 128)]
 
 
 @pytest.fixture(params=[1, 2], ids=["1 thread", "2 threads"])
@@ -45,7 +49,6 @@ def calls(rng, cell, dtype, B, I, H, T, with_lengths):
 @pytest.mark.parametrize("cell", sorted(CELLS), ids=lambda c: _core.CELLS[c])
 def test_pair_gives_the_bits_of_two_calls(cell, dtype, B, I, H, with_lengths, threads):
     rng = np.random.default_rng(cell * 100 + B)
-    T = 9
     fwd, rev = calls(rng, cell, dtype, B, I, H, T, with_lengths)
     y_both = np.empty((T, B, 2 * H), dtype)
     pair = _core.forward_pair((*fwd, y_both[..., :H]), (*rev, y_both[..., H:]))
@@ -87,12 +90,34 @@ def test_pair_of_unlike_calls_gives_the_bits_of_each(threads):
     """The two calls need not be a layer's directions: another cell, other sizes, each y its own
     array."""
     rng = np.random.default_rng(3)
-    fwd = calls(rng, 0, np.float32, 3, 8, 16, 12, False)[0]
-    rev = calls(rng, 3, np.float32, 2, 24, 40, 7, True)[1]
-    ys = [np.empty((12, 3, 16), np.float32), np.empty((7, 2, 40), np.float32)]
+    fwd = calls(rng, 0, np.float32, 3, 32, 48, 40, False)[0]
+    rev = calls(rng, 3, np.float32, 2, 24, 40, 30, True)[1]
+    ys = [np.empty((40, 3, 48), np.float32), np.empty((30, 2, 40), np.float32)]
     pair = _core.forward_pair((*fwd, ys[0]), (*rev, ys[1]))
     for got, call, y in zip(pair, (fwd, rev), ys):
         want = _core.forward(*call)
         assert got[0] is y
         for g, w in zip(got[:3], want[:3]):
             np.testing.assert_array_equal(g, w)
+
+
+def test_pairs_from_two_threads_at_once_give_the_bits_of_their_calls(threads):
+    """While one thread's pair holds the kernels' threads, another's runs on its own thread: each
+    call keeps to its own scratch block."""
+    rng = np.random.default_rng(11)
+    pairs = [calls(rng, cell, np.float32, 3, 32, 64, T, True) for cell in (0, 1)]
+    want = [[_core.forward(*call) for call in pair] for pair in pairs]
+    failures = []
+
+    def run(p):
+        for _ in range(20):
+            got = _core.forward_pair(*[(*call, None) for call in pairs[p]])
+            for g, w in zip(got, want[p]):
+                if not all(np.array_equal(a, b) for a, b in zip(g[:3], w[:3]) if b is not None):
+                    failures.append(p)
+    workers = [threading.Thread(target=run, args=(p,)) for p in (0, 1)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not failures
