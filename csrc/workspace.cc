@@ -23,7 +23,8 @@ namespace cpu {
 struct ScratchBlock {
   std::unique_ptr<unsigned char[]> data;
   std::size_t size = 0;
-  // Atomic: a block lent to a pool worker is asked for by a thread other than its owner's.
+  // Atomic: the side blocks are asked for from any thread (a pool worker's call, a
+  // release_memory() elsewhere), and a thread's own by release_memory() only from itself.
   std::atomic<bool> in_use{false};
 };
 
