@@ -131,8 +131,7 @@ def run_forward(kcell, backend, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reve
     resolved backend): what the layers call for their own, already checked, parameters. The C++
     glue checks again regardless. ``y``, a (T, B, H) array whose rows are evenly spaced (one
     direction's columns of a bidirectional output), receives y instead of a new array."""
-    T, B, I = x.shape
-    H = w_hh.shape[1]
+    B, H = x.shape[1], w_hh.shape[1]
     if backend == "numpy":
         h0 = np.zeros((B, H), x.dtype) if h0 is None else h0
         if kcell == "lstm" and c0 is None:
@@ -169,6 +168,7 @@ def run_forward_pair(kcell, calls):
 
 
 def _forward_result(kcell, backend, x, H, training, y, h_n, c_n, impl):
+    """A forward's results as ForwardResult, with an ops.Tape around the kernel's when training."""
     public = "gru" if kcell == "gru_reset_before" else kcell
     tape = Tape(backend, public, (*x.shape, H), x.dtype, impl) if training else None
     return ForwardResult(y, h_n, c_n, tape)
