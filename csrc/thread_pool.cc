@@ -15,12 +15,19 @@
 // finished job. The caller waits only for chunks that were claimed, never for workers that are
 // asleep or descheduled. All atomics are sequentially consistent: a few per chunk, each chunk
 // tens of microseconds or more.
+//
+// Every thread runs a job's chunks in the caller's floating-point mode (x86: MXCSR's rounding,
+// flush-to-zero and denormals-are-zero bits; elsewhere the rounding mode). The mode is each
+// thread's own, and a worker left in the one it started with gave a caller that flushes
+// denormals (torch.set_flush_denormal(True)) its own rows flushed and the worker's not: results
+// that changed with the thread count.
 #include "thread_pool.h"
 
 #include <pthread.h>
 #include <sched.h>
 
 #include <atomic>
+#include <cfenv>
 #include <condition_variable>
 #include <mutex>
 #include <string>
@@ -45,6 +52,32 @@ constexpr uint64_t kClosed = 0xFFFFFFFFu;  // low half of a claim word: no chunk
 // sequence (microseconds away), short enough not to burn a core between calls.
 constexpr int kSpinsBeforeSleep = 20000;
 constexpr int kSpinsBeforeYield = 2000;
+
+#if defined(__x86_64__) || defined(__i386__)
+constexpr unsigned kFpControlBits = 0xFFC0;  // MXCSR less its exception flags (bits 0-5)
+unsigned fp_mode() { return _mm_getcsr() & kFpControlBits; }
+void set_fp_mode(unsigned mode) { _mm_setcsr((_mm_getcsr() & ~kFpControlBits) | mode); }
+#else
+unsigned fp_mode() { return static_cast<unsigned>(std::fegetround()); }
+void set_fp_mode(unsigned mode) { std::fesetround(static_cast<int>(mode)); }
+#endif
+
+// Puts the calling thread in floating-point mode `mode` for its lifetime, if it is not already.
+class FpModeScope {
+ public:
+  explicit FpModeScope(unsigned mode) : outer_(fp_mode()), changed_(mode != outer_) {
+    if (changed_) set_fp_mode(mode);
+  }
+  ~FpModeScope() {
+    if (changed_) set_fp_mode(outer_);
+  }
+  FpModeScope(const FpModeScope&) = delete;
+  FpModeScope& operator=(const FpModeScope&) = delete;
+
+ private:
+  const unsigned outer_;
+  const bool changed_;
+};
 
 thread_local bool inside_chunk = false;  // nested loops run on the calling thread
 
@@ -96,6 +129,7 @@ class Pool {
     for (Slice& slice : slices_) slice.claim.store(seq << 32 | kClosed);
     fn_.store(fn);
     ctx_.store(ctx);
+    fp_mode_.store(fp_mode());
     chunks_.store(chunks);
     done_.store(0);
     // Slice 0 last: a worker that finds it open finds every slice open and the fields written.
@@ -123,6 +157,7 @@ class Pool {
     const ChunkFn fn = fn_.load();
     const void* ctx = ctx_.load();
     const int64_t chunks = chunks_.load();
+    const FpModeScope caller_mode(fp_mode_.load());
     for (int s = 0; s < threads_; ++s) {
       const int j = (home + s) % threads_;
       const int64_t first = slice_start(chunks, j), size = slice_start(chunks, j + 1) - first;
@@ -200,6 +235,7 @@ class Pool {
   std::atomic<ChunkFn> fn_{nullptr};
   std::atomic<const void*> ctx_{nullptr};
   std::atomic<int64_t> chunks_{0};
+  std::atomic<unsigned> fp_mode_{0};
   std::atomic<int64_t> done_{0};
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> sleepers_{0};

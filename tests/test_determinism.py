@@ -97,3 +97,56 @@ def test_walking_rows_or_cutting_units_gives_the_same_bits(kind, T, B, threads_r
             f"inference and training differ at {threads} threads"
     assert results[2] == results[1], "2 threads"
     assert results[3] == results[1], "3 threads"
+
+
+@pytest.fixture
+def set_flush_denormal():
+    """torch's switch for flush-to-zero and denormals-are-zero on the calling thread; off again
+    after the test."""
+    torch = pytest.importorskip("torch", reason="torch.set_flush_denormal sets the test's mode")
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU has no flush-to-zero mode")
+    yield torch.set_flush_denormal
+    torch.set_flush_denormal(False)
+
+
+def denormals(rng, shape):
+    """float32 denormals of either sign, made from their bits: arithmetic in flush-to-zero mode
+    would make zeros."""
+    bits = rng.integers(1, 1 << 23, shape, dtype=np.uint32) | (rng.integers(0, 2, shape,
+                                                                          dtype=np.uint32) << 31)
+    return bits.view(np.float32)
+
+
+# Rows cut between the threads; a bidirectional layer's directions run side by side (as in
+# test_pair.py), the second on a worker.
+@pytest.mark.parametrize("T, B, I, H, bidirectional", [(8, 64, 32, 64, False),
+                                                       (40, 5, 24, 32, True)])
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_every_thread_computes_in_the_callers_floating_point_mode(kind, T, B, I, H, bidirectional,
+                                                                  set_flush_denormal,
+                                                                  threads_restored):
+    """Inputs so small that every product and state is denormal, flushed to zero or not as the
+    calling thread says. The pool's workers start in the mode of the call that starts them; they
+    must take each call's, or the rows they compute differ from those of a one-thread call."""
+    m = LAYERS[kind](I, H, bias=False, bidirectional=bidirectional, dtype=np.float32, seed=3)
+    x = denormals(np.random.default_rng(4), (T, B, I))
+    dy = denormals(np.random.default_rng(5), (T, B, m.num_directions * H))
+
+    def outputs():
+        y, state_n, tape = m.forward(x, None, training=True)
+        dx, _, dparams = m.backward(tape, dy, state_n)
+        return [y, dx, *dparams.values()]
+
+    fr.set_num_threads(1)
+    one_thread = {}
+    for flush in (True, False):
+        set_flush_denormal(flush)
+        one_thread[flush] = outputs()
+    assert any(not np.array_equal(a, b) for a, b in zip(one_thread[True], one_thread[False])), \
+        "the inputs make no denormals: the test cannot see the mode"
+    fr.set_num_threads(2)
+    for flush in (True, False, True):  # the workers start flushing, then must stop, then flush
+        set_flush_denormal(flush)
+        for a, b in zip(outputs(), one_thread[flush]):
+            np.testing.assert_array_equal(a, b, err_msg=f"flush {flush}")
