@@ -1,6 +1,7 @@
-"""The C++ package: `cmake --install` of the library into a temporary prefix, then
-examples/cpp configured with find_package(fusedrnn), built and run; its printed final state must
-equal fusedrnn.ops on the same inputs, and its own finite-difference check must pass."""
+"""The C++ package: `cmake --install` of the library into a temporary prefix, then programs
+configured with find_package(fusedrnn), built and run against it: examples/cpp, whose printed
+final state must equal fusedrnn.ops on the same inputs and whose own finite-difference check must
+pass, and tests/cpp, the C++ API's own tests."""
 
 import os
 import pathlib
@@ -37,24 +38,47 @@ def wave(n, phase, scale):
     return scale * np.sin(0.7 * np.arange(n) + phase)
 
 
-def test_installed_package_builds_and_runs_the_example(tmp_path):
+GENERATOR = ["-G", "Ninja"] if shutil.which("ninja") else []
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """The prefix the library was installed into (built once for the module's tests)."""
     pytest.importorskip("scipy_openblas32", reason="building fusedrnn needs scipy-openblas32")
-    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    build, prefix, app = tmp_path / "build", tmp_path / "prefix", tmp_path / "app"
-    cmake("-S", ROOT, "-B", build, *generator, "-DFUSEDRNN_PYTHON=OFF",
+    tmp_path = tmp_path_factory.mktemp("cpp_package")
+    build, prefix = tmp_path / "build", tmp_path / "prefix"
+    cmake("-S", ROOT, "-B", build, *GENERATOR, "-DFUSEDRNN_PYTHON=OFF",
           f"-DPython_EXECUTABLE={sys.executable}", f"-DCMAKE_CXX_COMPILER={COMPILER}",
           cwd=tmp_path)
     cmake("--build", build, "--parallel", "2", cwd=tmp_path)
     cmake("--install", build, "--prefix", prefix, "--component", "cpp", cwd=tmp_path)
-    installed = sorted(p.relative_to(prefix).as_posix() for p in prefix.rglob("*") if p.is_file())
-    assert "include/fusedrnn/rnn.h" in installed
-    assert any(p.endswith("libfusedrnn.a") for p in installed), installed
-    assert any(p.endswith("cmake/fusedrnn/fusedrnnConfig.cmake") for p in installed), installed
+    return prefix
 
-    cmake("-S", ROOT / "examples" / "cpp", "-B", app, *generator, f"-DCMAKE_PREFIX_PATH={prefix}",
+
+def build_and_run(source, program, prefix, tmp_path):
+    """Configures and builds the CMake project `source` against `prefix`; runs `program`."""
+    app = tmp_path / source.name
+    cmake("-S", source, "-B", app, *GENERATOR, f"-DCMAKE_PREFIX_PATH={prefix}",
           f"-DCMAKE_CXX_COMPILER={COMPILER}", cwd=tmp_path)
     cmake("--build", app, cwd=tmp_path)
-    run = subprocess.run([str(app / "lstm_example")], capture_output=True, text=True)
+    return subprocess.run([str(app / program)], capture_output=True, text=True)
+
+
+def test_installed_package_has_its_header_library_and_cmake_config(installed):
+    files = sorted(p.relative_to(installed).as_posix() for p in installed.rglob("*")
+                   if p.is_file())
+    assert "include/fusedrnn/rnn.h" in files
+    assert any(p.endswith("libfusedrnn.a") for p in files), files
+    assert any(p.endswith("cmake/fusedrnn/fusedrnnConfig.cmake") for p in files), files
+
+
+def test_the_cpp_api_tests_pass(installed, tmp_path):
+    run = build_and_run(ROOT / "tests" / "cpp", "pair_test", installed, tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_installed_package_builds_and_runs_the_example(installed, tmp_path):
+    run = build_and_run(ROOT / "examples" / "cpp", "lstm_example", installed, tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr  # its gradient check failed otherwise
     h_n = np.array([float(v) for v in run.stdout.splitlines()[0].split()[1:]])
 
