@@ -177,8 +177,10 @@ def test_state_dict_loads_both_ways(kind):
         assert torch.equal(a, b), name
 
 
-def test_torch_compile_keeps_one_opaque_op_per_layer_and_direction():
-    module, _ = pair("lstm", num_layers=2, bidirectional=True)
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_torch_compile_keeps_one_opaque_op_per_layer(bidirectional):
+    """One op per layer and direction; on the CPU one for both directions of a layer."""
+    module, _ = pair("lstm", num_layers=2, bidirectional=bidirectional)
     x, hx = inputs("lstm", module, torch.float64)
     graphs = []
 
@@ -191,7 +193,9 @@ def test_torch_compile_keeps_one_opaque_op_per_layer_and_direction():
     for name in eager:
         assert torch.equal(eager[name], traced[name]), name
     calls = [node.target for node in graphs[0].graph.nodes if node.op == "call_function"]
-    assert calls.count(torch.ops.fusedrnn.layer_forward.default) == 4
+    ops_per_layer = {torch.ops.fusedrnn.bilayer_forward.default: 2} if bidirectional else {
+        torch.ops.fusedrnn.layer_forward.default: 2}
+    assert {op: calls.count(op) for op in set(calls) if "fusedrnn" in str(op)} == ops_per_layer
 
 
 def test_operator_schema_and_fake_shapes_agree():
@@ -204,6 +208,25 @@ def test_operator_schema_and_fake_shapes_agree():
     torch.library.opcheck(torch.ops.fusedrnn.layer_forward.default, args,
                           test_utils=("test_schema", "test_faketensor",
                                       "test_autograd_registration"))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_bidirectional_operator_schema_and_fake_shapes_agree(kind):
+    """The same checks of the bidirectional layer's ops, forward and backward."""
+    module, _ = pair(kind, bidirectional=True)
+    x, hx = inputs(kind, module, torch.float64)
+    h0, c0 = hx if kind == "lstm" else (hx, None)
+    weights = [getattr(module, f"{name}_l0{suffix}") for suffix in ("", "_reverse")
+               for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    args = (x, *weights, h0, c0, LENGTHS, kind, True, True)
+    checks = ("test_schema", "test_faketensor", "test_autograd_registration")
+    torch.library.opcheck(torch.ops.fusedrnn.bilayer_forward.default, args, test_utils=checks)
+    _, h_n, c_n, *tapes = torch.ops.fusedrnn.bilayer_forward(*args)
+    dy = torch.rand(T, B, 2 * H, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.fusedrnn.bilayer_backward.default,
+                          (x, *weights, LENGTHS, *tapes, dy, torch.ones_like(h_n),
+                           torch.ones_like(c_n), kind, True),
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 @pytest.mark.parametrize("make, error, match", [

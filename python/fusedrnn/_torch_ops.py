@@ -3,17 +3,22 @@
 ``fusedrnn::layer_forward`` runs :func:`fusedrnn.ops.forward` and returns, besides y and the
 final state, the tape's arrays (:func:`fusedrnn.ops.tape_arrays`) as tensors, so that autograd
 saves them like any other tensor; ``fusedrnn::layer_backward`` rebuilds the tape from them
-(:func:`fusedrnn.ops.tape_from_arrays`) and runs :func:`fusedrnn.ops.backward`. Being custom ops
-with fake (shape-only) implementations, torch.compile keeps each as one opaque node. CPU tensors
-reach the kernels as NumPy views and come back through DLPack: no copies.
+(:func:`fusedrnn.ops.tape_from_arrays`) and runs :func:`fusedrnn.ops.backward`. On the CPU a
+bidirectional layer's two directions are one op, ``fusedrnn::bilayer_forward`` (and
+``fusedrnn::bilayer_backward``): the kernels run them side by side where their steps are too
+small to share among the threads (:func:`fusedrnn.ops.run_forward_pair`), and both write their
+halves of one y. Being custom ops with fake (shape-only) implementations, torch.compile keeps
+each as one opaque node. CPU tensors reach the kernels as NumPy views and come back through
+DLPack: no copies.
 """
 
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 
+from . import _backend, ops
 from . import backends as available_backends
-from . import ops
 
 Tensor = torch.Tensor
 
@@ -132,3 +137,143 @@ def _backward(ctx, dy, dh_n, dc_n, *_tape_grads):
 
 
 layer_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --- both directions of a bidirectional layer on the CPU -----------------------------------------
+
+def _cpu_array(t, name):
+    """A CPU tensor as the C-contiguous NumPy array the kernels' pair takes (a view where it is
+    one already), None as None; the C++ glue checks dtypes and shapes."""
+    if t is None:
+        return None
+    if t.device.type != "cpu":
+        raise RuntimeError(f"{name}: fusedrnn::bilayer ops run on CPU tensors, got one on device "
+                           f"'{t.device}' (fusedrnn.torch runs the directions of other devices "
+                           "with fusedrnn::layer_forward)")
+    return np.ascontiguousarray(t.detach().numpy())
+
+
+def _lengths_array(lengths):
+    return None if lengths is None else np.ascontiguousarray(lengths.cpu().numpy())
+
+
+def bilayer_shapes(cell, reset_after, x, w_hh, keep_tape):
+    """Shapes of bilayer_forward's nine outputs: y (T, B, 2H), h_n and c_n (2, B, H), then each
+    direction's tape."""
+    y, h_n, c_n, *tape = forward_shapes(cell, reset_after, x, w_hh, keep_tape)
+    both = lambda shape: shape if shape == (0,) else (2, *shape)  # noqa: E731
+    return ((*y[:2], 2 * y[2]), both(h_n), both(c_n), *tape, *tape)
+
+
+@torch.library.custom_op("fusedrnn::bilayer_forward", mutates_args=())
+def bilayer_forward(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+                    b_hh: Optional[Tensor], w_ih_reverse: Tensor, w_hh_reverse: Tensor,
+                    b_ih_reverse: Optional[Tensor], b_hh_reverse: Optional[Tensor],
+                    h0: Optional[Tensor], c0: Optional[Tensor], lengths: Optional[Tensor],
+                    cell: str, reset_after: bool, keep_tape: bool
+                    ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                               Tensor]:
+    """One bidirectional layer on the CPU: (y, h_n, c_n, then h_states, c_states, gates of the
+    forward direction and of the reverse one); y (T, B, 2H) holds the forward direction's
+    outputs in its first H columns, h0, c0, h_n and c_n (2, B, H) its state first. An empty
+    tensor stands for what the cell lacks and, without keep_tape, for the tapes."""
+    kcell = ops.kernel_cell(cell, reset_after)
+    x_, h0_, c0_ = (_cpu_array(t, name) for t, name in ((x, "x"), (h0, "h0"), (c0, "c0")))
+    weights = [_cpu_array(t, name) for t, name in zip(
+        (w_ih, w_hh, b_ih, b_hh, w_ih_reverse, w_hh_reverse, b_ih_reverse, b_hh_reverse),
+        ("w_ih", "w_hh", "b_ih", "b_hh", "w_ih_reverse", "w_hh_reverse", "b_ih_reverse",
+         "b_hh_reverse"))]
+    lengths_ = _lengths_array(lengths)
+    T, B, _ = x_.shape
+    H = weights[1].shape[1]
+    y = _backend._core.empty((T, B, 2 * H), x_.dtype)
+    results = ops.run_forward_pair(kcell, [
+        (x_, *weights[4 * d:4 * d + 4], None if h0_ is None else h0_[d],
+         None if c0_ is None else c0_[d], lengths_, bool(d), keep_tape, y[..., d * H:(d + 1) * H])
+        for d in (0, 1)])
+    h_n = np.stack([r.h_n for r in results])
+    c_n = None if results[0].c_n is None else np.stack([r.c_n for r in results])
+    tapes = tuple(a for r in results
+                  for a in (ops.tape_arrays(r.tape) if keep_tape else (None,) * 3))
+    return tuple(_tensor(a, x) for a in (y, h_n, c_n) + tapes)
+
+
+@bilayer_forward.register_fake
+def _(x, w_ih, w_hh, b_ih, b_hh, w_ih_reverse, w_hh_reverse, b_ih_reverse, b_hh_reverse, h0, c0,
+      lengths, cell, reset_after, keep_tape):
+    return tuple(x.new_empty(shape)
+                 for shape in bilayer_shapes(cell, reset_after, x, w_hh, keep_tape))
+
+
+@torch.library.custom_op("fusedrnn::bilayer_backward", mutates_args=())
+def bilayer_backward(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+                     b_hh: Optional[Tensor], w_ih_reverse: Tensor, w_hh_reverse: Tensor,
+                     b_ih_reverse: Optional[Tensor], b_hh_reverse: Optional[Tensor],
+                     lengths: Optional[Tensor], h_states: Tensor, c_states: Tensor,
+                     gates: Tensor, h_states_reverse: Tensor, c_states_reverse: Tensor,
+                     gates_reverse: Tensor, dy: Tensor, dh_n: Tensor, dc_n: Tensor, cell: str,
+                     reset_after: bool
+                     ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                                Tensor, Tensor, Tensor]:
+    """Gradients (dx, dh0, dc0, then dw_ih, dw_hh, db_ih, db_hh of the forward direction and of
+    the reverse one) of a bilayer_forward with keep_tape, from its inputs and tapes; dx is the
+    sum of the directions', dh0 and dc0 (2, B, H). An empty tensor stands for dc0 and the bias
+    gradients a layer lacks."""
+    x_ = _cpu_array(x, "x")
+    weights = [_cpu_array(t, "weights") for t in (w_ih, w_hh, b_ih, b_hh, w_ih_reverse,
+                                                  w_hh_reverse, b_ih_reverse, b_hh_reverse)]
+    tape_parts = [_cpu_array(_present(t), "tape") for t in (
+        h_states, c_states, gates, h_states_reverse, c_states_reverse, gates_reverse)]
+    lengths_ = _lengths_array(lengths)
+    dy_, dh_n_, dc_n_ = (_cpu_array(_present(t), name)
+                         for t, name in ((dy, "dy"), (dh_n, "dh_n"), (dc_n, "dc_n")))
+    H = weights[1].shape[1]
+    tapes = [ops.tape_from_arrays(cell, x_, *weights[4 * d:4 * d + 4],
+                                  *tape_parts[3 * d:3 * d + 3], lengths=lengths_,
+                                  reverse=bool(d), reset_after=reset_after) for d in (0, 1)]
+    grads = ops.run_backward_pair([
+        (tapes[d], dy_[..., d * H:(d + 1) * H], dh_n_[d], None if dc_n_ is None else dc_n_[d])
+        for d in (0, 1)])
+    dx = grads[0].dx
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, as in the kernels
+        np.add(dx, grads[1].dx, out=dx)  # in place: no fresh memory to fault in
+    dh0 = np.stack([g.dh0 for g in grads])
+    dc0 = None if grads[0].dc0 is None else np.stack([g.dc0 for g in grads])
+    return tuple(_tensor(a, x) for a in (dx, dh0, dc0) + tuple(
+        w for g in grads for w in (g.dw_ih, g.dw_hh, g.db_ih, g.db_hh)))
+
+
+@bilayer_backward.register_fake
+def _(x, w_ih, w_hh, b_ih, b_hh, w_ih_reverse, w_hh_reverse, b_ih_reverse, b_hh_reverse, lengths,
+      h_states, c_states, gates, h_states_reverse, c_states_reverse, gates_reverse, dy, dh_n,
+      dc_n, cell, reset_after):
+    bias = (b_ih.shape, b_hh.shape) if b_ih is not None else ((0,), (0,))
+    weights = (w_ih.shape, w_hh.shape, *bias)
+    return (x.new_empty(x.shape), x.new_empty(dh_n.shape), x.new_empty(dc_n.shape),
+            *(x.new_empty(shape) for shape in weights + weights))
+
+
+def _setup_bilayer_context(ctx, inputs, output):
+    (x, w_ih, w_hh, b_ih, b_hh, w_ih_reverse, w_hh_reverse, b_ih_reverse, b_hh_reverse, h0, c0,
+     lengths, cell, reset_after, keep_tape) = inputs
+    ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, w_ih_reverse, w_hh_reverse, b_ih_reverse,
+                          b_hh_reverse, lengths, *output[3:])
+    ctx.options = (cell, reset_after, keep_tape)
+    ctx.given = (b_ih is not None, h0 is not None, c0 is not None)
+
+
+def _bilayer_backward(ctx, dy, dh_n, dc_n, *_tape_grads):
+    cell, reset_after, keep_tape = ctx.options
+    if not keep_tape:
+        raise RuntimeError("fusedrnn::bilayer_forward ran without keep_tape (no input required "
+                           "grad then), so it cannot be differentiated")
+    dx, dh0, dc0, *dweights = bilayer_backward(*ctx.saved_tensors, dy, dh_n, dc_n, cell,
+                                               reset_after)
+    has_bias, has_h0, has_c0 = ctx.given
+    if not has_bias:
+        dweights = [None if k % 4 >= 2 else w for k, w in enumerate(dweights)]
+    return (dx, *dweights, dh0 if has_h0 else None, dc0 if has_c0 else None, None, None, None,
+            None)
+
+
+bilayer_forward.register_autograd(_bilayer_backward, setup_context=_setup_bilayer_context)

@@ -4,7 +4,8 @@ Each class is built on torch.nn.RNNBase like its torch.nn counterpart: the same 
 arguments, parameters, initialisation and state_dict, so checkpoints load either way; only
 ``forward`` differs. It takes
 a tensor or a PackedSequence, as torch.nn does, and stacks :mod:`fusedrnn._torch_ops`' one-layer
-op over layers and directions; dropout between layers is torch's own (``F.dropout``, torch's
+op over layers and directions (on the CPU one op for both directions of a layer, which run side
+by side where their steps are small); dropout between layers is torch's own (``F.dropout``, torch's
 RNG). Autograd runs fusedrnn's backward from the forward's tape. float32 and float64 only; CPU
 tensors reach the kernels without a copy, CUDA tensors need fusedrnn's CUDA backend.
 
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from ._torch_ops import layer_forward
+from ._torch_ops import bilayer_forward, layer_forward
 
 __all__ = ["LSTM", "GRU", "RNN"]
 
@@ -60,17 +61,27 @@ class _FusedRNNBase(torch.nn.RNNBase):
             t is not None and t.requires_grad for t in [x, h0, c0, *self.parameters()])
         h_n, c_n, inp = [], [], x
         for layer in range(L):
-            outs = []
-            for d in range(D):
-                k = layer * D + d
-                y, h, c, *_tape = layer_forward(
-                    inp, *self._weights(layer, d), None if h0 is None else h0[k],
-                    None if c0 is None else c0[k], lengths, _CELLS[self.mode], True, bool(d),
-                    keep_tape)
-                outs.append(y)
-                h_n.append(h)
-                c_n.append(c)
-            inp = outs[0] if D == 1 else torch.cat(outs, dim=2)
+            if D == 2 and x.device.type != "cuda":  # both directions in one op (side by side)
+                k = 2 * layer
+                inp, h, c, *_tapes = bilayer_forward(
+                    inp, *self._weights(layer, 0), *self._weights(layer, 1),
+                    None if h0 is None else h0[k:k + 2], None if c0 is None else c0[k:k + 2],
+                    lengths, _CELLS[self.mode], True, keep_tape)
+                h_n.extend(h.unbind(0))
+                if is_lstm:
+                    c_n.extend(c.unbind(0))
+            else:
+                outs = []
+                for d in range(D):
+                    k = layer * D + d
+                    y, h, c, *_tape = layer_forward(
+                        inp, *self._weights(layer, d), None if h0 is None else h0[k],
+                        None if c0 is None else c0[k], lengths, _CELLS[self.mode], True,
+                        bool(d), keep_tape)
+                    outs.append(y)
+                    h_n.append(h)
+                    c_n.append(c)
+                inp = outs[0] if D == 1 else torch.cat(outs, dim=2)
             if self.training and self.dropout > 0 and layer < L - 1:
                 inp = F.dropout(inp, self.dropout, training=True)
         h_n = torch.stack(h_n)
