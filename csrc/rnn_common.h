@@ -65,8 +65,8 @@ void check_backward_args(const Args& a) {
   if (!a.x) fail("x: expected the [T, B, I] input of the forward, got null");
   if (a.dy && a.lddy < d.H)
     fail("lddy: expected >= H=" + std::to_string(d.H) + ", got " + std::to_string(a.lddy));
-  if (!a.dx || !a.dh0 || !a.dw_ih || !a.dw_hh)
-    fail("dx, dh0, dw_ih, dw_hh: expected output arrays, got null");
+  if (!a.dh0 || !a.dw_ih || !a.dw_hh)
+    fail("dh0, dw_ih, dw_hh: expected output arrays, got null");
   if (has_c && !a.dc0) fail("dc0: expected a [B, H] output array for LSTM, got null");
   if (has_bias && (!a.db_ih || !a.db_hh))
     fail("db_ih, db_hh: expected output arrays for a layer with biases, got null");

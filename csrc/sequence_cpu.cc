@@ -6,6 +6,7 @@
 // (rnn_common.h).
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <string>
 
 #include "blas.h"
@@ -227,7 +228,7 @@ std::size_t Tape<T>::bytes() const {
 // The sizes of a backward's scratch (elements), by the call's sizes alone.
 template <typename Real>
 struct BackwardScratch {
-  BackwardScratch(Cell cell, const Dims& d, bool has_dy) {
+  BackwardScratch(Cell cell, const Dims& d, bool has_dy, bool has_dx) {
     using Products = cpu::StepProducts<Real>;
     const int64_t B = d.B, H = d.H, GH = gate_count(cell) * H;
     const int64_t rows = chunks_of<Real>(cell, d, false).steps() * B;
@@ -241,7 +242,7 @@ struct BackwardScratch {
     no_dy = has_dy ? 0 : B * H;
     main_packing = Products::main_packing(cell, H, B, d.T, false);
     n_gate_packing = Products::n_gate_packing(cell, H, B, d.T, false);
-    dx_packing = cpu::ChunkProduct<Real>::packing_size(dx_shape(cell, d));
+    dx_packing = has_dx ? cpu::ChunkProduct<Real>::packing_size(dx_shape(cell, d)) : 0;
     // The weight gradients' M, x or h of a chunk, packed by groups for each product in turn.
     m_packing = std::max(cpu::ChunkProduct<Real>::packing_size({false, rows, 1, d.I}),
                          cpu::ChunkProduct<Real>::packing_size({false, rows, 1, H}));
@@ -331,7 +332,7 @@ void forward(const ForwardArgs<Real>& a) {
       {xproj_size, B * ldg, a.weights.b_ih ? 0 : GH, gates_scratch, states_scratch, main_packing,
        n_gate_packing, projection_packing, h_t_size});
   const std::size_t backward_bytes =
-      training ? BackwardScratch<Real>(a.cell, d, false).bytes() : std::size_t{0};
+      training ? BackwardScratch<Real>(a.cell, d, false, true).bytes() : std::size_t{0};
   cpu::Workspace ws(std::max(forward_bytes, backward_bytes));
   Real* xproj = ws.take<Real>(xproj_size);
   if (stacked) std::fill(xproj, xproj + GH, Real(0));
@@ -430,7 +431,7 @@ void backward(const BackwardArgs<Real>& a) {
   // get them from the input side's afterwards. The other cells' are the input side's.
   const bool own_dgh = cell == Cell::GRU;
   const Chunks chunks = chunks_of<Real>(cell, d, tape.reverse());
-  const BackwardScratch<Real> sizes(cell, d, a.dy != nullptr);
+  const BackwardScratch<Real> sizes(cell, d, a.dy != nullptr, a.dx != nullptr);
   const int64_t ldg = sizes.ldg;
   using Products = cpu::StepProducts<Real>;
   cpu::Workspace ws(sizes.bytes());
@@ -446,9 +447,11 @@ void backward(const BackwardArgs<Real>& a) {
   const Products products(cell, H, false, a.weights.w_hh,
                           take_or_null<Real>(ws, sizes.main_packing),
                           take_or_null<Real>(ws, sizes.n_gate_packing));
-  const cpu::ChunkProduct<Real> input_grads(BackwardScratch<Real>::dx_shape(cell, d),
-                                            a.weights.w_ih, I,
-                                            take_or_null<Real>(ws, sizes.dx_packing));
+  // Without dx (an input that needs no gradient) a quarter of the backward's flops go.
+  std::optional<cpu::ChunkProduct<Real>> input_grads;
+  if (a.dx)
+    input_grads.emplace(BackwardScratch<Real>::dx_shape(cell, d), a.weights.w_ih, I,
+                        take_or_null<Real>(ws, sizes.dx_packing));
   Real* m_packed = take_or_null<Real>(ws, sizes.m_packing);
   const double recurrent_flops = 2.0 * double(B) * double(GH) * double(H);  // a step's
   copy_or_zero(a.dh0, a.dh_n, BH);  // dh0/dc0 carry the running gradient through the walk
@@ -513,7 +516,7 @@ void backward(const BackwardArgs<Real>& a) {
     };
     weight_grads(x, I, GH, 0, a.dw_ih, I);
     if (has_bias) column_sums(dgx, rows, GH, ldg, beta, a.db_ih);
-    input_grads(dgx, ldg, false, rows, a.dx + k.t0 * B * I, I, false);
+    if (input_grads) (*input_grads)(dgx, ldg, false, rows, a.dx + k.t0 * B * I, I, false);
     // From here dgx holds the recurrent side's gradients.
     if (own_dgh)
       cpu::GruStep<Real, true>::input_to_recurrent_grads(dgx, ldg, gates, k.t0, k.steps, B, H,

@@ -212,8 +212,9 @@ void backward(const BackwardArgs<Real>& a) {
     column_sums(blas, dgx.as<Real>(), TB, GH, ones.as<Real>(), a.db_ih);
     column_sums(blas, static_cast<const Real*>(dgh), TB, GH, ones.as<Real>(), a.db_hh);
   }
-  gemm(blas, Op::N, Op::N, TB, I, GH, Real(1), dgx.as<Real>(), GH, a.weights.w_ih, I, Real(0),
-       a.dx, I);
+  if (a.dx)
+    gemm(blas, Op::N, Op::N, TB, I, GH, Real(1), dgx.as<Real>(), GH, a.weights.w_ih, I,
+         Real(0), a.dx, I);
   FR_CUDA_CHECK(cudaStreamSynchronize(0));
 }
 

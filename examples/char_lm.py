@@ -85,7 +85,7 @@ class CharModel:
             loss, dlogits = train.softmax_cross_entropy(self.head(chunk.y),
                                                         data[:, s + 1:s + steps + 1])
             dy, dhead = self.head.backward(chunk.y, dlogits)
-            _, drnn = chunk.backward(dy)
+            _, drnn = chunk.backward(dy, need_dx=False)
             train.clip_grad_norm([drnn, dhead], clip)
             opt.step([drnn, dhead])
             yield loss

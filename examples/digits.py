@@ -99,7 +99,8 @@ class RowClassifier:
         loss, dlogits = train.softmax_cross_entropy(self.head(features), labels)
         dfeatures, dhead = self.head.backward(features, dlogits)
         dh_n = np.stack(np.split(dfeatures, self.rnn.num_directions, axis=1))
-        _, _, drnn = self.rnn.backward(tape, np.zeros_like(y), (dh_n, np.zeros_like(dh_n)))
+        _, _, drnn = self.rnn.backward(tape, np.zeros_like(y), (dh_n, np.zeros_like(dh_n)),
+                                       need_dx=False)
         opt.step([drnn, dhead])
         return loss
 

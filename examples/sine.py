@@ -57,7 +57,7 @@ class Model:
         dlast, dhead = self.head.backward(last, dpred)
         dy = np.zeros_like(y)
         dy[:, -1] = dlast
-        _, _, drnn = self.rnn.backward(tape, dy)
+        _, _, drnn = self.rnn.backward(tape, dy, need_dx=False)
         opt.step([drnn, dhead])
         return loss
 

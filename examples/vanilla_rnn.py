@@ -100,7 +100,7 @@ class SeedRNN:
         dlogits *= T  # the seed sums the steps' losses; softmax_cross_entropy averages them
         dh, dhead = self.head.backward(h, dlogits)
         if truncate is None or truncate >= T - 1:
-            _, _, drnn = self.rnn.backward(tape, dh[:, None])
+            _, _, drnn = self.rnn.backward(tape, dh[:, None], need_dx=False)
         else:
             drnn = self._windows_backward(x, h, dh, truncate)
         return mean_loss * T, {"W": drnn["weight_ih_l0"], "U": drnn["weight_hh_l0"],
@@ -122,7 +122,7 @@ class SeedRNN:
         y, _, tape = self.rnn.forward(xs, h0, lengths=lengths, training=True)
         dy = np.zeros_like(y)
         dy[lengths - 1, t] = dh
-        _, _, drnn = self.rnn.backward(tape, dy)
+        _, _, drnn = self.rnn.backward(tape, dy, need_dx=False)
         return drnn
 
 
@@ -170,7 +170,7 @@ def train_chars(text, hidden, epochs, steps, lr, seed):
             loss, dlogits = train.softmax_cross_entropy(model.head(chunk.y),
                                                         ys[:, s:s + steps].T)
             dy, dhead = model.head.backward(chunk.y, dlogits)
-            _, drnn = chunk.backward(dy)
+            _, drnn = chunk.backward(dy, need_dx=False)
             train.clip_grad_norm([drnn, dhead], 5.0)
             opt.step([drnn, dhead])
             losses.append(loss)

@@ -450,10 +450,11 @@ struct BackwardCall {
   // (The arrays are made in the initialisers: a default py::array is a new empty NumPy array.)
   BackwardCall(const PyTape& pt, const fusedrnn::Tape<T>& tape,
                const std::optional<RowStrided>& dy, const std::optional<py::array>& dh_n,
-               const std::optional<py::array>& dc_n)
+               const std::optional<py::array>& dc_n, bool need_dx)
       : d(tape.dims()),
         GH(fusedrnn::gate_count(tape.cell()) * d.H),
-        dx(output_array(pt.dtype, {d.T, d.B, d.I})),
+        dx(need_dx ? std::optional<py::array>(output_array(pt.dtype, {d.T, d.B, d.I}))
+                   : std::nullopt),
         dh0(pt.dtype, std::vector<py::ssize_t>{d.B, d.H}),
         dw_ih(output_array(pt.dtype, {GH, d.I})),
         dw_hh(output_array(pt.dtype, {GH, d.H})) {
@@ -473,7 +474,7 @@ struct BackwardCall {
     args.dh_n = cptr<T>(dh_n);
     args.dc_n = cptr<T>(dc_n);
     const auto optional = [](std::optional<py::array>& a) { return a ? mptr<T>(*a) : nullptr; };
-    args.dx = mptr<T>(dx);
+    args.dx = optional(dx);
     args.dh0 = mptr<T>(dh0);
     args.dc0 = optional(dc0);
     args.dw_ih = mptr<T>(dw_ih);
@@ -487,12 +488,14 @@ struct BackwardCall {
     const auto or_none = [](const std::optional<py::array>& a) {
       return a ? py::object(*a) : py::object(py::none());
     };
-    return py::make_tuple(dx, dh0, or_none(dc0), dw_ih, dw_hh, or_none(db_ih), or_none(db_hh));
+    return py::make_tuple(or_none(dx), dh0, or_none(dc0), dw_ih, dw_hh, or_none(db_ih),
+                          or_none(db_hh));
   }
 
   const fusedrnn::Dims d;
   const int64_t GH;
-  py::array dx, dh0, dw_ih, dw_hh;
+  std::optional<py::array> dx;
+  py::array dh0, dw_ih, dw_hh;
   std::optional<py::array> dc0, db_ih, db_hh;
   fusedrnn::BackwardArgs<T> args;
 };
@@ -503,17 +506,20 @@ struct CheckedBackward {
   const PyTape& tape;
   std::optional<RowStrided> dy;
   std::optional<py::array> dh_n, dc_n;
+  bool need_dx;
 };
 
 CheckedBackward check_backward(const py::object& tape_obj, const py::object& dy,
-                               const py::object& dh_n, const py::object& dc_n) {
+                               const py::object& dh_n, const py::object& dc_n,
+                               const py::object& need_dx) {
   if (!py::isinstance<PyTape>(tape_obj))
     throw py::type_error("tape: expected a fusedrnn._core.Tape from a training forward, got " +
                          type_name(tape_obj));
   const PyTape& pt = tape_obj.cast<const PyTape&>();
   const auto& d = pt.dims();
   CheckedBackward c{tape_obj, pt, optional_rows(dy, "dy", pt.dtype, d.T, d.B, d.H, false),
-                    optional_array(dh_n, "dh_n", pt.dtype, {d.B, d.H}), std::nullopt};
+                    optional_array(dh_n, "dh_n", pt.dtype, {d.B, d.H}), std::nullopt,
+                    to_flag(need_dx, "need_dx")};
   if (fusedrnn::has_cell_state(pt.cell()))
     c.dc_n = optional_array(dc_n, "dc_n", pt.dtype, {d.B, d.H});
   else if (!dc_n.is_none())
@@ -523,11 +529,11 @@ CheckedBackward check_backward(const py::object& tape_obj, const py::object& dy,
 }
 
 py::tuple backward(const py::object& tape, const py::object& dy, const py::object& dh_n,
-                   const py::object& dc_n) {
-  const CheckedBackward c = check_backward(tape, dy, dh_n, dc_n);
+                   const py::object& dc_n, const py::object& need_dx) {
+  const CheckedBackward c = check_backward(tape, dy, dh_n, dc_n, need_dx);
   return std::visit(
       [&](const auto& t) {
-        BackwardCall call(c.tape, *t, c.dy, c.dh_n, c.dc_n);
+        BackwardCall call(c.tape, *t, c.dy, c.dh_n, c.dc_n, c.need_dx);
         {
           py::gil_scoped_release release;
           fusedrnn::backward(call.args);
@@ -539,8 +545,8 @@ py::tuple backward(const py::object& tape, const py::object& dy, const py::objec
 
 py::tuple backward_pair(const py::object& call_a, const py::object& call_b) {
   const auto check = [](const py::handle& call, const char* name) {
-    const py::tuple t = call_tuple(call, name, 4, "(tape, dy, dh_n, dc_n)");
-    return for_call(name, [&] { return check_backward(t[0], t[1], t[2], t[3]); });
+    const py::tuple t = call_tuple(call, name, 5, "(tape, dy, dh_n, dc_n, need_dx)");
+    return for_call(name, [&] { return check_backward(t[0], t[1], t[2], t[3], t[4]); });
   };
   const CheckedBackward a = check(call_a, "call_a"), b = check(call_b, "call_b");
   if (!b.tape.dtype.equal(a.tape.dtype))
@@ -551,8 +557,8 @@ py::tuple backward_pair(const py::object& call_a, const py::object& call_b) {
   return std::visit(
       [&](const auto& ta) {
         const auto& tb = std::get<std::decay_t<decltype(ta)>>(b.tape.tape);
-        BackwardCall ba(a.tape, *ta, a.dy, a.dh_n, a.dc_n);
-        BackwardCall bb(b.tape, *tb, b.dy, b.dh_n, b.dc_n);
+        BackwardCall ba(a.tape, *ta, a.dy, a.dh_n, a.dc_n, a.need_dx);
+        BackwardCall bb(b.tape, *tb, b.dy, b.dh_n, b.dc_n, b.need_dx);
         {
           py::gil_scoped_release release;
           fusedrnn::backward_pair(ba.args, bb.args);
@@ -648,16 +654,18 @@ PYBIND11_MODULE(_core, m) {
         "is written in place of a new array: (T, B, H), rows evenly spaced (the columns of one\n"
         "direction in a bidirectional layer's output), sharing no memory with the inputs.");
   m.def("backward", &backward, py::arg("tape"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
-        "Returns (dx, dh0, dc0 or None, dw_ih, dw_hh, db_ih or None, db_hh or None). dy's rows\n"
-        "may be evenly spaced, as y's (one direction's columns of a bidirectional dy).");
+        py::arg("need_dx") = true,
+        "Returns (dx or None, dh0, dc0 or None, dw_ih, dw_hh, db_ih or None, db_hh or None); dx\n"
+        "is None, and not computed, when need_dx is False. dy's rows may be evenly spaced, as\n"
+        "y's (one direction's columns of a bidirectional dy).");
   m.def("forward_pair", &forward_pair, py::arg("call_a"), py::arg("call_b"),
         "Two independent forward calls, each a tuple of forward's arguments (a bidirectional\n"
         "layer's directions; their y may be the two halves of one array's rows). Returns the\n"
         "two calls' results, the same as forward's; side by side on two threads where each\n"
         "call's steps are too small to share among the threads.");
   m.def("backward_pair", &backward_pair, py::arg("call_a"), py::arg("call_b"),
-        "Two backward calls, each a tuple (tape, dy, dh_n, dc_n); returns their results, the\n"
-        "same as backward's.");
+        "Two backward calls, each a tuple (tape, dy, dh_n, dc_n, need_dx); returns their\n"
+        "results, the same as backward's.");
   m.def("tape_from_arrays", &tape_from_arrays, py::arg("cell"), py::arg("x"), py::arg("w_ih"),
         py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"),
         py::arg("h_states"), py::arg("c_states"), py::arg("gates"),

@@ -295,6 +295,8 @@ LAYER_CASES = [
      r"tape: expected the tape of this layer's .*, got fusedrnn\.ops\.Tape"),
     ("tape of the C++ glue", "LSTM", lambda m, c: m.backward(ops_tape(c)._impl, c.dy), TypeError,
      r"tape: expected the tape of this layer's .*, got fusedrnn\._core\.Tape"),
+    ("need_dx 'no'", ALL, lambda m, c: m.backward(c.tape, c.dy, need_dx="no"), TypeError,
+     r"need_dx: expected True or False, got str 'no'"),
     # backward: dy, dstate
     ("dy None", ALL, lambda m, c: m.backward(c.tape, None), TypeError,
      r"dy: expected an array shaped as y, got None"),
@@ -538,6 +540,8 @@ OPS_CASES = [
      r"tape: expected the fusedrnn\.ops\.Tape .*, got fusedrnn\.layers\.Tape"),
     ("tape of the backend", "gru", lambda c: bwd(c, tape=c.tape._impl), TypeError,
      r"tape: expected the fusedrnn\.ops\.Tape .*, got (fusedrnn\._core\.Tape|dict)"),
+    ("need_dx 0", CELLS, lambda c: bwd(c, need_dx=0), TypeError,
+     r"need_dx: expected True or False, got int"),
     # backward: gradients
     ("dy misshapen", CELLS, lambda c: bwd(c, dy=c.grads["dy"][:, :, :5]), ValueError,
      r"dy: expected shape \(4, 3, 6\), got \(4, 3, 5\)"),
@@ -795,6 +799,8 @@ CORE_CASES = [
      r"tape: expected a fusedrnn\._core\.Tape .*, got Tape"),
     ("tape of an inference forward", lambda: _core.backward(core_fwd()[3], None, None, None),
      TypeError, r"tape: expected a fusedrnn\._core\.Tape .*, got NoneType"),
+    ("need_dx None", lambda: _core.backward(core_tape(), None, None, None, None), TypeError,
+     r"need_dx: expected True or False, got NoneType"),
     ("Tape constructed from Python", lambda: _core.Tape(), TypeError, r"No constructor defined"),
     # backward: gradients
     ("dy misshapen", lambda: core_bwd(dy=np.zeros((T, B, H + 1), F32)), ValueError,
@@ -837,17 +843,20 @@ CORE_CASES = [
     ("pair y over the other's w_hh", lambda: pair_y_over("w_hh", y_of="a"), ValueError,
      r"call_a: expected a y apart .*, got one that may share memory with its w_hh"),
     # backward_pair
-    ("pair backward tape None", lambda: _core.backward_pair((None, None, None, None),
-                                                            (core_tape(), None, None, None)),
+    ("pair backward tape None", lambda: _core.backward_pair((None, None, None, None, True),
+                                                            (core_tape(), None, None, None, True)),
      TypeError, r"call_a: tape: expected a fusedrnn\._core\.Tape from a training forward, got "
                 r"NoneType"),
-    ("pair backward call_b short", lambda: _core.backward_pair((core_tape(), None, None, None),
-                                                               (core_tape(),)), TypeError,
-     r"call_b: expected a tuple \(tape, dy, dh_n, dc_n\), got a tuple of 1"),
+    ("pair backward call_b short", lambda: _core.backward_pair(
+        (core_tape(), None, None, None, True), (core_tape(),)), TypeError,
+     r"call_b: expected a tuple \(tape, dy, dh_n, dc_n, need_dx\), got a tuple of 1"),
+    ("pair backward need_dx 1", lambda: _core.backward_pair(
+        (core_tape(), None, None, None, True), (core_tape(), None, None, None, 1)), TypeError,
+     r"call_b: need_dx: expected True or False, got int"),
     ("pair backward dtypes", lambda: _core.backward_pair(
-        (core_tape(), None, None, None),
-        (_core.forward(**{**float64_args(), "training": True})[3], None, None, None)), TypeError,
-     r"call_b: expected a tape of call_a's dtype float32, got float64"),
+        (core_tape(), None, None, None, True),
+        (_core.forward(**{**float64_args(), "training": True})[3], None, None, None, True)),
+     TypeError, r"call_b: expected a tape of call_a's dtype float32, got float64"),
 ]
 
 

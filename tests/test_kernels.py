@@ -8,7 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import KERNEL_CELLS, LAYERS, layer_arrays, random_state, rel_err, run_layer
+from conftest import (KERNEL_CELLS, LAYERS, layer_arrays, leaves, random_state, rel_err,
+                      run_layer)
 
 import fusedrnn as fr
 from fusedrnn import ops
@@ -70,6 +71,53 @@ def test_op_matches_reference(kcell, dtype, reverse, lengths, bias, state, which
         else:
             assert got[name].dtype == dtype, name
             assert rel_err(got[name], ref) < RTOL[dtype], name
+
+
+@pytest.mark.parametrize("shape", [(T, B, I, H), (64, 16, 96, 128)], ids=["small", "chunked"])
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["", "lengths"])
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kcell", KERNEL_CELLS)
+def test_backward_without_dx_gives_the_other_gradients_bit_for_bit(kcell, dtype, backend,
+                                                                   with_lengths, shape):
+    """need_dx=False: dx is None, and the kernels skip its product without touching the rest."""
+    T_, B_, I_, H_ = shape
+    rng = np.random.default_rng(1)
+    arrays = layer_arrays(rng, kcell, dtype, T_, B_, I_, H_)
+    lengths = rng.integers(1, T_ + 1, B_) if with_lengths else None
+    tape = run_op(backend, kcell, arrays, lengths).tape
+    dy = rng.uniform(-1, 1, (T_, B_, H_)).astype(dtype)
+    full = ops.backward(tape, dy)
+    without = ops.backward(tape, dy, need_dx=False)
+    assert without.dx is None and full.dx is not None
+    for name, g in full._asdict().items():
+        if name != "dx":
+            assert (g is None) == (getattr(without, name) is None), name
+            if g is not None:
+                np.testing.assert_array_equal(getattr(without, name), g, err_msg=name)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_layer_backward_without_dx_gives_the_other_gradients_bit_for_bit(kind, bidirectional,
+                                                                         backend):
+    """A layer's need_dx=False skips the first layer's dx only: the layers above still pass
+    theirs down, through the dropout between them."""
+    rng = np.random.default_rng(2)
+    m = LAYERS[kind](I, H, num_layers=2, bidirectional=bidirectional, dropout=0.3, seed=4,
+                     dtype=np.float32, backend=backend)
+    x = rng.uniform(-1, 1, (T, B, I)).astype(np.float32)
+    y, state_n, tape = m.forward(x, random_state(rng, m, B), LENGTHS["mixed"], training=True)
+    dy = rng.uniform(-1, 1, y.shape).astype(np.float32)
+    dx, dstate, dparams = m.backward(tape, dy)
+    no_dx, dstate_, dparams_ = m.backward(tape, dy, need_dx=False)
+    assert no_dx is None and dx is not None
+    for a, b in zip(leaves(dstate), leaves(dstate_), strict=True):
+        np.testing.assert_array_equal(b, a)
+    assert dparams.keys() == dparams_.keys()
+    for name in dparams:
+        np.testing.assert_array_equal(dparams_[name], dparams[name], err_msg=name)
 
 
 def check_random_lengths_against_reference(rng, kcell, dtype, shape, reverse=False, **kwargs):

@@ -48,6 +48,7 @@ def calls(rng, cell, dtype, B, I, H, T, with_lengths):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cell", sorted(CELLS), ids=lambda c: _core.CELLS[c])
 def test_pair_gives_the_bits_of_two_calls(cell, dtype, B, I, H, with_lengths, threads):
+    """With lengths, the reverse direction's backward also goes without dx (need_dx False)."""
     rng = np.random.default_rng(cell * 100 + B)
     fwd, rev = calls(rng, cell, dtype, B, I, H, T, with_lengths)
     y_both = np.empty((T, B, 2 * H), dtype)
@@ -61,11 +62,15 @@ def test_pair_gives_the_bits_of_two_calls(cell, dtype, B, I, H, with_lengths, th
     dy = rng.uniform(-1, 1, (T, B, 2 * H)).astype(dtype)
     dh_n = [rng.uniform(-1, 1, (B, H)).astype(dtype) for _ in range(2)]
     dc_n = [rng.uniform(-1, 1, (B, H)).astype(dtype) if cell == 0 else None for _ in range(2)]
-    grads = _core.backward_pair(
-        *[(pair[d][3], dy[..., d * H:(d + 1) * H], dh_n[d], dc_n[d]) for d in range(2)])
+    need_dx = (True, not with_lengths)
+    grads = _core.backward_pair(*[(pair[d][3], dy[..., d * H:(d + 1) * H], dh_n[d], dc_n[d],
+                                   need_dx[d]) for d in range(2)])
     for d in range(2):
         want = _core.backward(alone[d][3], np.ascontiguousarray(dy[..., d * H:(d + 1) * H]),
                               dh_n[d], dc_n[d])
+        if not need_dx[d]:
+            assert grads[d][0] is None
+            want = (None, *want[1:])
         for g, w in zip(grads[d], want):
             if w is None:
                 assert g is None

@@ -73,9 +73,11 @@ def run(module, x, hx, packed, call=None):
     outputs = [y] + leaves(state)
     gen = torch.Generator().manual_seed(2)
     loss = sum((o * torch.rand(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outputs)
-    wrt = [x] + ([] if hx is None else leaves(hx)) + list(module.parameters())
+    given = [x] if x.requires_grad else []
+    wrt = given + ([] if hx is None else leaves(hx)) + list(module.parameters())
     grads = torch.autograd.grad(loss, wrt)
-    names = ["dx"] + [f"dhx[{k}]" for k in range(len(wrt) - 1 - len(list(module.parameters())))]
+    names = ["dx"] * len(given) + [
+        f"dhx[{k}]" for k in range(len(wrt) - len(given) - len(list(module.parameters())))]
     names += [f"d{name}" for name, _ in module.named_parameters()]
     results = {f"out[{k}]": o for k, o in enumerate(outputs)}
     results.update(zip(names, grads))
@@ -104,6 +106,19 @@ def test_equals_torch_nn(kind, config, dtype):
     assert ours.keys() == theirs.keys()
     for name in theirs:
         assert rel_err(ours[name].numpy(), theirs[name].numpy()) < RTOL[dtype], name
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("kind", MODULES)
+def test_input_without_grad_equals_torch_nn(kind, bidirectional):
+    """x needs no gradient: the first layer's backward goes without dx (need_dx)."""
+    module, reference = pair(kind, num_layers=2, bidirectional=bidirectional)
+    x, hx = inputs(kind, module, torch.float64)
+    x = x.detach()
+    ours, theirs = run(module, x, hx, False), run(reference, x, hx, False)
+    assert ours.keys() == theirs.keys() and "dx" not in ours
+    for name in theirs:
+        assert rel_err(ours[name].numpy(), theirs[name].numpy()) < 1e-10, name
 
 
 @pytest.mark.parametrize("kind", MODULES)
@@ -225,7 +240,7 @@ def test_bidirectional_operator_schema_and_fake_shapes_agree(kind):
     dy = torch.rand(T, B, 2 * H, dtype=torch.float64)
     torch.library.opcheck(torch.ops.fusedrnn.bilayer_backward.default,
                           (x, *weights, LENGTHS, *tapes, dy, torch.ones_like(h_n),
-                           torch.ones_like(c_n), kind, True),
+                           torch.ones_like(c_n), kind, True, True),
                           test_utils=("test_schema", "test_faketensor"))
 
 

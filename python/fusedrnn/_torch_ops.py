@@ -91,25 +91,25 @@ def _(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, cell, reset_after, reverse, ke
 def layer_backward(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
                    b_hh: Optional[Tensor], lengths: Optional[Tensor], h_states: Tensor,
                    c_states: Tensor, gates: Tensor, dy: Tensor, dh_n: Tensor, dc_n: Tensor,
-                   cell: str, reset_after: bool, reverse: bool
+                   cell: str, reset_after: bool, reverse: bool, need_dx: bool
                    ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh) of a layer_forward with keep_tape,
     from its inputs and tape; an empty tensor stands for dc0 and the bias gradients a layer
-    lacks."""
+    lacks, and for dx without need_dx (the kernels then skip its product)."""
     backend_for(x.device)
     tape = ops.tape_from_arrays(cell, *map(_array, (x, w_ih, w_hh, b_ih, b_hh, h_states,
                                                     _present(c_states), _present(gates))),
                                 lengths=None if lengths is None else lengths.cpu().numpy(),
                                 reverse=reverse, reset_after=reset_after)
-    grads = ops.backward(tape, *map(_array, (dy, dh_n, _present(dc_n))))
+    grads = ops.backward(tape, *map(_array, (dy, dh_n, _present(dc_n))), need_dx=need_dx)
     return tuple(_tensor(g, x) for g in grads)
 
 
 @layer_backward.register_fake
 def _(x, w_ih, w_hh, b_ih, b_hh, lengths, h_states, c_states, gates, dy, dh_n, dc_n, cell,
-      reset_after, reverse):
+      reset_after, reverse, need_dx):
     bias = (b_ih.shape, b_hh.shape) if b_ih is not None else ((0,), (0,))
-    return (x.new_empty(x.shape), x.new_empty(dh_n.shape), x.new_empty(dc_n.shape),
+    return (x.new_empty(x.shape if need_dx else (0,)), x.new_empty(dh_n.shape), x.new_empty(dc_n.shape),
             x.new_empty(w_ih.shape), x.new_empty(w_hh.shape), x.new_empty(bias[0]),
             x.new_empty(bias[1]))
 
@@ -128,11 +128,12 @@ def _backward(ctx, dy, dh_n, dc_n, *_tape_grads):
         raise RuntimeError("fusedrnn::layer_forward ran without keep_tape (no input required "
                            "grad then), so it cannot be differentiated")
     x, w_ih, w_hh, b_ih, b_hh, lengths, h_states, c_states, gates = ctx.saved_tensors
+    need_dx = ctx.needs_input_grad[0]
     dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = layer_backward(
         x, w_ih, w_hh, b_ih, b_hh, lengths, h_states, c_states, gates, dy, dh_n, dc_n, cell,
-        reset_after, reverse)
+        reset_after, reverse, need_dx)
     has_bias, has_h0, has_c0 = ctx.given
-    return (dx, dw_ih, dw_hh, db_ih if has_bias else None, db_hh if has_bias else None,
+    return (dx if need_dx else None, dw_ih, dw_hh, db_ih if has_bias else None, db_hh if has_bias else None,
             dh0 if has_h0 else None, dc0 if has_c0 else None, None, None, None, None, None)
 
 
@@ -212,13 +213,13 @@ def bilayer_backward(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tenso
                      lengths: Optional[Tensor], h_states: Tensor, c_states: Tensor,
                      gates: Tensor, h_states_reverse: Tensor, c_states_reverse: Tensor,
                      gates_reverse: Tensor, dy: Tensor, dh_n: Tensor, dc_n: Tensor, cell: str,
-                     reset_after: bool
+                     reset_after: bool, need_dx: bool
                      ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
                                 Tensor, Tensor, Tensor]:
     """Gradients (dx, dh0, dc0, then dw_ih, dw_hh, db_ih, db_hh of the forward direction and of
     the reverse one) of a bilayer_forward with keep_tape, from its inputs and tapes; dx is the
     sum of the directions', dh0 and dc0 (2, B, H). An empty tensor stands for dc0 and the bias
-    gradients a layer lacks."""
+    gradients a layer lacks, and for dx without need_dx."""
     x_ = _cpu_array(x, "x")
     weights = [_cpu_array(t, "weights") for t in (w_ih, w_hh, b_ih, b_hh, w_ih_reverse,
                                                   w_hh_reverse, b_ih_reverse, b_hh_reverse)]
@@ -232,11 +233,12 @@ def bilayer_backward(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tenso
                                   *tape_parts[3 * d:3 * d + 3], lengths=lengths_,
                                   reverse=bool(d), reset_after=reset_after) for d in (0, 1)]
     grads = ops.run_backward_pair([
-        (tapes[d], dy_[..., d * H:(d + 1) * H], dh_n_[d], None if dc_n_ is None else dc_n_[d])
-        for d in (0, 1)])
+        (tapes[d], dy_[..., d * H:(d + 1) * H], dh_n_[d], None if dc_n_ is None else dc_n_[d],
+         need_dx) for d in (0, 1)])
     dx = grads[0].dx
-    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, as in the kernels
-        np.add(dx, grads[1].dx, out=dx)  # in place: no fresh memory to fault in
+    if need_dx:
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, as in the kernels
+            np.add(dx, grads[1].dx, out=dx)  # in place: no fresh memory to fault in
     dh0 = np.stack([g.dh0 for g in grads])
     dc0 = None if grads[0].dc0 is None else np.stack([g.dc0 for g in grads])
     return tuple(_tensor(a, x) for a in (dx, dh0, dc0) + tuple(
@@ -246,10 +248,10 @@ def bilayer_backward(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tenso
 @bilayer_backward.register_fake
 def _(x, w_ih, w_hh, b_ih, b_hh, w_ih_reverse, w_hh_reverse, b_ih_reverse, b_hh_reverse, lengths,
       h_states, c_states, gates, h_states_reverse, c_states_reverse, gates_reverse, dy, dh_n,
-      dc_n, cell, reset_after):
+      dc_n, cell, reset_after, need_dx):
     bias = (b_ih.shape, b_hh.shape) if b_ih is not None else ((0,), (0,))
     weights = (w_ih.shape, w_hh.shape, *bias)
-    return (x.new_empty(x.shape), x.new_empty(dh_n.shape), x.new_empty(dc_n.shape),
+    return (x.new_empty(x.shape if need_dx else (0,)), x.new_empty(dh_n.shape), x.new_empty(dc_n.shape),
             *(x.new_empty(shape) for shape in weights + weights))
 
 
@@ -267,12 +269,13 @@ def _bilayer_backward(ctx, dy, dh_n, dc_n, *_tape_grads):
     if not keep_tape:
         raise RuntimeError("fusedrnn::bilayer_forward ran without keep_tape (no input required "
                            "grad then), so it cannot be differentiated")
+    need_dx = ctx.needs_input_grad[0]
     dx, dh0, dc0, *dweights = bilayer_backward(*ctx.saved_tensors, dy, dh_n, dc_n, cell,
-                                               reset_after)
+                                               reset_after, need_dx)
     has_bias, has_h0, has_c0 = ctx.given
     if not has_bias:
         dweights = [None if k % 4 >= 2 else w for k, w in enumerate(dweights)]
-    return (dx, *dweights, dh0 if has_h0 else None, dc0 if has_c0 else None, None, None, None,
+    return (dx if need_dx else None, *dweights, dh0 if has_h0 else None, dc0 if has_c0 else None, None, None, None,
             None)
 
 

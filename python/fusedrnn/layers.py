@@ -291,10 +291,12 @@ class RNNBase:
         return (y[:, 0] if self.batch_first and x.ndim == 2 else y[0]), state
 
     # -- backward ---------------------------------------------------------------------------
-    def backward(self, tape, dy, dstate=None):
+    def backward(self, tape, dy, dstate=None, *, need_dx=True):
         """Gradients for a forward(training=True): returns (dx, dstate0, dparams), dx shaped as x,
         dstate0 as the initial state, dparams keyed as state_dict(). dy is shaped as y; dstate
-        (shaped as the returned state) may be None for zero."""
+        (shaped as the returned state) may be None for zero. With ``need_dx=False`` dx is None
+        and the first layer skips its product (an input that needs no gradient, such as data:
+        a quarter of that layer's backward flops at input_size = hidden_size)."""
         if not isinstance(tape, Tape):
             raise TypeError(f"tape: expected the tape of this layer's forward(training=True), "
                             f"got {type_name(tape)}")
@@ -303,6 +305,7 @@ class RNNBase:
                              "by another layer")
         batch_first, unbatched, T, B = tape.layout
         D, H, L = self.num_directions, self.hidden_size, self.num_layers
+        need_dx = flag(need_dx, "need_dx")
         if dy is None:
             raise TypeError("dy: expected an array shaped as y, got None")
         dy = float_array(self._on_device(dy, "dy"), "dy", self.dtype)
@@ -322,11 +325,12 @@ class RNNBase:
                 with np.errstate(invalid="ignore"):
                     dy = dy * tape.masks[layer]
             dx = None
+            need = need_dx or layer > 0
             # As forward ran them: the directions of the compiled CPU kernels in one call.
             pair = (ops.run_backward_pair([
                 (tape.op_tapes[layer][d], dy[:, :, d * H:(d + 1) * H],
                  None if dh_n is None else dh_n[layer * 2 + d],
-                 None if dc_n is None else dc_n[layer * 2 + d]) for d in (0, 1)])
+                 None if dc_n is None else dc_n[layer * 2 + d], need) for d in (0, 1)])
                 if D == 2 and tape.op_tapes[layer][0].backend == "cpu" else None)
             for d in range(D):
                 k = layer * D + d
@@ -338,13 +342,14 @@ class RNNBase:
                     dc_k = None if dc_n is None else dc_n[k]
                     op_tape = tape.op_tapes[layer][d]
                     if self.device == "cuda":
-                        g = ops.backward(op_tape, xp.ascontiguousarray(dy_d), dh_k, dc_k)
+                        g = ops.backward(op_tape, xp.ascontiguousarray(dy_d), dh_k, dc_k,
+                                         need_dx=need)
                     else:  # dy_d's rows need only be evenly spaced
-                        g = ops.run_backward(op_tape, dy_d, dh_k, dc_k)
+                        g = ops.run_backward(op_tape, dy_d, dh_k, dc_k, need)
                 with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, as in the kernels
                     if dx is None:
                         dx = g.dx
-                    else:  # in place: no fresh memory to fault in
+                    elif need:  # in place: no fresh memory to fault in
                         xp.add(dx, g.dx, out=dx)
                 dh0[k] = g.dh0
                 if dc0 is not None:
@@ -356,7 +361,7 @@ class RNNBase:
             dy = dx
         wrap = tape.wrap
         dparams = {name: wrap(dparams[name]) for name in self._shapes()}  # state_dict's order
-        return (wrap(self._from_time_major(dy, tape.layout)),
+        return (None if dy is None else wrap(self._from_time_major(dy, tape.layout)),
                 self._final_state(wrap(dh0), None if dc0 is None else wrap(dc0), unbatched),
                 dparams)
 

@@ -243,18 +243,22 @@ def _forward_cuda(kcell, cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, rever
     return ForwardResult(wrap(y), wrap(h_n), None if c_n is None else wrap(c_n), tape)
 
 
-def backward(tape, dy=None, dh_n=None, dc_n=None):
+def backward(tape, dy=None, dh_n=None, dc_n=None, *, need_dx=True):
     """Backpropagation through time for a :func:`forward` run with ``training=True``.
 
     dy (T, B, H) is the gradient of y, dh_n and dc_n (B, H) those of the final state; None means
     zero. Returns ``Gradients(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)`` (dc0 None unless LSTM,
-    the bias gradients None for a layer without bias)."""
+    the bias gradients None for a layer without bias). With ``need_dx=False`` dx is None: the
+    compiled CPU kernels then skip its product, a quarter of the backward's flops at I = H (an
+    input that needs no gradient, such as a first layer's data)."""
     if not isinstance(tape, Tape):
         raise TypeError(f"tape: expected the fusedrnn.ops.Tape of a forward(training=True), "
                         f"got {type_name(tape)}")
+    need_dx = flag(need_dx, "need_dx")
     if tape.backend == "cuda":  # the C++ glue checks the device arrays
         grads = _backend.cuda_module().backward(tape._impl, dy, dh_n, dc_n)
-        return Gradients(*(None if g is None else tape._wrap(g) for g in grads))
+        grads = Gradients(*(None if g is None else tape._wrap(g) for g in grads))
+        return grads if need_dx else grads._replace(dx=None)
     T, B, _, H = tape.shape
     src = "the forward's"
     dy = None if dy is None else shaped(dy, "dy", tape.dtype, (T, B, H), src)
@@ -263,25 +267,23 @@ def backward(tape, dy=None, dh_n=None, dc_n=None):
         raise ValueError(f"dc_n: expected None for cell {tape.cell!r}, got {type_name(dc_n)}")
     dc_n = None if dc_n is None else shaped(dc_n, "dc_n", tape.dtype, (B, H), src)
     dy, dh_n, dc_n = map(contiguous, (dy, dh_n, dc_n))
-    return run_backward(tape, dy, dh_n, dc_n)
+    return run_backward(tape, dy, dh_n, dc_n, need_dx)
 
 
-def run_backward(tape, dy, dh_n, dc_n):
+def run_backward(tape, dy, dh_n, dc_n, need_dx=True):
     """:func:`backward` on arguments already checked and made contiguous, but for dy, whose rows
     need only be evenly spaced (one direction's columns of a bidirectional dy)."""
     if tape.backend == "numpy":
         with np.errstate(all="ignore"):
-            grads = reference.backward(tape._impl, dy, dh_n, dc_n)
-    else:
-        grads = _backend._core.backward(tape._impl, dy, dh_n, dc_n)
-    return Gradients(*grads)
+            grads = Gradients(*reference.backward(tape._impl, dy, dh_n, dc_n))
+        return grads if need_dx else grads._replace(dx=None)
+    return Gradients(*_backend._core.backward(tape._impl, dy, dh_n, dc_n, need_dx))
 
 
 def run_backward_pair(calls):
     """Two :func:`run_backward` calls on tapes of the "cpu" backend at once, each a tuple
-    ``(tape, dy, dh_n, dc_n)``, side by side where :func:`run_forward_pair` would run their
-    forwards so."""
-    results = _backend._core.backward_pair(*[(tape._impl, dy, dh_n, dc_n)
-                                             for tape, dy, dh_n, dc_n in calls])
+    ``(tape, dy, dh_n, dc_n, need_dx)``, side by side where :func:`run_forward_pair` would run
+    their forwards so."""
+    results = _backend._core.backward_pair(*[(tape._impl, *args) for tape, *args in calls])
     return [Gradients(*grads) for grads in results]
 

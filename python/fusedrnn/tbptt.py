@@ -13,7 +13,7 @@ and the cost of a backward are those of one chunk, however long the sequence::
     for chunk, s in zip(fusedrnn.tbptt.run(rnn, chunks), starts):
         loss, dlogits = softmax_cross_entropy(head(chunk.y), ids[:, s + 1:s + 101])
         dy, dhead = head.backward(chunk.y, dlogits)
-        dx, drnn = chunk.backward(dy)
+        _, drnn = chunk.backward(dy, need_dx=False)       # the tokens need no gradient
         opt.step([drnn, dhead])
 
 :func:`run` is lazy: chunk k+1 is computed when the loop asks for it, with the parameters as
@@ -29,7 +29,8 @@ __all__ = ["Chunk", "run"]
 
 class Chunk:
     """One chunk's forward: ``y``, the state it started from (``state0``) and the state it ended
-    in (``state``, carried into the next chunk). ``backward(dy)`` returns (dx, dparams)."""
+    in (``state``, carried into the next chunk). ``backward(dy)`` returns (dx, dparams)
+    (``need_dx=False``: dx None, not computed)."""
 
     __slots__ = ("index", "y", "state0", "state", "_layer", "_tape")
 
@@ -37,10 +38,11 @@ class Chunk:
         self.index, self.y, self.state0, self.state = index, y, state0, state
         self._layer, self._tape = layer, tape
 
-    def backward(self, dy):
+    def backward(self, dy, *, need_dx=True):
         """Gradients of a loss on this chunk's y, inside the chunk only: returns (dx, dparams),
-        dparams keyed as the layer's state_dict()."""
-        dx, _dstate0, dparams = self._layer.backward(self._tape, dy)  # dstate0 dropped: the cut
+        dparams keyed as the layer's state_dict(); dx is None with ``need_dx=False``."""
+        dx, _dstate0, dparams = self._layer.backward(  # dstate0 dropped: the cut
+            self._tape, dy, need_dx=need_dx)
         return dx, dparams
 
 

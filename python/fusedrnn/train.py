@@ -16,7 +16,7 @@ never changes in place the arrays a live training tape refers to. One training s
     dlast, dhead = head.backward(last, dpred)
     dy = np.zeros_like(y)
     dy[:, -1] = dlast
-    _, _, drnn = rnn.backward(tape, dy)
+    _, _, drnn = rnn.backward(tape, dy, need_dx=False)  # x needs no gradient
     clip_grad_norm([drnn, dhead], max_norm=1.0)
     opt.step([drnn, dhead])
 """

@@ -116,7 +116,7 @@ struct BackwardArgs {
   int64_t lddy = 0;
   const T* dh_n = nullptr;           // [B, H], or nullptr (zeros)
   const T* dc_n = nullptr;           // [B, H] (LSTM only), or nullptr (zeros)
-  T* dx = nullptr;                   // [T, B, I]
+  T* dx = nullptr;                   // [T, B, I], or nullptr: not computed (saves a GEMM)
   T* dh0 = nullptr;                  // [B, H]
   T* dc0 = nullptr;                  // [B, H] (LSTM only)
   T* dw_ih = nullptr;                // [G*H, I]
