@@ -109,9 +109,9 @@ def layer_backward(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor]
 def _(x, w_ih, w_hh, b_ih, b_hh, lengths, h_states, c_states, gates, dy, dh_n, dc_n, cell,
       reset_after, reverse, need_dx):
     bias = (b_ih.shape, b_hh.shape) if b_ih is not None else ((0,), (0,))
-    return (x.new_empty(x.shape if need_dx else (0,)), x.new_empty(dh_n.shape), x.new_empty(dc_n.shape),
-            x.new_empty(w_ih.shape), x.new_empty(w_hh.shape), x.new_empty(bias[0]),
-            x.new_empty(bias[1]))
+    return (x.new_empty(x.shape if need_dx else (0,)), x.new_empty(dh_n.shape),
+            x.new_empty(dc_n.shape), x.new_empty(w_ih.shape), x.new_empty(w_hh.shape),
+            x.new_empty(bias[0]), x.new_empty(bias[1]))
 
 
 def _setup_context(ctx, inputs, output):
@@ -133,8 +133,9 @@ def _backward(ctx, dy, dh_n, dc_n, *_tape_grads):
         x, w_ih, w_hh, b_ih, b_hh, lengths, h_states, c_states, gates, dy, dh_n, dc_n, cell,
         reset_after, reverse, need_dx)
     has_bias, has_h0, has_c0 = ctx.given
-    return (dx if need_dx else None, dw_ih, dw_hh, db_ih if has_bias else None, db_hh if has_bias else None,
-            dh0 if has_h0 else None, dc0 if has_c0 else None, None, None, None, None, None)
+    return (dx if need_dx else None, dw_ih, dw_hh, db_ih if has_bias else None,
+            db_hh if has_bias else None, dh0 if has_h0 else None, dc0 if has_c0 else None, None,
+            None, None, None, None)
 
 
 layer_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -251,8 +252,8 @@ def _(x, w_ih, w_hh, b_ih, b_hh, w_ih_reverse, w_hh_reverse, b_ih_reverse, b_hh_
       dc_n, cell, reset_after, need_dx):
     bias = (b_ih.shape, b_hh.shape) if b_ih is not None else ((0,), (0,))
     weights = (w_ih.shape, w_hh.shape, *bias)
-    return (x.new_empty(x.shape if need_dx else (0,)), x.new_empty(dh_n.shape), x.new_empty(dc_n.shape),
-            *(x.new_empty(shape) for shape in weights + weights))
+    return (x.new_empty(x.shape if need_dx else (0,)), x.new_empty(dh_n.shape),
+            x.new_empty(dc_n.shape), *(x.new_empty(shape) for shape in weights + weights))
 
 
 def _setup_bilayer_context(ctx, inputs, output):
@@ -275,8 +276,8 @@ def _bilayer_backward(ctx, dy, dh_n, dc_n, *_tape_grads):
     has_bias, has_h0, has_c0 = ctx.given
     if not has_bias:
         dweights = [None if k % 4 >= 2 else w for k, w in enumerate(dweights)]
-    return (dx if need_dx else None, *dweights, dh0 if has_h0 else None, dc0 if has_c0 else None, None, None, None,
-            None)
+    return (dx if need_dx else None, *dweights, dh0 if has_h0 else None,
+            dc0 if has_c0 else None, None, None, None, None)
 
 
 bilayer_forward.register_autograd(_bilayer_backward, setup_context=_setup_bilayer_context)
