@@ -1,6 +1,6 @@
 """A PyTorch training loop with fusedrnn.torch's module against the same loop with torch.nn's,
-for each of three settings of torch's own threads. Prints the median milliseconds of a step and
-the ratio torch.nn / fusedrnn.torch.
+for four settings of the threads. Prints the median milliseconds of a step and the ratio
+torch.nn / fusedrnn.torch.
 
     python benchmarks/torch_loop.py [--rounds 15] [--quick]
 
@@ -9,13 +9,17 @@ modules (one state dict) alternate in one process, each primed by untimed steps 
 one, as `fusedrnn bench` does.
 
 Why the settings: torch's OpenMP threads (GNU libgomp on Linux) spin after each of torch's
-parallel ops, by default for 300000 pauses (GOMP_SPINCOUNT; milliseconds), on the cores
-fusedrnn's threads then need for the RNN, so that a step of fusedrnn.torch's module runs with a
-core taken. torch.nn's LSTM runs its ops on those same OpenMP threads and loses nothing to them.
-libgomp reads GOMP_SPINCOUNT when torch is imported, so each setting runs in a child process:
-  default               torch as installed
-  GOMP_SPINCOUNT=20000  torch's threads sleep after about a tenth of a millisecond of spinning
-  torch threads 1       torch.set_num_threads(1): no OpenMP threads; fusedrnn keeps its own"""
+parallel ops, by default for 300000 pauses (GOMP_SPINCOUNT; milliseconds). On fusedrnn's own
+threads, a step of fusedrnn.torch's module then runs with a core taken; so importing
+fusedrnn.torch runs fusedrnn's parallel loops on torch's OpenMP threads instead
+(fusedrnn.torch.share_threads), as torch.nn's LSTM runs its own ops. libgomp reads
+GOMP_SPINCOUNT when torch is imported, so each setting runs in a child process:
+  shared            torch as installed; fusedrnn on torch's threads (the default)
+  own threads       FUSEDRNN_SHARE_TORCH_THREADS=0: fusedrnn on its own threads
+  own, spin 20000   the same with GOMP_SPINCOUNT=20000: torch's threads sleep after about a
+                    tenth of a millisecond of spinning
+  torch threads 1   torch.set_num_threads(1); fusedrnn on torch's threads, as many as its own
+                    count"""
 
 import argparse
 import json
@@ -33,9 +37,11 @@ CASES = [  # (cell, T, B, H, layers, bidirectional)
     ("lstm", 20, 128, 512, 1, False),
 ]
 QUICK_CASES = CASES[:3]
+OWN = {"FUSEDRNN_SHARE_TORCH_THREADS": "0"}
 SETTINGS = [  # (label, environment, torch threads)
-    ("default", {}, None),
-    ("GOMP_SPINCOUNT=20000", {"GOMP_SPINCOUNT": "20000"}, None),
+    ("shared", {}, None),
+    ("own threads", OWN, None),
+    ("own, spin 20000", {**OWN, "GOMP_SPINCOUNT": "20000"}, None),
     ("torch threads 1", {}, 1),
 ]
 PRIME_S = 0.05
@@ -98,7 +104,7 @@ def main():
         spec = json.loads(opts.child)
         return child([tuple(c) for c in spec["cases"]], opts.rounds, spec["torch_threads"])
     cases = QUICK_CASES if opts.quick else CASES
-    print(f"{'setting':22s} {'case':32s} {'fusedrnn.torch':>15s} {'torch.nn':>9s} {'ratio':>6s}")
+    print(f"{'setting':16s} {'case':32s} {'fusedrnn.torch':>15s} {'torch.nn':>9s} {'ratio':>6s}")
     for label, env, torch_threads in SETTINGS:
         spec = json.dumps(dict(cases=cases, torch_threads=torch_threads))
         proc = subprocess.Popen([sys.executable, __file__, "--rounds", str(opts.rounds),
@@ -109,7 +115,7 @@ def main():
             cell, T, B, H, layers, bi = r["case"]
             name = f"{cell} T={T} B={B} H={H} L={layers} {'bi' if bi else 'uni'}"
             ours, theirs = r["seconds"]["fusedrnn.torch"], r["seconds"]["torch.nn"]
-            print(f"{label:22s} {name:32s} {ours * 1e3:12.2f} ms {theirs * 1e3:6.2f} ms "
+            print(f"{label:16s} {name:32s} {ours * 1e3:12.2f} ms {theirs * 1e3:6.2f} ms "
                   f"{theirs / ours:5.2f}x", flush=True)
         if proc.wait():
             sys.exit(f"the child process for {label} failed")

@@ -549,10 +549,15 @@ BuildInfo build_info() {
   info.recurrent = cpu::recurrent_kernel_isa();
   info.blas = scipy_openblas_get_config();
   info.threads = cpu::pool_threads();
+  info.openmp_threads = cpu::sharing_openmp_threads();
   return info;
 }
 
 void set_num_threads(int threads) { cpu::set_pool_threads(threads); }
+
+bool share_openmp_threads(const char* library_path) {
+  return cpu::share_openmp_threads(library_path);
+}
 
 void release_memory() {
   cpu::Workspace::release(cpu::this_thread_block());

@@ -34,6 +34,13 @@ void parallel_for_chunks(int64_t chunks, ChunkFn fn, const void* ctx);
 // Whether the calling thread is running a chunk of a parallel loop, where a loop runs inline.
 bool inside_parallel_loop();
 
+// Runs the pool's jobs on the threads of the OpenMP runtime (GNU libgomp's entry points) at
+// `library_path`, which the process must have loaded already (torch's), instead of on the pool's
+// own workers; "" goes back to them. False, and nothing changed, where that library is not
+// loaded or lacks the entry points. See the .cc for why.
+bool share_openmp_threads(const char* library_path);
+bool sharing_openmp_threads();
+
 template <typename F>
 void parallel_for(int64_t chunks, const F& body) {
   if (chunks == 1) return body(int64_t{0});

@@ -678,6 +678,7 @@ PYBIND11_MODULE(_core, m) {
     d["recurrent_kernel"] = info.recurrent;
     d["blas"] = info.blas;
     d["threads"] = info.threads;
+    d["openmp_threads"] = info.openmp_threads;
     d["cuda"] = false;
     return d;
   });
@@ -719,6 +720,18 @@ PYBIND11_MODULE(_core, m) {
         "Frees the scratch memory the calling thread keeps between calls (and the second call\n"
         "of a pair run side by side) and the memory of dropped tapes and outputs kept for the\n"
         "next ones.");
+  m.def("share_openmp_threads",
+        [](const py::object& path) {
+          if (!py::isinstance<py::str>(path))
+            throw py::type_error("library_path: expected a str, got " + type_name(path));
+          const std::string p = path.cast<std::string>();
+          py::gil_scoped_release release;  // waits for a job of another thread to end
+          return fusedrnn::share_openmp_threads(p.c_str());
+        },
+        py::arg("library_path"),
+        "Runs the kernels' parallel loops on the threads of the OpenMP runtime (libgomp) the\n"
+        "process loaded from library_path, such as torch's; '' goes back to fusedrnn's own.\n"
+        "False, changing nothing, where it is not loaded. Results do not change.");
   m.def("set_num_threads", &fusedrnn::set_num_threads, py::arg("threads"),
         "Threads for the kernels (GEMM blocks and pointwise rows); results do not depend on it.");
 }

@@ -2,9 +2,14 @@
 relative-error measure."""
 
 import functools
+import os
 
 import numpy as np
 import pytest
+
+# Importing fusedrnn.torch shares torch's OpenMP threads for the whole process; the tests run on
+# fusedrnn's own threads unless they share them themselves (test_threads.py, test_torch_module.py).
+os.environ.setdefault("FUSEDRNN_SHARE_TORCH_THREADS", "0")
 
 import fusedrnn
 from fusedrnn import ops

@@ -6,6 +6,7 @@ started together in two threads must overlap in time (with the GIL held they can
 thread could not even enter its call), and a Python thread must keep running while a kernel
 runs. How much faster two threads are than one is measured by benchmarks/threads.py, not here."""
 
+import os
 import threading
 import time
 
@@ -175,3 +176,79 @@ def test_get_num_threads_returns_what_set_num_threads_set():
             assert fr.get_num_threads() == threads
     finally:
         fr.set_num_threads(before)
+
+
+# --- torch's OpenMP threads in place of fusedrnn's own (fusedrnn.torch.share_threads) --------
+
+@pytest.fixture
+def torch_threads():
+    """fusedrnn's parallel loops on torch's OpenMP threads, for the test; back after it."""
+    frt = pytest.importorskip("fusedrnn.torch", reason="sharing torch's threads needs torch")
+    if not frt.share_threads():
+        pytest.skip("torch has no libgomp here to share")
+    assert _core.build_info()["openmp_threads"]
+    yield frt
+    frt.share_threads(False)
+    assert not _core.build_info()["openmp_threads"]
+
+
+def test_torch_threads_give_the_same_bits(torch_threads):
+    """The determinism workload (every layer kind, two bidirectional layers, dropout, lengths)
+    on 1, 2 and 3 threads of torch's, against fusedrnn's own threads."""
+    import test_determinism
+    before = _core.build_info()["threads"]
+    try:
+        shared = []
+        for threads in (1, 2, 3):
+            fr.set_num_threads(threads)
+            shared.append(test_determinism.digest())
+        torch_threads.share_threads(False)
+        assert shared == [test_determinism.digest()] * 3
+    finally:
+        fr.set_num_threads(before)
+
+
+def pool_worker_threads():
+    """The process's threads that fusedrnn's pool started (it names them)."""
+    def name(task):
+        with open(f"/proc/self/task/{task}/comm") as f:
+            return f.read().strip()
+    return [t for t in os.listdir("/proc/self/task") if name(t) == "fusedrnn-pool"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc")
+def test_torch_threads_replace_the_pools_own(torch_threads):
+    """While torch's threads are shared, the pool's own workers are stopped and none starts."""
+    m = LAYERS["lstm"](64, 128, seed=0)
+    x = np.random.default_rng(0).uniform(-1, 1, (20, 64, 64)).astype(np.float32)
+    step(m, x, None, np.ones((20, 64, 128), np.float32))
+    assert pool_worker_threads() == []
+    torch_threads.share_threads(False)
+    step(m, x, None, np.ones((20, 64, 128), np.float32))
+    assert len(pool_worker_threads()) == _core.build_info()["threads"] - 1
+
+
+def test_concurrent_steps_on_torch_threads_equal_serial_steps(torch_threads):
+    """Callers from several Python threads: one runs on torch's threads, the others on their
+    own (the pool serves one job at a time)."""
+    rng = np.random.default_rng(3)
+    models = [LAYERS["lstm"](I, H, bidirectional=True, num_layers=2, seed=i) for i in range(4)]
+    xs = [rng.uniform(-1, 1, (40, 16, I)).astype(np.float32) for _ in models]
+    dys = [rng.uniform(-1, 1, (40, 16, 2 * H)).astype(np.float32) for _ in models]
+    serial = [step(m, x, None, dy) for m, x, dy in zip(models, xs, dys)]
+    for _ in range(3):
+        concurrent = run_threads(lambda i: step(models[i], xs[i], None, dys[i]), len(models))
+        for got, want in zip(concurrent, serial):
+            for a, b in zip(got, want):
+                np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("path, expected", [(3, TypeError), (None, TypeError)])
+def test_share_openmp_threads_refuses_a_path_that_is_no_str(path, expected):
+    with pytest.raises(expected, match="library_path: expected a str"):
+        _core.share_openmp_threads(path)
+
+
+def test_share_openmp_threads_of_an_unloaded_library_changes_nothing():
+    assert not _core.share_openmp_threads("/nonexistent/libgomp.so.1")
+    assert not _core.build_info()["openmp_threads"]

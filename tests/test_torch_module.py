@@ -17,6 +17,16 @@ if "cpu" not in fusedrnn.backends():
 import fusedrnn.torch as frt  # noqa: E402  (after the skips)
 from fusedrnn._torch_ops import backend_for  # noqa: E402
 
+
+
+@pytest.fixture(autouse=True, scope="module")
+def torch_threads_shared():
+    """As a program importing fusedrnn.torch runs (the tests' conftest turns that off)."""
+    frt.share_threads()
+    yield
+    frt.share_threads(False)
+
+
 pack_padded_sequence = torch.nn.utils.rnn.pack_padded_sequence
 pad_packed_sequence = torch.nn.utils.rnn.pad_packed_sequence
 

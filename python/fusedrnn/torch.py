@@ -15,15 +15,40 @@ tensors reach the kernels without a copy, CUDA tensors need fusedrnn's CUDA back
     y, (h, c) = lstm(x)
 """
 
+import os
+import pathlib
+
 import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from ._backend import _core
+from ._checks import flag
 from ._torch_ops import bilayer_forward, layer_forward
 
-__all__ = ["LSTM", "GRU", "RNN"]
+__all__ = ["LSTM", "GRU", "RNN", "share_threads"]
 
 _CELLS = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
+
+
+def share_threads(share=True):
+    """Whether fusedrnn's kernels run their parallel loops on torch's OpenMP threads (libgomp's)
+    rather than on fusedrnn's own; returns whether they now do. After each of torch's parallel
+    ops its threads spin for milliseconds on the cores that fusedrnn's threads would need
+    (csrc/thread_pool.cc), so importing fusedrnn.torch shares them, unless the environment sets
+    FUSEDRNN_SHARE_TORCH_THREADS=0. Results are the same bits either way."""
+    share = flag(share, "share")
+    if _core is None:
+        return False
+    if not share:
+        _core.share_openmp_threads("")
+        return False
+    libraries = sorted((pathlib.Path(torch.__file__).parent / "lib").glob("libgomp*.so*"))
+    return any(_core.share_openmp_threads(str(path)) for path in libraries)
+
+
+if os.environ.get("FUSEDRNN_SHARE_TORCH_THREADS", "1") != "0":
+    share_threads()
 
 
 class _FusedRNNBase(torch.nn.RNNBase):

@@ -195,11 +195,18 @@ struct BuildInfo {
   const char* recurrent;  // kernel of float's recurrent products: "avx2+fma" or "portable"
   const char* blas;       // BLAS configuration string (OpenBLAS runs single-threaded)
   int threads;            // the kernels' threads (set_num_threads)
+  bool openmp_threads;    // whether they are an OpenMP runtime's (share_openmp_threads)
 };
 BuildInfo build_info();
 // Threads for the kernels' GEMMs and pointwise passes, the caller's included; results do not
 // depend on it. Default: the cores this process may use.
 void set_num_threads(int threads);
+// Runs the kernels' parallel loops on the threads of an OpenMP runtime the process has already
+// loaded (GNU libgomp's entry points, at `library_path`, such as torch's) rather than on fusedrnn's
+// own: inside a program whose OpenMP threads spin between its parallel regions, no third thread
+// then competes for the cores. "" goes back to fusedrnn's own threads. Returns false, changing
+// nothing, where the library is not loaded or lacks the entry points. Results do not change.
+bool share_openmp_threads(const char* library_path);
 // Frees the scratch memory the calling thread keeps between calls (the input projection and gate
 // gradients of its largest call, up to 256 MB; and that of the second call of a pair run side by
 // side) and the memory of dropped tapes and outputs kept for the next ones (up to 8 blocks
