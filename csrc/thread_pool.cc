@@ -137,12 +137,11 @@ class Pool {
     std::lock_guard<std::mutex> lock(busy_);
     stop_workers();
     openmp_ = runtime;
+    sharing_ = runtime.parallel != nullptr;
   }
 
-  bool sharing() {
-    std::lock_guard<std::mutex> lock(busy_);
-    return openmp_.parallel != nullptr;
-  }
+  // Without busy_: build_info() asks, and a job may hold busy_ for a whole call.
+  bool sharing() const { return sharing_.load(); }
 
   void run(int64_t chunks, ChunkFn fn, const void* ctx) {
     if (chunks <= 0) return;
@@ -173,17 +172,20 @@ class Pool {
     for (auto slice = slices_.rbegin(); slice != slices_.rend(); ++slice)
       slice->claim.store(seq << 32);
     if (openmp_.parallel) {
-      // The region's threads claim as the workers would, the caller as thread 0.
+      // The region's threads claim as the workers would, the caller as thread 0. Its team is
+      // the runtime's own size (0: torch.set_num_threads'): one of another size would make
+      // libgomp end or start threads at every switch between torch's ops and ours. noexcept:
+      // an exception unwinding through GOMP_parallel would leave the runtime's team broken.
       struct Region {
         Pool* pool;
         uint64_t seq;
       } region{this, seq};
       openmp_.parallel(
-          [](void* p) {
+          [](void* p) noexcept {
             const Region& r = *static_cast<const Region*>(p);
             r.pool->work_on(r.seq, r.pool->openmp_.thread_num() % r.pool->threads_);
           },
-          &region, static_cast<unsigned>(threads_), 0);
+          &region, 0, 0);
     } else {
       generation_.fetch_add(1);
       if (sleepers_.load() > 0) {
@@ -282,6 +284,7 @@ class Pool {
   std::mutex busy_;  // held by the one caller whose job is in flight
   int threads_;
   OpenMpRuntime openmp_;  // whose threads run the jobs, if set (under busy_)
+  std::atomic<bool> sharing_{false};  // openmp_ is set
   std::vector<std::thread> workers_;
   // One claim word per thread, a cache line each: the chunks of a job are dealt into one
   // slice per thread, the caller's first.

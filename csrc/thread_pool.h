@@ -28,7 +28,8 @@ using ChunkFn = void (*)(const void* ctx, int64_t chunk);
 
 // Runs fn(ctx, i) once for every i in [0, chunks) and returns when all have run. Safe to call
 // from several threads at once (a call that finds the pool busy runs its chunks itself) and
-// from inside a chunk (the inner loop runs on the calling thread).
+// from inside a chunk (the inner loop runs on the calling thread). fn must not throw: a chunk
+// that can fails by storing its exception for the caller (pair_cpu.cc's run_pair).
 void parallel_for_chunks(int64_t chunks, ChunkFn fn, const void* ctx);
 
 // Whether the calling thread is running a chunk of a parallel loop, where a loop runs inline.
@@ -36,8 +37,9 @@ bool inside_parallel_loop();
 
 // Runs the pool's jobs on the threads of the OpenMP runtime (GNU libgomp's entry points) at
 // `library_path`, which the process must have loaded already (torch's), instead of on the pool's
-// own workers; "" goes back to them. False, and nothing changed, where that library is not
-// loaded or lacks the entry points. See the .cc for why.
+// own workers; "" goes back to them. A job's team is then the runtime's (its number of threads,
+// torch.set_num_threads'), its chunks dealt as for pool_threads() threads. False, and nothing
+// changed, where that library is not loaded or lacks the entry points. See the .cc for why.
 bool share_openmp_threads(const char* library_path);
 bool sharing_openmp_threads();
 

@@ -36,7 +36,8 @@ def share_threads(share=True):
     rather than on fusedrnn's own; returns whether they now do. After each of torch's parallel
     ops its threads spin for milliseconds on the cores that fusedrnn's threads would need
     (csrc/thread_pool.cc), so importing fusedrnn.torch shares them, unless the environment sets
-    FUSEDRNN_SHARE_TORCH_THREADS=0. Results are the same bits either way."""
+    FUSEDRNN_SHARE_TORCH_THREADS=0. While shared, torch.set_num_threads sets how many threads
+    fusedrnn's loops run on. Results are the same bits either way."""
     share = flag(share, "share")
     if _core is None:
         return False

@@ -204,8 +204,9 @@ void set_num_threads(int threads);
 // Runs the kernels' parallel loops on the threads of an OpenMP runtime the process has already
 // loaded (GNU libgomp's entry points, at `library_path`, such as torch's) rather than on fusedrnn's
 // own: inside a program whose OpenMP threads spin between its parallel regions, no third thread
-// then competes for the cores. "" goes back to fusedrnn's own threads. Returns false, changing
-// nothing, where the library is not loaded or lacks the entry points. Results do not change.
+// then competes for the cores. The runtime's number of threads then sets how many run. "" goes
+// back to fusedrnn's own threads. Returns false, changing nothing, where the library is not
+// loaded or lacks the entry points. Results do not change.
 bool share_openmp_threads(const char* library_path);
 // Frees the scratch memory the calling thread keeps between calls (the input projection and gate
 // gradients of its largest call, up to 256 MB; and that of the second call of a pair run side by
