@@ -18,8 +18,7 @@ GOMP_SPINCOUNT when torch is imported, so each setting runs in a child process:
   own threads       FUSEDRNN_SHARE_TORCH_THREADS=0: fusedrnn on its own threads
   own, spin 20000   the same with GOMP_SPINCOUNT=20000: torch's threads sleep after about a
                     tenth of a millisecond of spinning
-  torch threads 1   torch.set_num_threads(1); fusedrnn on torch's threads, as many as its own
-                    count"""
+  torch threads 1   torch.set_num_threads(1); fusedrnn on torch's threads, so on one too"""
 
 import argparse
 import json
