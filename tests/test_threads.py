@@ -6,6 +6,7 @@ started together in two threads must overlap in time (with the GIL held they can
 thread could not even enter its call), and a Python thread must keep running while a kernel
 runs. How much faster two threads are than one is measured by benchmarks/threads.py, not here."""
 
+import contextlib
 import os
 import threading
 import time
@@ -81,13 +82,22 @@ def test_concurrent_steps_equal_serial_steps(kind, shared, dtype):
                 assert got.tobytes() == want.tobytes(), (i, r)
 
 
+@contextlib.contextmanager
+def kernel_threads(n):
+    """The kernels on n threads, then on as many as before."""
+    before = _core.build_info()["threads"]
+    fr.set_num_threads(n)
+    try:
+        yield
+    finally:
+        fr.set_num_threads(before)
+
+
 @pytest.fixture
 def one_kernel_thread():
     """One kernel thread per call: two callers then need two cores, not four."""
-    before = _core.build_info()["threads"]
-    fr.set_num_threads(1)
-    yield
-    fr.set_num_threads(before)
+    with kernel_threads(1):
+        yield
 
 
 def long_kernel_call():
@@ -184,10 +194,8 @@ def test_get_num_threads_returns_what_set_num_threads_set():
 
 @pytest.fixture
 def two_threads():
-    before = _core.build_info()["threads"]
-    fr.set_num_threads(2)
-    yield
-    fr.set_num_threads(before)
+    with kernel_threads(2):
+        yield
 
 
 @pytest.fixture
