@@ -9,6 +9,8 @@ import pytest
 
 # Importing fusedrnn.torch shares torch's OpenMP threads for the whole process; the tests run on
 # fusedrnn's own threads unless they share them themselves (test_threads.py, test_torch_module.py).
+# CI runs the suite once more on torch's threads: FUSEDRNN_SHARE_TORCH_THREADS=1 pytest -p
+# fusedrnn.torch (.ci/run).
 os.environ.setdefault("FUSEDRNN_SHARE_TORCH_THREADS", "0")
 
 import fusedrnn
