@@ -9,7 +9,10 @@ cases run up to half again as long, and runs of one build after the other, each 
 process, kept showing 2-5% differences that an A/A comparison showed too. Here a build runs for
 --secs at a turn, after 20 ms of untimed runs (the other build's idle workers spin for a fraction
 of a millisecond before they sleep), and the printed figures are the medians of all timed runs;
-B/A < 1 means B is faster. An A/A run (the same build twice) reads within 1% of 1.000.
+B/A < 1 means B is faster. An A/A run (the same build twice) reads within 1% of 1.000. The
+range of the rounds' own B/A (each round's medians) follows: where it straddles 1.000 widely, a
+difference of a few percent is the machine's, not the builds' (two A/Bs of one change read 0.984
+and 1.063 in one hour).
 """
 import argparse
 import os
@@ -85,22 +88,28 @@ def main(argv=None):
         runs[label] = runner(layers, args, x, dy)
         runs[label]()  # allocations, thread pool, lazy initialisation
     times = {"A": [], "B": []}
+    round_ratios = []  # B/A of each round's medians: how far the machine moved between turns
     for r in range(args.rounds):
+        turn = {}
         for label in ("AB" if r % 2 == 0 else "BA"):
             run = runs[label]
             start = time.perf_counter()
             while time.perf_counter() - start < 0.02:
                 run()
+            turn[label] = []
             start = time.perf_counter()
             while time.perf_counter() - start < args.secs:
                 t0 = time.perf_counter()
                 run()
-                times[label].append(time.perf_counter() - t0)
+                turn[label].append(time.perf_counter() - t0)
+            times[label] += turn[label]
+        round_ratios.append(statistics.median(turn["B"]) / statistics.median(turn["A"]))
     a, b = (statistics.median(times[k]) * 1e3 for k in "AB")
     print(f"{args.cell} {args.mode} T={args.T} B={args.B} I={args.I or args.H} H={args.H} "
           f"L={args.layers}{' bi' if args.bidirectional else ''}"
           f"{'' if args.dtype == 'float32' else ' ' + args.dtype}: A {a:.3f} ms, B {b:.3f} ms, "
-          f"B/A {b / a:.3f} ({len(times['A'])} and {len(times['B'])} runs)")
+          f"B/A {b / a:.3f} ({len(times['A'])} and {len(times['B'])} runs; by round "
+          f"{min(round_ratios):.3f} to {max(round_ratios):.3f})")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ def test_ab_compares_two_copies_of_a_build(tmp_path, cell, mode):
                   "--H", "8", "--rounds", "2", "--secs", "0.01", "--threads", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"{cell} {mode} T=3 B=2 I=8 H=8 L=1: A " in proc.stdout and "B/A" in proc.stdout
+    assert "by round" in proc.stdout
 
 
 def test_ab_refuses_one_directory_twice(tmp_path):
