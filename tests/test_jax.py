@@ -1,6 +1,8 @@
 """fusedrnn.jax: outputs and gradients against jax.grad of the reference math written in
 jax.numpy here (the formulas of fusedrnn/reference.py), under jit, grad and vmap."""
 
+import functools
+
 import numpy as np
 import pytest
 from conftest import KERNEL_CELLS, layer_arrays, rel_err
@@ -155,3 +157,32 @@ def test_bad_input_names_the_argument(call, error, match):
     arrays = layer_arrays(np.random.default_rng(2), "lstm", np.float64, T, B, I, H)
     with pytest.raises(error, match=match):
         call(arrays)
+
+
+@pytest.mark.parametrize("kcell", ["lstm", "gru"])
+def test_backward_skips_what_the_gradient_does_not_need(kcell, monkeypatch):
+    """Differentiated with respect to the weights only, with a loss of h_n alone: the kernels'
+    backward is asked for no dx and gets no dy (jax's symbolic zeros), and the gradients still
+    equal the reference's."""
+    rng = np.random.default_rng(3)
+    arrays = layer_arrays(rng, kcell, np.float64, T, B, I, H)
+    calls = []
+    backward = fusedrnn.ops.backward
+
+    def spy(tape, dy=None, dh_n=None, dc_n=None, *, need_dx=True):
+        calls.append((dy is None, dh_n is None, need_dx))
+        return backward(tape, dy, dh_n, dc_n, need_dx=need_dx)
+
+    monkeypatch.setattr(fusedrnn.ops, "backward", spy)
+    x, w_ih, w_hh = (jnp.asarray(arrays[k]) for k in ("x", "w_ih", "w_hh"))
+    weights = jnp.asarray(rng.uniform(-1, 1, (B, H)))
+
+    def loss(layer, w_ih, w_hh):
+        return (layer(kcell, x, w_ih, w_hh, None, None, None, None, LENGTHS, False)[1]
+                * weights).sum()
+
+    ours = jax.jit(jax.grad(functools.partial(loss, fused_layer), argnums=(0, 1)))(w_ih, w_hh)
+    theirs = jax.grad(functools.partial(loss, reference_layer_filled), argnums=(0, 1))(w_ih, w_hh)
+    assert calls == [(True, False, False)]
+    for a, b in zip(ours, theirs):
+        assert rel_err(a, b) < RTOL[np.float64]

@@ -4,7 +4,9 @@
 (time-major x (T, B, I), PyTorch's weight layout) and work under ``jax.jit``, ``jax.grad`` and
 ``jax.vmap``. Each is a ``jax.custom_vjp`` whose forward and backward call the compiled CPU
 kernels through ``jax.pure_callback``; the forward's tape travels to the backward as JAX arrays
-(:func:`fusedrnn.ops.tape_arrays`). Stacking layers and directions is left to the caller::
+(:func:`fusedrnn.ops.tape_arrays`). The backward skips dx's product where x is not
+differentiated (a first layer's data), and reads an output the loss does not use as zeros
+without making them. Stacking layers and directions is left to the caller::
 
     import fusedrnn.jax as frj
     y, h_n, c_n = frj.lstm(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=lengths)
@@ -13,6 +15,7 @@ kernels through ``jax.pure_callback``; the forward's tape travels to the backwar
 float32 and float64 (the latter with ``jax_enable_x64``); CPU only.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -124,7 +127,18 @@ def _fused(cell, reset_after, reverse, x, w_ih, w_hh, b_ih, b_hh, h0, c0, length
                                c0, lengths))
 
 
-def _fused_fwd(cell, reset_after, reverse, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths):
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class _NeedDx:
+    """Whether the backward computes dx: whether x is differentiated (perturbed), which
+    jax.custom_vjp tells the forward rule (symbolic_zeros=True). Static (no leaves), so that it
+    reaches the backward rule as a Python bool under jit too."""
+    value: bool
+
+
+def _fused_fwd(cell, reset_after, reverse, *primals):
+    # Each argument JAX differentiates comes as a CustomVJPPrimal; None (c0, lengths) as None.
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths = (getattr(a, "value", a) for a in primals)
     outs = _call_forward(cell, reset_after, reverse, True, x, w_ih, w_hh, b_ih, b_hh, h0, c0,
                          lengths)
     n = 3 if c0 is not None else 2
@@ -132,33 +146,44 @@ def _fused_fwd(cell, reset_after, reverse, x, w_ih, w_hh, b_ih, b_hh, h0, c0, le
     T, B, _ = x.shape
     tape = tuple(None if shape is None else next(kept)
                  for shape in ops.tape_shapes(cell, T, B, w_hh.shape[1], reset_after))
-    return tuple(outs[:n]), (x, w_ih, w_hh, b_ih, b_hh, lengths, tape)
+    need_dx = _NeedDx(bool(primals[0].perturbed))
+    return tuple(outs[:n]), (x, w_ih, w_hh, b_ih, b_hh, lengths, tape, need_dx)
 
 
-def _run_backward(cell, reset_after, reverse, x, w_ih, w_hh, b_ih, b_hh, lengths, tape, dy,
-                  dh_n, dc_n):
-    """The callback: the kernels' backward from a tape rebuilt on the host arrays."""
+def _run_backward(cell, reset_after, reverse, need_dx, given, x, w_ih, w_hh, b_ih, b_hh,
+                  lengths, tape, *cotangents):
+    """The callback: the kernels' backward from a tape rebuilt on the host arrays. `given` says
+    which of (dy, dh_n, dc_n) came as arrays; the others are zero."""
     rebuilt = ops.tape_from_arrays(cell, x, w_ih, w_hh, b_ih, b_hh, *tape, lengths=lengths,
                                    reverse=reverse, reset_after=reset_after)
-    grads = ops.backward(rebuilt, dy, dh_n, dc_n)
+    arrays = iter(cotangents)
+    dy, dh_n, dc_n = (next(arrays) if g else None for g in given)
+    grads = ops.backward(rebuilt, dy, dh_n, dc_n, need_dx=need_dx)
     return tuple(g for g in grads if g is not None)  # the biases are always given here
 
 
 def _fused_bwd(cell, reset_after, reverse, residuals, cotangents):
-    x, w_ih, w_hh, b_ih, b_hh, lengths, tape = residuals
-    dy, dh_n = cotangents[:2]
-    dc_n = cotangents[2] if len(cotangents) == 3 else None
+    """The kernels' backward for the cotangents of (y, h_n[, c_n]); a symbolic zero among them
+    (an output the loss does not use) goes to the kernels as None, and dx is left out (None)
+    where x is not differentiated: the backward then skips its product."""
+    x, w_ih, w_hh, b_ih, b_hh, lengths, tape, need_dx = residuals
+    has_c = len(cotangents) == 3
+    given = tuple(not isinstance(c, jax.custom_derivatives.SymbolicZero) for c in cotangents)
+    given += (False,) * (3 - len(given))
     state = (x.shape[1], w_hh.shape[1])
-    shapes = [x.shape, state] + ([state] if dc_n is not None else [])
+    shapes = ([x.shape] if need_dx.value else []) + [state] + ([state] if has_c else [])
     shapes += [w_ih.shape, w_hh.shape, b_ih.shape, b_hh.shape]
-    run = functools.partial(_run_backward, cell, reset_after, reverse)
+    run = functools.partial(_run_backward, cell, reset_after, reverse, need_dx.value, given)
     grads = jax.pure_callback(run, [jax.ShapeDtypeStruct(s, x.dtype) for s in shapes], x, w_ih,
-                              w_hh, b_ih, b_hh, lengths, tape, dy, dh_n, dc_n,
+                              w_hh, b_ih, b_hh, lengths, tape,
+                              *(c for c, g in zip(cotangents, given) if g),
                               vmap_method="sequential")
-    dx, dh0 = grads[:2]
-    dc0 = grads[2] if dc_n is not None else None
-    dw_ih, dw_hh, db_ih, db_hh = grads[-4:]
+    grads = list(grads)
+    dx = grads.pop(0) if need_dx.value else None
+    dh0 = grads.pop(0)
+    dc0 = grads.pop(0) if has_c else None
+    dw_ih, dw_hh, db_ih, db_hh = grads
     return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, None  # lengths: no cotangent
 
 
-_fused.defvjp(_fused_fwd, _fused_bwd)
+_fused.defvjp(_fused_fwd, _fused_bwd, symbolic_zeros=True)
