@@ -10,8 +10,7 @@
 // CPUs without FMA, rounds each product and each sum apart: bits of its own.
 // AVX2 (16 registers): tiles of 3 rows by a 4-vector panel, 12 accumulators (with the 3 A
 // broadcasts and one panel vector, all 16; a last four rows go as two tiles over half the
-// panel, 8 each); a 6-vector panel (GRU's three segments) goes as two tiles of up to 4 rows by
-// half the panel (12 accumulators, 3 panel vectors and one broadcast). AVX-512 (32 registers): each 64-byte register holds two of the panel's
+// panel, 8 each); GRU's three segments make a 3-vector panel, in tiles of 4 rows. AVX-512 (32 registers): each 64-byte register holds two of the panel's
 // vectors, and a tile has up to 24 accumulators (12 rows of a 2-register panel, 8 of a
 // 3-register one); a block's rows are cut into near-equal tiles, none under layout.rows.
 // A panel outer loop keeps one panel (k·vectors·32 bytes) in L2 while all rows of A pass over
@@ -489,10 +488,10 @@ const TileFn<T>* tiles_for_cpu(int vectors) {
   static const TileFn<T> four[3] = {tile_for_cpu<T, 1, 4, Stacked>(),
                                     tile_for_cpu<T, 2, 4, Stacked>(),
                                     tile_for_cpu<T, 3, 4, Stacked>()};
-  static const TileFn<T> half_six[4] = {
+  static const TileFn<T> three[4] = {
       tile_for_cpu<T, 1, 3, Stacked>(), tile_for_cpu<T, 2, 3, Stacked>(),
       tile_for_cpu<T, 3, 3, Stacked>(), tile_for_cpu<T, 4, 3, Stacked>()};
-  return vectors == 4 ? four : half_six;
+  return vectors == 4 ? four : three;
 }
 
 // The one-row kernel of a layout of `vectors` vectors whose panels stream from beyond L2
@@ -552,22 +551,20 @@ template <typename T>
 PanelLayout panel_layout(int64_t segments) {
   if (segments < 1 || segments > 4)
     detail::fail("panel_layout: expected 1 to 4 segments, got " + std::to_string(segments));
-  const int vectors = segments == 3 ? 6 : 4;
-  const int64_t units = vectors * kLanes<T> / segments;  // float: 32, 16, 16, 8
   if (cpu_isa() == Isa::avx512) {
+    const int vectors = segments == 3 ? 6 : 4;
+    const int64_t units = vectors * kLanes<T> / segments;  // float: 32, 16, 16, 8
     // At least 8 accumulators (two FMA pipes, four cycles each) in a tile of layout.rows.
     const int registers = vectors / 2;
-    return {units, vectors, (8 + registers - 1) / registers, kAvx512Accumulators / registers,
-            vectors};
+    return {units, vectors, (8 + registers - 1) / registers, kAvx512Accumulators / registers};
   }
-  // AVX2: a 6-vector panel (three segments: GRU) goes as two tiles of 4 rows by 3 vectors,
-  // not one of 2 by 6: 2x6 reads 192 bytes of the panel a k for 12 FMAs, all a Zen 3 core's L2
-  // gives in the 6 cycles they take where the panel outgrows L1 (k > 128); 4x3 reads 96.
-  // Alternated in one process on a Zen 3, GRU inference ran 6.5% faster at T=20 B=128 H=512,
-  // 7% at T=200 B=16 H=512, 4% at T=20 B=128 H=1024, 11% at T=200 B=128 H=128 and 18% at B=16
-  // (its walk's 8-row blocks, k = 128); training 4-6% (T=20 B=16 H=1024 level).
-  if (vectors == 6) return {units, vectors, 4, 4, 3};
-  return {units, vectors, 3, 3, vectors};
+  // AVX2: three segments (GRU) make a 3-vector panel, in tiles of 4 rows (12 accumulators,
+  // the panel's 3 vectors and one row's broadcast at a time), not a 6-vector one in tiles of 2:
+  // 2x6 reads 192 bytes of its panel a k for 12 FMAs, all a Zen 3 core's L2 gives in the 6
+  // cycles they take where the panel outgrows L1 (k > 128); 4x3 reads 96.
+  const int vectors = segments == 3 ? 3 : 4;
+  const int rows = segments == 3 ? 4 : 3;
+  return {vectors * kLanes<T> / segments, vectors, rows, rows};  // float: 32, 16, 8, 8 units
 }
 
 bool packed_kernel_beats_blas() { return cpu_isa() == Isa::avx512; }
@@ -733,11 +730,13 @@ void pack_part(const ProductShape& shape, const T* w, int64_t ldw, int64_t p0, i
 // H=1024 2-12% faster, T=20 B=4 7-8%. Up to all of L2, LSTM T=200 B=1 H=1024 (800 KB of
 // panels) ran 3-4% faster still, which a smaller L2 would pay for in tiles that read their
 // panels from L3. The step products of B=16 and 128, H=128 to 1024, timed level either way.
-// Only with AVX-512: the AVX2 kernel runs the steps' products alone (BLAS the chunks'), and its
-// 3-row tiles, reading each panel again from L2 rather than L1, ran LSTM inference T=20 B=128
-// H=128 2-3% slower rows outer.
-bool rows_outer_fits(int64_t bytes) {
-  return packed_kernel_beats_blas() && bytes <= l2_cache_bytes() / 2;
+// With AVX2 only for short tiles, k <= 256, whose rows of A and C weigh most beside their FMAs:
+// alternated in one process on a Zen 3, inference at T=200 B=128 ran 27% faster rows outer for
+// GRU H=32 (k = 32, the walk's 32-row blocks) and 13% for GRU H=128, 6% for LSTM H=32, 5% for
+// RNN H=128; training GRU 5-7%, RNN 2%; LSTM T=20 B=128 H=128 (stacked, k = 256) and B=16
+// level, H=256 level. At k = 512 and 1024 (a step block's panels) 0.5-1% slower.
+bool rows_outer_fits(int64_t bytes, int64_t k) {
+  return (packed_kernel_beats_blas() || k <= 256) && bytes <= l2_cache_bytes() / 2;
 }
 
 // Whether a product of one row of A reads panels that stream from beyond L2: M (`bytes` in all)
@@ -824,63 +823,68 @@ void packed_multiply(const ProductShape& shape, const Panels<T>& panels, int64_t
   // rows of C whole, not a panel's width of them at a time down C's rows.
   const int64_t panel_count = p1 - p0;
   const bool rows_outer =
-      rows_outer_fits(panel_count * panels.panel_elements * int64_t{sizeof(T)});
-  const int64_t outer_count = rows_outer ? row_steps : panel_count;
-  const int64_t inner_count = rows_outer ? panel_count : row_steps;
-  for (int64_t outer = 0; outer < outer_count; ++outer) {
-    for (int64_t inner = 0; inner < inner_count; ++inner) {
-      const int64_t p = p0 + (rows_outer ? inner : outer);
-      const int64_t step = rows_outer ? outer : inner;
-      const T* panel = panels.base + (p - panels.first) * panels.panel_elements;
-      const int64_t first = p * layout.units;
-      const int64_t units = std::min(layout.units, shape.width - first);
-      // A whole panel's sums go straight to C, each vector to its segment's columns. The last
-      // panel's, when it is cut short, go to `tile` first and only its units are copied.
-      const bool whole = units == layout.units;
-      TileOut<T> out;
-      out.accumulate = whole && accumulate;
-      for (int v = 0; v < layout.vectors; ++v) {
-        const int64_t lane = v * kLanes<T>;
-        out.columns[v] = whole ? lane / layout.units * shape.width + first + lane % layout.units
-                               : lane;
-      }
-      const int64_t r0 = step == 0 ? 0 : step_end(step - 1);
-      const int64_t tile_rows = step_end(step) - r0;
-      const T* a_rows[kMaxRows];
-      const T* right_rows[kMaxRows];
+      rows_outer_fits(panel_count * panels.panel_elements * int64_t{sizeof(T)}, shape.k);
+  // Where a whole panel's vectors go, from its first unit: each to its segment's columns.
+  int64_t vector_columns[kMaxVectors];
+  for (int v = 0; v < layout.vectors; ++v) {
+    const int64_t lane = v * kLanes<T>;
+    vector_columns[v] = lane / layout.units * shape.width + lane % layout.units;
+  }
+  // The tile of rows [r0, r1) against panel p (step: the rows' step).
+  const auto run_tile = [&](int64_t p, int64_t step, int64_t r0, int64_t r1) {
+    const T* panel = panels.base + (p - panels.first) * panels.panel_elements;
+    const int64_t first = p * layout.units;
+    const int64_t units = std::min(layout.units, shape.width - first);
+    // A whole panel's sums go straight to C. The last panel's, when it is cut short, go to
+    // `tile` first and only its units are copied.
+    const bool whole = units == layout.units;
+    TileOut<T> out;
+    out.accumulate = whole && accumulate;
+    for (int v = 0; v < layout.vectors; ++v)
+      out.columns[v] = whole ? first + vector_columns[v] : v * kLanes<T>;
+    const int64_t tile_rows = r1 - r0;
+    const T* a_rows[kMaxRows];
+    const T* right_rows[kMaxRows];
+    for (int64_t i = 0; i < tile_rows; ++i) {
+      a_rows[i] = a_transposed ? a + r0 + i : a + (r0 + i) * lda;
+      if (stacked) right_rows[i] = right.a + (r0 + i) * right.lda;
+      out.rows[i] = whole ? c + (r0 + i) * ldc : tile + i * width;
+    }
+    TileIn<T> in{a_rows,     panel,      width,  shape.k - right.k, a_transposed ? lda : 0,
+                 right_rows, right.k};
+    if (halves && step == row_steps - 1) {
+      four_rows_half_panel<T>(stacked)(in, out);
+      TileOut<T> upper = out;
+      upper.columns[0] = out.columns[2];
+      upper.columns[1] = out.columns[3];
+      in.panel += 2 * kLanes<T>;
+      four_rows_half_panel<T>(stacked)(in, upper);
+    } else {
+      (streaming_row ? streaming_row : kernels[tile_rows - 1])(in, out);
+    }
+    if (!whole) {
       for (int64_t i = 0; i < tile_rows; ++i) {
-        a_rows[i] = a_transposed ? a + r0 + i : a + (r0 + i) * lda;
-        if (stacked) right_rows[i] = right.a + (r0 + i) * right.lda;
-        out.rows[i] = whole ? c + (r0 + i) * ldc : tile + i * width;
-      }
-      TileIn<T> in{a_rows,     panel,      width,  shape.k - right.k, a_transposed ? lda : 0,
-                   right_rows, right.k};
-      if (halves && step == row_steps - 1) {
-        four_rows_half_panel<T>(stacked)(in, out);
-        TileOut<T> upper = out;
-        upper.columns[0] = out.columns[2];
-        upper.columns[1] = out.columns[3];
-        in.panel += 2 * kLanes<T>;
-        four_rows_half_panel<T>(stacked)(in, upper);
-      } else if (layout.tile_vectors < layout.vectors) {
-        kernels[tile_rows - 1](in, out);  // two tiles, each over half of the panel's vectors
-        TileOut<T> upper = out;
-        for (int v = 0; v < layout.tile_vectors; ++v)
-          upper.columns[v] = out.columns[layout.tile_vectors + v];
-        in.panel += layout.tile_vectors * kLanes<T>;
-        kernels[tile_rows - 1](in, upper);
-      } else {
-        (streaming_row ? streaming_row : kernels[tile_rows - 1])(in, out);
-      }
-      if (!whole) {
-        for (int64_t i = 0; i < tile_rows; ++i) {
-          for (int64_t s = 0; s < shape.segments; ++s) {
-            T* dst = c + (r0 + i) * ldc + s * shape.width + first;
-            const T* src = tile + i * width + s * layout.units;
-            if (accumulate) for (int64_t u = 0; u < units; ++u) dst[u] += src[u];
-            else std::copy(src, src + units, dst);
-          }
+        for (int64_t s = 0; s < shape.segments; ++s) {
+          T* dst = c + (r0 + i) * ldc + s * shape.width + first;
+          const T* src = tile + i * width + s * layout.units;
+          if (accumulate) for (int64_t u = 0; u < units; ++u) dst[u] += src[u];
+          else std::copy(src, src + units, dst);
         }
+      }
+    }
+  };
+  if (rows_outer) {
+    for (int64_t step = 0, r0 = 0; step < row_steps; ++step) {
+      const int64_t r1 = step_end(step);
+      for (int64_t p = p0; p < p1; ++p) run_tile(p, step, r0, r1);
+      r0 = r1;
+    }
+  } else {
+    for (int64_t p = p0; p < p1; ++p) {
+      for (int64_t step = 0, r0 = 0; step < row_steps; ++step) {
+        const int64_t r1 = step_end(step);
+        run_tile(p, step, r0, r1);
+        r0 = r1;
       }
     }
   }

@@ -38,7 +38,6 @@ struct PanelLayout {
   int vectors;      // 32-byte vectors across a panel: segments·units·sizeof(T)/32
   int rows;         // rows of A a tile needs to keep the FMA units busy
   int max_rows;     // rows of A a tile holds at most
-  int tile_vectors; // the panel's vectors a tile takes: all, or half (a row step has two tiles)
 };
 template <typename T>
 PanelLayout panel_layout(int64_t segments);
