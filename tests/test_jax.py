@@ -27,7 +27,12 @@ ARGS = ("x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0")
 
 @pytest.fixture(autouse=True)
 def x64():
-    with jax.enable_x64(True):
+    # jax.enable_x64 in newer jax (0.10.2 here), jax.experimental.enable_x64 in 0.4.35, the least
+    # pyproject.toml asks for.
+    enable_x64 = getattr(jax, "enable_x64", None)
+    if enable_x64 is None:
+        from jax.experimental import enable_x64
+    with enable_x64(True):
         yield
 
 
