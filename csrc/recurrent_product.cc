@@ -17,9 +17,11 @@
 // A panel outer loop keeps one panel (k·vectors·32 bytes) in L2 while all rows of A pass over
 // it; panels that fit in half of L2 together go in a loop inside the rows' (rows_outer_fits).
 // A batch of one's step, W_hh not packed, reads W_hh where it lies: forward by row_dots (dot
-// products of h with W_hh's rows), backward by row_axpys (every row of W_hh across a block of
-// units); its input projection over a few steps by rows_dots (row_dots for several rows of x).
+// products of h with W_hh's rows; AVX-512), backward by row_axpys (every row of W_hh across a
+// block of units; AVX2 or AVX-512); its input projection over a few steps by rows_dots
+// (row_dots for several rows of x).
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -436,24 +438,64 @@ FR_AVX512_INLINE void add_rows_avx512(const T* a, const T* w, int64_t ldw, int64
   }
 }
 
+// The k loop of row_axpys over one block of units, four rows of W at a time.
+template <typename T>
+__attribute__((target("avx512f"))) void add_all_rows_avx512(const T* a, const T* w, int64_t ldw,
+                                                            int64_t k_count, int64_t units,
+                                                            T* sums) {
+  constexpr int kRows = 4;
+  int64_t k = 0;
+  for (; k + kRows <= k_count; k += kRows)
+    add_rows_avx512<T, kRows>(a + k, w + k * ldw, ldw, units, sums);
+  for (; k < k_count; ++k) add_rows_avx512<T, 1>(a + k, w + k * ldw, ldw, units, sums);
+}
+
+// add_rows_avx512 with 32-byte vectors; a last vector's lanes past units go one by one, by
+// std::fma (the same rounding).
+template <typename T, int Rows>
+FR_AVX2_INLINE void add_rows_avx2(const T* a, const T* w, int64_t ldw, int64_t units, T* sums) {
+  using S = Avx2<T>;
+  typename S::Vector aq[Rows];
+#pragma GCC unroll 4
+  for (int q = 0; q < Rows; ++q) aq[q] = S::broadcast(a + q);
+  int64_t u = 0;
+  for (; u + kLanes<T> <= units; u += kLanes<T>) {
+    typename S::Vector acc = S::load(sums + u);
+#pragma GCC unroll 4
+    for (int q = 0; q < Rows; ++q) acc = S::fmadd(aq[q], S::load(w + q * ldw + u), acc);
+    S::store(sums + u, acc, false);
+  }
+  for (; u < units; ++u)
+#pragma GCC unroll 4
+    for (int q = 0; q < Rows; ++q) sums[u] = std::fma(a[q], w[q * ldw + u], sums[u]);
+}
+
+template <typename T>
+__attribute__((target("avx2,fma"))) void add_all_rows_avx2(const T* a, const T* w, int64_t ldw,
+                                                           int64_t k_count, int64_t units,
+                                                           T* sums) {
+  constexpr int kRows = 4;
+  int64_t k = 0;
+  for (; k + kRows <= k_count; k += kRows)
+    add_rows_avx2<T, kRows>(a + k, w + k * ldw, ldw, units, sums);
+  for (; k < k_count; ++k) add_rows_avx2<T, 1>(a + k, w + k * ldw, ldw, units, sums);
+}
+
 // c[u] (+)= Σ_k a[k]·w[k·ldw + u] for u < n: one row of A against M = W (not transposed) where
 // it lies, every row of W read across a block of units at a time, four rows at once. Each sum
 // starts from zero and adds the k in order by fused multiply-adds, as the packed tiles do, and
-// so has their bits; the block's sums (4 KB) stay in L1.
+// so has their bits, with AVX-512 or AVX2; the block's sums (4 KB) stay in L1.
 template <typename T>
-__attribute__((target("avx512f"))) void row_axpys_avx512(const T* a, const T* w, int64_t ldw,
-                                                         int64_t k_count, int64_t n, T* c,
-                                                         bool accumulate) {
+void row_axpys_blocks(const T* a, const T* w, int64_t ldw, int64_t k_count, int64_t n, T* c,
+                      bool accumulate) {
   constexpr int64_t kLanes64 = 64 / sizeof(T), kBlock = 4096 / sizeof(T);
-  constexpr int kRows = 4;
+  const auto add_all_rows =
+      cpu_isa() == Isa::avx512 ? add_all_rows_avx512<T> : add_all_rows_avx2<T>;
   alignas(64) T sums[kBlock];
   for (int64_t u0 = 0; u0 < n; u0 += kBlock) {
     const int64_t units = std::min(kBlock, n - u0);
     std::fill(sums, sums + (units + kLanes64 - 1) / kLanes64 * kLanes64, T(0));
-    int64_t k = 0;
-    for (; k + kRows <= k_count; k += kRows)
-      add_rows_avx512<T, kRows>(a + k, w + k * ldw + u0, ldw, units, sums);
-    for (; k < k_count; ++k) add_rows_avx512<T, 1>(a + k, w + k * ldw + u0, ldw, units, sums);
+    add_all_rows(a, w + u0, ldw, k_count, units, sums);
     for (int64_t u = 0; u < units; ++u) c[u0 + u] = accumulate ? c[u0 + u] + sums[u] : sums[u];
   }
 }
@@ -577,6 +619,8 @@ PanelLayout panel_layout(int64_t segments) {
 
 bool packed_kernel_beats_blas() { return cpu_isa() == Isa::avx512; }
 
+bool row_axpys_runs() { return cpu_isa() != Isa::portable; }
+
 template <typename T>
 void row_dots(const T* a, const T* w, int64_t ldw, int64_t k, int64_t n, T* c, bool accumulate) {
   rows_dots(a, k, 1, w, ldw, k, n, c, n, accumulate);
@@ -596,9 +640,9 @@ template <typename T>
 void row_axpys(const T* a, const T* w, int64_t ldw, int64_t k, int64_t n, T* c,
                bool accumulate) {
 #if FR_AVX2_KERNEL
-  if (cpu_isa() == Isa::avx512) return row_axpys_avx512(a, w, ldw, k, n, c, accumulate);
+  if (row_axpys_runs()) return row_axpys_blocks(a, w, ldw, k, n, c, accumulate);
 #endif
-  detail::fail("row_axpys: expected a CPU with AVX-512 (packed_kernel_beats_blas)");
+  detail::fail("row_axpys: expected a CPU with AVX2 and FMA (row_axpys_runs)");
 }
 
 template <typename T>

@@ -8,8 +8,8 @@
 // (recurrent_product.cc), float or double. OpenBLAS packs its operand again at every call, which
 // for a step's small product (a 16x128 h against a 512x128 W_hh, say) costs about as much as
 // the product. A batch of one in a short call (a matrix-vector product) reads W_hh where it lies:
-// by row_dots (forward) and row_axpys (backward) where the CPU has AVX-512, else through BLAS on
-// each block.
+// forward by row_dots where the CPU has AVX-512, else through BLAS on each block; backward by
+// row_axpys where it has AVX2 or AVX-512.
 #pragma once
 
 #include <cstdint>
@@ -67,16 +67,22 @@ template <typename T>
 void rows_dots(const T* a, int64_t lda, int64_t rows, const T* w, int64_t ldw, int64_t k,
                int64_t n, T* c, int64_t ldc, bool accumulate);
 // c[u] = Σ_k a[k]·w[k·ldw + u] for u < n (+= with accumulate): the same for a backward step
-// (M = W_hh, not transposed), every row of W_hh read across a block of units. The bits are the
-// packed kernel's. OpenBLAS's matrix-vector product read W_hh in strips of 128 units, a few
-// cache lines of every row at a time; two Zen 4 cores ran a 4096x1024 W_hh at 41 GB/s that way,
-// at 68 (91) by this in blocks of 256 (512) units; 1024x1024 at 68, and 90 (107). Several rows
+// (M = W_hh, not transposed), every row of W_hh read across a block of units, where
+// row_axpys_runs() (AVX-512 or AVX2). The bits are the packed kernel's. OpenBLAS's
+// matrix-vector product read W_hh in strips of 128 units, a few cache lines of every row at a
+// time; two Zen 4 cores ran a 4096x1024 W_hh at 41 GB/s that way, at 68 (91) by this in blocks
+// of 256 (512) units; 1024x1024 at 68, and 90 (107). On two Zen 3 cores (AVX2) in LSTM
+// training T=20 B=1 H=1024, OpenBLAS's read its W_hh at 41 GB/s, these at 54; alternated in one
+// process (both builds first in turn), training with a batch of one ran 9% faster for LSTM
+// T=200 H=512, 5% RNN H=1024, 3% GRU H=1024, 2% LSTM T=20 H=1024; GRU T=20 H=128 (one block
+// of units either way) 1.6% slower, within the noise. Several rows
 // of A at once this way (their sums in L1, four rows of A against four of W), with the same
 // bits, ran a batch of one's dx over 20 steps (a 16 MB W_ih) in 4.2 ms, 40 GFLOP/s, where
 // packing W_ih and multiplying took 2.2-3.3: the sums' loads and stores bound it, and dx
 // stays packed.
 template <typename T>
 void row_axpys(const T* a, const T* w, int64_t ldw, int64_t k, int64_t n, T* c, bool accumulate);
+bool row_axpys_runs();
 
 template <typename T>
 int64_t packed_elements(const ProductShape& shape);
@@ -190,7 +196,7 @@ class RecurrentProduct {
   // Unit blocks handed to threads start on multiples of this.
   int64_t unit_step() const {
     if (packed_) return panel_layout<T>(shape_.segments).units;
-    if (!shape_.transposed && packed_kernel_beats_blas()) return kMinAxpyUnits;  // row_axpys
+    if (!shape_.transposed && row_axpys_runs()) return kMinAxpyUnits;  // row_axpys
     // BLAS blocks of at least 128 units, as parallel_gemm's: backward, a block of a batch of one
     // is a matrix-vector product down all G·H rows of W_hh, which narrower blocks read a
     // fraction of a cache line at a time (LSTM T=200 B=1 H=1024 training: 16-unit blocks took
@@ -257,8 +263,9 @@ class RecurrentProduct {
                              (u1 + units - 1) / units, a, lda, rows, c, ldc, accumulate);
     }
     const int64_t n = u1 - u0;
+    if (rows == 1 && !shape_.transposed && row_axpys_runs())
+      return row_axpys(a, w_ + u0, ldw_, shape_.k, n, c + u0, accumulate);
     if (rows == 1 && packed_kernel_beats_blas()) {
-      if (!shape_.transposed) return row_axpys(a, w_ + u0, ldw_, shape_.k, n, c + u0, accumulate);
       for (int64_t s = 0; s < shape_.segments; ++s) {
         const int64_t col = s * shape_.width + u0;
         row_dots(a, w_ + col * ldw_, ldw_, shape_.k, n, c + col, accumulate);

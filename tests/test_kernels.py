@@ -141,9 +141,10 @@ def check_random_lengths_against_reference(rng, kcell, dtype, shape, reverse=Fal
 # and products too small to cut by rows or columns, which parallel_gemm.h cuts along k: weight
 # gradients of H=32 over 704 rows, and a batch of one's input projection over I=8000 (a
 # matrix-vector product).
-# A batch of one reads W_hh where it lies (with AVX-512, by row_dots and row_axpys; else BLAS's
-# matrix-vector product), or, with AVX-512 and 32 steps or more, runs the packed kernel one row
-# at a time (T40B1, T32B1).
+# A batch of one reads W_hh where it lies (forward: with AVX-512 by row_dots, else BLAS's
+# matrix-vector product; backward: with AVX2 or AVX-512 by row_axpys, whose last units past a
+# whole vector go one by one at H=13, 33, 161), or, with AVX-512 and 32 steps or more, runs the
+# packed kernel one row at a time (T40B1, T32B1).
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 1, 2, 3), (5, 3, 4, 1), (4, 2, 9, 13),
                                    (2, 40, 5, 33), (3, 8, 7, 161), (2, 8, 5, 300),
                                    (11, 64, 100, 32), (1, 1, 8000, 63), (40, 1, 5, 33),
