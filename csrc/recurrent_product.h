@@ -165,15 +165,26 @@ class RecurrentProduct {
   }
 
   // Packed panels for products of several rows, in a call of `steps` steps; 0 for none (W read
-  // where it lies): a batch of one unless the AVX-512 kernel runs it over enough steps (steps 0:
-  // never). A
-  // matrix-vector product reads W once per step either way, and packing costs ~10 steps; but
-  // one float row against a panel in L2 ran at 79 GFLOP/s on a Zen 5 core, OpenBLAS's AVX2 gemv
-  // at 42 (from L3, both 48).
+  // where it lies): a batch of one unless the kernel runs it over enough steps (steps 0:
+  // never). A matrix-vector product reads W once per step either way, and packing costs ~10
+  // steps; but one float row against a panel in L2 ran at 79 GFLOP/s on a Zen 5 core, OpenBLAS's
+  // AVX2 gemv at 42 (from L3, both 48).
   static int64_t packing_size(const ProductShape& shape, int64_t rows, int64_t steps) {
     const bool packs =
-        rows > 1 || (packed_kernel_beats_blas() && steps >= min_steps_packing_one_row(shape));
+        rows > 1 || (packs_one_row(shape) && steps >= min_steps_packing_one_row(shape));
     return packs ? packed_elements<T>(shape) : 0;
+  }
+  // Whether a batch of one's products may run packed: with AVX-512 all; with AVX2 the
+  // backward's (M not transposed), whose panels one row reads in order where row_axpys reads
+  // strips of every row of W. Alternated in one process on a Zen 3 (2 cores), training with a
+  // batch of one and the backward packed ran 16-19% faster at H=1024 (LSTM T=200, GRU T=20, RNN
+  // T=200), 8.5% for LSTM T=200 H=512, 5% for LSTM T=20 H=1024, level at H=32 and 128 (against
+  // row_axpys; with each build loaded first in turn, LSTM T=200 22% faster at H=1024 and 14% at
+  // H=512, GRU T=20 H=1024 10.5%). The
+  // forward stays with BLAS's matrix-vector product, which reads whole rows of W (89 GB/s
+  // there): packed from 32 steps, RNN inference T=200 H=1024 ran 18% slower, LSTM and GRU level.
+  static bool packs_one_row(const ProductShape& shape) {
+    return packed_kernel_beats_blas() || (!shape.transposed && row_axpys_runs());
   }
   // The backward's products (M not transposed) by BLAS read W in strips of columns, a block of
   // units each, every row of W a few cache lines at a time; from 8 MB on, packed panels repay
