@@ -196,8 +196,13 @@ class RecurrentProduct {
   // (Both measured against BLAS. Against row_dots and row_axpys, which read an unpacked W
   // faster: packing in every call ran LSTM and GRU at T=20 4-22% slower, at T=4 16-49%; packing
   // in none ran T=200 inference 0-8% slower, training's backward 11-28%, at T=20 H=1024 2-15%.)
+  // With AVX2 (the backward only, packs_one_row) from 16 steps at any size: alternated in one
+  // process on a Zen 3 against packing from 32 (16 from 8 MB), LSTM training T=20 B=1 ran 14%
+  // faster at H=256 and 2-4% at H=512, GRU H=512 7%, RNN H=1024 12%; from 4 steps, LSTM T=4
+  // H=1024 ran 14% slower, from 8, T=8 H=512 6% slower.
   static int64_t min_steps_packing_one_row(const ProductShape& shape) {
     const bool strips = !shape.transposed && weight_bytes(shape, false) >= kStripsBytes;
+    if (!packed_kernel_beats_blas()) return kMinStepsPackingOneRow / 2;  // AVX2: see above
     return strips ? kMinStepsPackingOneRow / 2 : kMinStepsPackingOneRow;
   }
 
