@@ -438,18 +438,6 @@ FR_AVX512_INLINE void add_rows_avx512(const T* a, const T* w, int64_t ldw, int64
   }
 }
 
-// The k loop of row_axpys over one block of units, four rows of W at a time.
-template <typename T>
-__attribute__((target("avx512f"))) void add_all_rows_avx512(const T* a, const T* w, int64_t ldw,
-                                                            int64_t k_count, int64_t units,
-                                                            T* sums) {
-  constexpr int kRows = 4;
-  int64_t k = 0;
-  for (; k + kRows <= k_count; k += kRows)
-    add_rows_avx512<T, kRows>(a + k, w + k * ldw, ldw, units, sums);
-  for (; k < k_count; ++k) add_rows_avx512<T, 1>(a + k, w + k * ldw, ldw, units, sums);
-}
-
 // add_rows_avx512 with 32-byte vectors; a last vector's lanes past units go one by one, by
 // std::fma (the same rounding).
 template <typename T, int Rows>
@@ -470,16 +458,20 @@ FR_AVX2_INLINE void add_rows_avx2(const T* a, const T* w, int64_t ldw, int64_t u
     for (int q = 0; q < Rows; ++q) sums[u] = std::fma(a[q], w[q * ldw + u], sums[u]);
 }
 
-template <typename T>
-__attribute__((target("avx2,fma"))) void add_all_rows_avx2(const T* a, const T* w, int64_t ldw,
-                                                           int64_t k_count, int64_t units,
-                                                           T* sums) {
-  constexpr int kRows = 4;
-  int64_t k = 0;
-  for (; k + kRows <= k_count; k += kRows)
-    add_rows_avx2<T, kRows>(a + k, w + k * ldw, ldw, units, sums);
-  for (; k < k_count; ++k) add_rows_avx2<T, 1>(a + k, w + k * ldw, ldw, units, sums);
-}
+// add_all_rows_*: the k loop of row_axpys over one block of units by an instruction set's
+// add_rows, four rows of W at a time. Written once here: a template can't take a target
+// attribute of its own, and a lambda would drop its function's.
+#define FR_ADD_ALL_ROWS(NAME, TARGET, ADD_ROWS)                                               \
+  template <typename T>                                                                     \
+  __attribute__((target(TARGET))) void NAME(const T* a, const T* w, int64_t ldw,            \
+                                            int64_t k_count, int64_t units, T* sums) {      \
+    int64_t k = 0;                                                                          \
+    for (; k + 4 <= k_count; k += 4) ADD_ROWS<T, 4>(a + k, w + k * ldw, ldw, units, sums);  \
+    for (; k < k_count; ++k) ADD_ROWS<T, 1>(a + k, w + k * ldw, ldw, units, sums);          \
+  }
+FR_ADD_ALL_ROWS(add_all_rows_avx512, "avx512f", add_rows_avx512)
+FR_ADD_ALL_ROWS(add_all_rows_avx2, "avx2,fma", add_rows_avx2)
+#undef FR_ADD_ALL_ROWS
 
 // c[u] (+)= Σ_k a[k]·w[k·ldw + u] for u < n: one row of A against M = W (not transposed) where
 // it lies, every row of W read across a block of units at a time, four rows at once. Each sum

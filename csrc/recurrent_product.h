@@ -73,9 +73,8 @@ void rows_dots(const T* a, int64_t lda, int64_t rows, const T* w, int64_t ldw, i
 // time; two Zen 4 cores ran a 4096x1024 W_hh at 41 GB/s that way, at 68 (91) by this in blocks
 // of 256 (512) units; 1024x1024 at 68, and 90 (107). On two Zen 3 cores (AVX2) in LSTM
 // training T=20 B=1 H=1024, OpenBLAS's read its W_hh at 41 GB/s, these at 54; alternated in one
-// process (both builds first in turn), training with a batch of one ran 9% faster for LSTM
-// T=200 H=512, 5% RNN H=1024, 3% GRU H=1024, 2% LSTM T=20 H=1024; GRU T=20 H=128 (one block
-// of units either way) 1.6% slower, within the noise. Several rows
+// process (both builds first in turn), training with a batch of one ran 2-9% faster at H=512
+// and 1024 (calls of 16 steps and more now pack instead: packs_one_row). Several rows
 // of A at once this way (their sums in L1, four rows of A against four of W), with the same
 // bits, ran a batch of one's dx over 20 steps (a 16 MB W_ih) in 4.2 ms, 40 GFLOP/s, where
 // packing W_ih and multiplying took 2.2-3.3: the sums' loads and stores bound it, and dx
@@ -180,9 +179,9 @@ class RecurrentProduct {
   // batch of one and the backward packed ran 16-19% faster at H=1024 (LSTM T=200, GRU T=20, RNN
   // T=200), 8.5% for LSTM T=200 H=512, 5% for LSTM T=20 H=1024, level at H=32 and 128 (against
   // row_axpys; with each build loaded first in turn, LSTM T=200 22% faster at H=1024 and 14% at
-  // H=512, GRU T=20 H=1024 10.5%). The
-  // forward stays with BLAS's matrix-vector product, which reads whole rows of W (89 GB/s
-  // there): packed from 32 steps, RNN inference T=200 H=1024 ran 18% slower, LSTM and GRU level.
+  // H=512, GRU T=20 H=1024 10.5%). The forward stays with BLAS's matrix-vector product, which
+  // reads whole rows of W (89 GB/s there): packed from 32 steps, RNN inference T=200 H=1024 ran
+  // 18% slower, LSTM and GRU level.
   static bool packs_one_row(const ProductShape& shape) {
     return packed_kernel_beats_blas() || (!shape.transposed && row_axpys_runs());
   }
