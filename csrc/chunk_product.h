@@ -69,8 +69,9 @@ class ChunkProduct {
   }
 
   // c[rows, columns] (+)= A[rows, k]·M, A[r][k] = a[r·lda + k] or, a_transposed, a[k·lda + r].
+  // A BLAS product cut along k may leave its parts' sums in `kept` (parallel_gemm).
   void operator()(const T* a, int64_t lda, bool a_transposed, int64_t rows, T* c, int64_t ldc,
-                  bool accumulate) const {
+                  bool accumulate, KPartSums<T>* kept = nullptr) const {
     const int64_t k = shape_.k, columns = shape_.segments * shape_.width;
     if (dots_) {
       if (a_transposed) detail::fail("ChunkProduct: reading by dots needs A not transposed");
@@ -126,7 +127,7 @@ class ChunkProduct {
       return;
     }
     parallel_gemm(a_transposed ? Op::T : Op::N, shape_.transposed ? Op::T : Op::N, rows, columns,
-                  k, T(1), a, lda, w_, ldw_, accumulate ? T(1) : T(0), c, ldc);
+                  k, T(1), a, lda, w_, ldw_, accumulate ? T(1) : T(0), c, ldc, kept);
   }
 
  private:

@@ -502,6 +502,10 @@ void backward(const BackwardArgs<Real>& a) {
     }
   };
 
+  // The weight gradients' sums over parts of k (where parallel_gemm cuts a small dW that way),
+  // kept over all chunks and added once at the end. GRU_RESET_BEFORE's n gate has its own.
+  const int64_t hh_rows = cell == Cell::GRU_RESET_BEFORE ? 2 * H : GH;
+  cpu::KPartSums<Real> ih_parts(GH, I), hh_parts(hh_rows, H), hn_parts(H, H);
   for (int64_t c = chunks.count() - 1; c >= 0; --c) {
     const Chunk k = chunks[c];
     products.for_walk_rows(B, k.steps, k.steps * recurrent_flops,
@@ -522,11 +526,11 @@ void backward(const BackwardArgs<Real>& a) {
     const Real* gates = width ? tape.gates() + k.t0 * B * width : nullptr;
     // dw[gate_rows, columns] (+)= dgx[:, first gate row...]ᵀ · m[rows, columns], m rows ldm apart.
     const auto weight_grads = [&](const Real* m, int64_t ldm, int64_t gate_rows, int64_t first,
-                                  Real* dw, int64_t columns) {
+                                  Real* dw, int64_t columns, cpu::KPartSums<Real>& parts) {
       const cpu::ChunkProduct<Real> product({false, rows, 1, columns}, m, ldm, m_packed);
-      product(dgx + first, ldg, true, gate_rows, dw, columns, beta != Real(0));
+      product(dgx + first, ldg, true, gate_rows, dw, columns, beta != Real(0), &parts);
     };
-    weight_grads(x, I, GH, 0, a.dw_ih, I);
+    weight_grads(x, I, GH, 0, a.dw_ih, I, ih_parts);
     if (has_bias) column_sums(dgx, rows, GH, ldg, beta, a.db_ih);
     if (input_grads) (*input_grads)(dgx, ldg, false, rows, a.dx + k.t0 * B * I, I, false);
     // From here dgx holds the recurrent side's gradients.
@@ -535,14 +539,17 @@ void backward(const BackwardArgs<Real>& a) {
                                                          tape.lengths());
     if (cell == Cell::GRU_RESET_BEFORE) {
       // n's recurrent product reads r⊙h (the tape's fourth block), not h.
-      weight_grads(h, H, 2 * H, 0, a.dw_hh, H);
-      weight_grads(gates + 3 * H, width, H, 2 * H, a.dw_hh + 2 * H * H, H);
+      weight_grads(h, H, 2 * H, 0, a.dw_hh, H, hh_parts);
+      weight_grads(gates + 3 * H, width, H, 2 * H, a.dw_hh + 2 * H * H, H, hn_parts);
     } else {
-      weight_grads(h, H, GH, 0, a.dw_hh, H);
+      weight_grads(h, H, GH, 0, a.dw_hh, H, hh_parts);
     }
     // Both biases enter the same pre-activation except in GRU's n gate.
     if (has_bias && own_dgh) column_sums(dgx, rows, GH, ldg, beta, a.db_hh);
   }
+  ih_parts.add_to(a.dw_ih, I);
+  hh_parts.add_to(a.dw_hh, H);
+  hn_parts.add_to(a.dw_hh + 2 * H * H, H);
   // Step 0's recurrent gradient, with no pointwise pass.
   step_backward(cell, step_io(-1, dg_next, nullptr, nullptr));
   if (has_bias && !own_dgh) std::memcpy(a.db_hh, a.db_ih, sizeof(Real) * GH);

@@ -99,6 +99,27 @@ def test_walking_rows_or_cutting_units_gives_the_same_bits(kind, T, B, threads_r
     assert results[3] == results[1], "3 threads"
 
 
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_weight_gradients_cut_along_k_over_chunks_give_the_same_bits(kind, threads_restored):
+    """A weight gradient too small to cut by rows or columns (H=24) is cut along k, into parts
+    of each chunk of steps whose sums are kept over all the chunks (csrc/parallel_gemm.h,
+    KPartSums): 56000 rows, chunks of up to 26214 (RNN float32) or fewer, in 8 parts. Which
+    thread takes a part changes no bit."""
+    rng = np.random.default_rng(6)
+    T, B, I, H = 80, 700, 5, 24
+    m = LAYERS[kind](I, H, dtype=np.float32, seed=3)
+    x = rng.uniform(-1, 1, (T, B, I)).astype(np.float32)
+    dy = rng.uniform(-1, 1, (T, B, H)).astype(np.float32)
+    results = {}
+    for threads in (1, 2, 3):
+        fr.set_num_threads(threads)
+        _, _, tape = m.forward(x, training=True)
+        _, _, dparams = m.backward(tape, dy)
+        results[threads] = {name: g.tobytes() for name, g in dparams.items()}
+    assert results[2] == results[1], "2 threads"
+    assert results[3] == results[1], "3 threads"
+
+
 @pytest.fixture
 def set_flush_denormal():
     """torch's switch for flush-to-zero and denormals-are-zero on the calling thread; off again
