@@ -20,9 +20,8 @@ inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
   return lengths == nullptr || t < lengths[b];
 }
 
-// The most bytes of a packed [W_ihᵀ; W_hhᵀ] a forward takes as one product (StepProducts::
-// stacks_input): half of a Zen 5 core's L2, LSTM I = H = 128.
-constexpr int64_t kStackedBytes = int64_t{512} << 10;
+// A forward takes a packed [W_ihᵀ; W_hhᵀ] as one product (StepProducts::stacks_input) where it
+// fits in half of L2: LSTM I = H = 128 with a 1 MB L2 (Zen 4 and 5).
 // And for a batch of kMinRowsStackedFromL3 to kMaxRowsStackedFromL3 rows, too few to walk a
 // W_hh from L3 by rows (kMinWalkRowsFromL3), whose steps stream W_hh from L3 anyway: up to
 // 8 MB (LSTM I = H = 512, RNN I = H = 1024). Each step then streams W_ih too, and the chunk's
@@ -36,7 +35,10 @@ constexpr int64_t kStackedBytes = int64_t{512} << 10;
 // Zen 5, LSTM inference T=100 H=256 ran 9% faster at B=48, 5-6% at B=64, 3% at B=96 and B=128
 // (training B=128 4.5%), T=200 H=512 5% at B=20 and B=24 (training 4%), T=100 H=512 4% at
 // B=32, 5-7.5% at B=64 (training 4%), 1% at B=128; RNN H=1024 B=64 and B=128 and T=20 LSTM
-// B=128 H=512 level to 1% faster.
+// B=128 H=512 level to 1% faster. Not where W_hh alone fits in half of L2, whose steps would
+// read it from there: stacked, a Zen 3 (512 KB L2, AVX2) read LSTM I = H = 128's 512 KB from
+// L3 at every step, and ran inference T=200 B=16 5% slower than with a projection, two-layer
+// and bidirectional 3%, B=128 2% (each in its own process, alternated).
 constexpr int64_t kStackedFromL3Bytes = int64_t{8} << 20;
 constexpr int64_t kMinRowsStackedFromL3 = 4;
 constexpr int64_t kMaxRowsStackedFromL3 = 16;
@@ -90,9 +92,13 @@ struct StepProducts {
     const bool one_product = cell == Cell::LSTM || cell == Cell::RNN_TANH ||
                              cell == Cell::RNN_RELU;
     const int64_t bytes = packed_elements<T>(stacked_shape(cell, I, H)) * int64_t{sizeof(T)};
+    const int64_t w_hh_bytes =
+        packed_elements<T>(main_shape(cell, H, true)) * int64_t{sizeof(T)};
+    const int64_t half_l2 = l2_cache_bytes() / 2;
     const bool rows_fit = B <= kMaxRowsStackedFromL3 || l1_cache_bytes() >= kWideL1Bytes;
-    const bool from_l3 = B >= kMinRowsStackedFromL3 && rows_fit && bytes <= kStackedFromL3Bytes;
-    return one_product && B > 1 && (bytes <= kStackedBytes || from_l3);
+    const bool from_l3 = B >= kMinRowsStackedFromL3 && rows_fit &&
+                         bytes <= kStackedFromL3Bytes && w_hh_bytes > half_l2;
+    return one_product && B > 1 && (bytes <= half_l2 || from_l3);
   }
 
   // The packings hold main_packing and n_gate_packing elements (null where that is 0).

@@ -235,12 +235,13 @@ def test_op_projecting_a_batch_of_one_by_dots_matches_reference(kcell, T_, dtype
     np.testing.assert_array_equal(y_infer, got["y"])
 
 
-# An LSTM or RNN whose packed [W_ihᵀ; W_hhᵀ] fits in 512 KB takes x's product inside each step's
-# (cells_cpu.h, StepProducts::stacks_input): float32 LSTM I = H = 128 just does, I = 129 does
-# not; a float32 RNN up to I = H = 256; float64 LSTM H = 64 up to I = 192, RNN H = 128 up to
-# I = 384; a batch of one never. Each side of each edge against the reference, and inference
-# against training (both must stack alike). B=17 is past the batches that stack up to 8 MB (the
-# next test), so it sees the 512 KB edge.
+# An LSTM or RNN whose packed [W_ihᵀ; W_hhᵀ] fits in half of L2 takes x's product inside each
+# step's (cells_cpu.h, StepProducts::stacks_input). With a 1 MB L2 (the edge at 512 KB): float32
+# LSTM I = H = 128 just does, I = 129 does not; a float32 RNN up to I = H = 256; float64 LSTM
+# H = 64 up to I = 192, RNN H = 128 up to I = 384 (with a 512 KB L2, as a Zen 3's, the edge is at
+# 256 KB and only the RNN of H = 40 here stacks); a batch of one never. Each side of each edge against the reference, and
+# inference against training (both must stack alike). B=17 is past the batches that stack up
+# to 8 MB (the next test), so it sees the L2 edge.
 @pytest.mark.parametrize("kcell, dtype, I_, H_", [
     ("lstm", np.float32, 128, 128), ("lstm", np.float32, 129, 128),
     ("rnn_tanh", np.float32, 256, 256), ("rnn_tanh", np.float32, 257, 256),
