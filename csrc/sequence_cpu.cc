@@ -549,7 +549,7 @@ void backward(const BackwardArgs<Real>& a) {
   }
   ih_parts.add_to(a.dw_ih, I);
   hh_parts.add_to(a.dw_hh, H);
-  hn_parts.add_to(a.dw_hh + 2 * H * H, H);
+  if (cell == Cell::GRU_RESET_BEFORE) hn_parts.add_to(a.dw_hh + 2 * H * H, H);
   // Step 0's recurrent gradient, with no pointwise pass.
   step_backward(cell, step_io(-1, dg_next, nullptr, nullptr));
   if (has_bias && !own_dgh) std::memcpy(a.db_hh, a.db_ih, sizeof(Real) * GH);
