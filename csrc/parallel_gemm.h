@@ -105,16 +105,16 @@ void parallel_rows(int64_t rows, int64_t row_width, const F& row) {
 template <typename T>
 class KPartSums {
  public:
-  KPartSums(int64_t m, int64_t n) : m_(m), n_(n) {}
+  // Sums of an m x n product's parts 1 to most - 1.
+  KPartSums(int64_t m, int64_t n, int64_t most = kMaxKParts) : m_(m), n_(n), most_(most) {}
 
-  // Part i's sum (0 < i < kMaxKParts) of an m x n product, and whether it holds one already.
+  // Part i's sum (0 < i < most) of an m x n product, and whether it holds one already.
   T* part(int64_t i, int64_t m, int64_t n) {
-    if (m != m_ || n != n_ || i < 1 || i >= kMaxKParts)
+    if (m != m_ || n != n_ || i < 1 || i >= most_)
       detail::fail("KPartSums: part " + std::to_string(i) + " of a " + std::to_string(m) + "x" +
-                   std::to_string(n) + " product, expected 1 to " +
-                   std::to_string(kMaxKParts - 1) + " of " + std::to_string(m_) + "x" +
-                   std::to_string(n_));
-    if (!sums_) sums_.reset(new T[static_cast<std::size_t>((kMaxKParts - 1) * m_ * n_)]);
+                   std::to_string(n) + " product, expected 1 to " + std::to_string(most_ - 1) +
+                   " of " + std::to_string(m_) + "x" + std::to_string(n_));
+    if (!sums_) sums_.reset(new T[static_cast<std::size_t>((most_ - 1) * m_ * n_)]);
     return sums_.get() + (i - 1) * m_ * n_;
   }
   bool holds(int64_t i) const { return i < parts_; }
@@ -134,7 +134,7 @@ class KPartSums {
   }
 
  private:
-  int64_t m_, n_;
+  int64_t m_, n_, most_;
   int64_t parts_ = 1;  // parts [1, parts_) hold sums
   std::unique_ptr<T[]> sums_;
 };
@@ -175,7 +175,7 @@ void parallel_gemm(Op ta, Op tb, int64_t m, int64_t n, int64_t k, T alpha, const
       if (kept)
         return gemm_in_k_parts(ta, tb, m, n, k, parts, alpha, a, lda, b, ldb, beta, c, ldc,
                                *kept);
-      KPartSums<T> sums(m, n);
+      KPartSums<T> sums(m, n, parts);
       gemm_in_k_parts(ta, tb, m, n, k, parts, alpha, a, lda, b, ldb, beta, c, ldc, sums);
       return sums.add_to(c, ldc);
     }
