@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "parallel_gemm.h"
 #include "pointwise.h"
@@ -266,13 +267,13 @@ template <typename T>
 struct StepIO {
   int64_t B, H, t;
   const int64_t* lengths;
-  const T* xproj;   // [B, ld_xproj] x·W_ihᵀ (no bias), G*H values a row
-  int64_t ld_xproj; // ldg; 0 for a stacked product's xproj, one row of zeros
+  const T* xproj;   // [B, ldg] x·W_ihᵀ (no bias), G*H values a row; null for a stacked product
   const T* x;       // [B, ldx] the step's input, read by a stacked product (else null)
   int64_t ldx;
   const StepProducts<T>* products;  // h·W_hhᵀ
-  const T* b_ih;    // [G*H]     (zeros when the layer has no bias)
+  const T* b_ih;    // [G*H]     (zeros when the layer has no bias): GRU's
   const T* b_hh;    // [G*H]
+  const T* b;       // [G*H]     b_ih + b_hh: LSTM's and RNN's, which add both to one sum
   const T* h_prev;  // [B, H]
   const T* c_prev;  // [B, H] LSTM
   T* h_new;         // [B, H]    never aliases h_prev: the row loops below are restrict
@@ -335,9 +336,9 @@ P* offset_or_null(P* p, int64_t n) {
 template <typename T>
 StepIO<T> rows_of(const StepIO<T>& s, int64_t r0, int64_t r1, int64_t gate_width) {
   const int64_t H = s.H;
-  return {r1 - r0, H, s.t, offset_or_null(s.lengths, r0), s.xproj + r0 * s.ld_xproj,
-          s.ld_xproj, offset_or_null(s.x, r0 * s.ldx), s.ldx, s.products,
-          s.b_ih, s.b_hh, s.h_prev + r0 * H, offset_or_null(s.c_prev, r0 * H),
+  return {r1 - r0, H, s.t, offset_or_null(s.lengths, r0), offset_or_null(s.xproj, r0 * s.ldg),
+          offset_or_null(s.x, r0 * s.ldx), s.ldx, s.products, s.b_ih, s.b_hh, s.b,
+          s.h_prev + r0 * H, offset_or_null(s.c_prev, r0 * H),
           s.h_new + r0 * H, offset_or_null(s.c_new, r0 * H),
           offset_or_null(s.gates, r0 * gate_width), s.y + r0 * s.ldy, s.ldy,
           s.rec + r0 * s.ldg, s.ldg, offset_or_null(s.h_t, r0 * H)};
@@ -438,6 +439,14 @@ void backward_pass(const BackStepIO<T>& s, const RecurrentProduct<T>& product, i
   });
 }
 
+// f(std::true_type) where the step has an input projection to add (xproj), else
+// f(std::false_type): a stacked product's sums hold x's part already.
+template <typename T, typename F>
+void with_projection(const StepIO<T>& s, const F& f) {
+  if (s.xproj) f(std::true_type{});
+  else f(std::false_type{});
+}
+
 // Each step's pointwise math runs in the rows of pointwise_rows.inc, for the instruction set
 // this CPU runs (with_rows).
 // ---------------------------------------------------------------------------------------------
@@ -448,12 +457,14 @@ struct LstmStep {
     const int64_t H = s.H, GH = G * H;
     forward_pass(s, s.products->main, G, s.h_prev, H, s.h_t, 0, true,
                  [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
-      with_rows([&](auto rows) {
-        rows.template lstm_forward<T, Training>(
-            b1 - b0, H, u1 - u0, s.ld_xproj, s.ldg, s.xproj + b0 * s.ld_xproj + u0,
-            s.rec + b0 * s.ldg + u0, s.b_ih + u0, s.b_hh + u0, s.c_prev + b0 * H + u0,
-            s.c_new + b0 * H + u0, s.h_new + b0 * H + u0, s.ldy, s.y + b0 * s.ldy + u0,
-            Training ? s.gates + b0 * GH + u0 : nullptr);
+      with_projection(s, [&](auto projected) {
+        with_rows([&](auto rows) {
+          rows.template lstm_forward<T, Training, decltype(projected)::value>(
+              b1 - b0, H, u1 - u0, s.ldg, offset_or_null(s.xproj, b0 * s.ldg + u0),
+              s.rec + b0 * s.ldg + u0, s.b + u0, s.c_prev + b0 * H + u0, s.c_new + b0 * H + u0,
+              s.h_new + b0 * H + u0, s.ldy, s.y + b0 * s.ldy + u0,
+              Training ? s.gates + b0 * GH + u0 : nullptr);
+        });
       });
     });
   }
@@ -592,11 +603,13 @@ struct RnnStep {
     const int64_t H = s.H;
     forward_pass(s, s.products->main, G, s.h_prev, H, s.h_t, 0, false,
                  [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
-      with_rows([&](auto rows) {
-        rows.template rnn_forward<T, Relu>(
-            b1 - b0, H, u1 - u0, s.ld_xproj, s.ldg, s.xproj + b0 * s.ld_xproj + u0,
-            s.rec + b0 * s.ldg + u0, s.b_ih + u0, s.b_hh + u0, s.h_new + b0 * H + u0, s.ldy,
-            s.y + b0 * s.ldy + u0);
+      with_projection(s, [&](auto projected) {
+        with_rows([&](auto rows) {
+          rows.template rnn_forward<T, Relu, decltype(projected)::value>(
+              b1 - b0, H, u1 - u0, s.ldg, offset_or_null(s.xproj, b0 * s.ldg + u0),
+              s.rec + b0 * s.ldg + u0, s.b + u0, s.h_new + b0 * H + u0, s.ldy,
+              s.y + b0 * s.ldy + u0);
+        });
       });
     });
   }

@@ -286,7 +286,7 @@ void forward(const ForwardArgs<Real>& a) {
   const int64_t states_scratch = training ? 0 : (has_c ? 4 : 2) * BH;
   using Products = cpu::StepProducts<Real>;
   // A small LSTM or RNN takes x's product in each step's (StepProducts::stacks_input): no
-  // projection, and xproj is a row of zeros.
+  // projection, and no xproj.
   const bool stacked = Products::stacks_input(a.cell, d.I, H, B);
   const int64_t main_packing =
       stacked ? cpu::packed_elements<Real>(Products::stacked_shape(a.cell, d.I, H))
@@ -329,7 +329,7 @@ void forward(const ForwardArgs<Real>& a) {
           ? cpu::RecurrentProduct<Real>::packing_size(projection_shape, B / walk_blocks, T)
           : ProjectionProduct::packing_size(projection_shape, projection_reading);
   const int64_t ldg = cpu::pre_activation_stride<Real>(GH);
-  const int64_t xproj_size = stacked ? GH : chunks.steps() * B * ldg;
+  const int64_t xproj_size = stacked ? 0 : chunks.steps() * B * ldg;
   // Room for h_prev transposed, where the steps' products read it so (cells_cpu.h's
   // forward_pass; the walk's row blocks take their rows' share).
   const bool h_transposed = !stacked && cpu::RecurrentProduct<Real>::reads_a_transposed(
@@ -341,16 +341,16 @@ void forward(const ForwardArgs<Real>& a) {
   // forward never touches cost nothing. LSTM T=20 B=16 H=128, whose forward stacks its
   // products and asks for less than its backward, peaked at 2.6 MB without it (torch 2.4).
   const std::size_t forward_bytes = cpu::Workspace::bytes_for<Real>(
-      {xproj_size, B * ldg, a.weights.b_ih ? 0 : GH, gates_scratch, states_scratch, main_packing,
-       n_gate_packing, projection_packing, h_t_size});
+      {xproj_size, B * ldg, a.weights.b_ih ? 0 : GH, GH, gates_scratch, states_scratch,
+       main_packing, n_gate_packing, projection_packing, h_t_size});
   const std::size_t backward_bytes =
       training ? BackwardScratch<Real>(a.cell, d, false, true).bytes() : std::size_t{0};
   cpu::Workspace ws(std::max(forward_bytes, backward_bytes));
-  Real* xproj = ws.take<Real>(xproj_size);
-  if (stacked) std::fill(xproj, xproj + GH, Real(0));
+  Real* xproj = take_or_null<Real>(ws, xproj_size);
   Real* rec = ws.take<Real>(B * ldg);
   Real* no_bias = a.weights.b_ih ? nullptr : ws.take<Real>(GH);
   if (no_bias) std::fill(no_bias, no_bias + GH, Real(0));
+  Real* b_sum = ws.take<Real>(GH);
   Real* scratch_gates = ws.take<Real>(gates_scratch);
   Real* scratch_states = ws.take<Real>(states_scratch);
   Real* const packing = take_or_null<Real>(ws, main_packing);
@@ -363,6 +363,7 @@ void forward(const ForwardArgs<Real>& a) {
 
   const Real* b_ih = a.weights.b_ih ? a.weights.b_ih : no_bias;
   const Real* b_hh = a.weights.b_hh ? a.weights.b_hh : no_bias;
+  for (int64_t i = 0; i < GH; ++i) b_sum[i] = b_ih[i] + b_hh[i];
   Real* hs = training ? a.tape->h_states() : scratch_states;
   Real* cs = training ? a.tape->c_states() : has_c ? scratch_states + 2 * BH : nullptr;
   const auto slots = [&](int64_t s) {
@@ -375,10 +376,11 @@ void forward(const ForwardArgs<Real>& a) {
   const auto step_io = [&](int64_t s, const Chunk& k) {
     const StepPlan p = slots(s);
     return cpu::StepIO<Real>{B, H, p.t, a.lengths,
-                             stacked ? xproj : xproj + (p.t - k.t0) * B * ldg, stacked ? 0 : ldg,
+                             stacked ? nullptr : xproj + (p.t - k.t0) * B * ldg,
                              stacked ? a.x + p.t * B * d.I : nullptr, d.I, &products,
-                             b_ih, b_hh, hs + p.read * BH, has_c ? cs + p.read * BH : nullptr,
-                             hs + p.write * BH, has_c ? cs + p.write * BH : nullptr,
+                             b_ih, b_hh, b_sum, hs + p.read * BH,
+                             has_c ? cs + p.read * BH : nullptr, hs + p.write * BH,
+                             has_c ? cs + p.write * BH : nullptr,
                              training ? a.tape->gates() + p.t * B * width : scratch_gates,
                              a.y + p.t * B * a.ldy, a.ldy, rec, ldg, h_t};
   };
@@ -544,15 +546,16 @@ void backward(const BackwardArgs<Real>& a) {
     } else {
       weight_grads(h, H, GH, 0, a.dw_hh, H, hh_parts);
     }
-    // Both biases enter the same pre-activation except in GRU's n gate.
-    if (has_bias && own_dgh) column_sums(dgx, rows, GH, ldg, beta, a.db_hh);
+    // Both biases enter the same pre-activation except in GRU's n gate: db_hh's other sums
+    // are db_ih's, copied at the end (the same columns summed in the same order).
+    if (has_bias && own_dgh) column_sums(dgx + 2 * H, rows, H, ldg, beta, a.db_hh + 2 * H);
   }
   ih_parts.add_to(a.dw_ih, I);
   hh_parts.add_to(a.dw_hh, H);
   if (cell == Cell::GRU_RESET_BEFORE) hn_parts.add_to(a.dw_hh + 2 * H * H, H);
   // Step 0's recurrent gradient, with no pointwise pass.
   step_backward(cell, step_io(-1, dg_next, nullptr, nullptr));
-  if (has_bias && !own_dgh) std::memcpy(a.db_hh, a.db_ih, sizeof(Real) * GH);
+  if (has_bias) std::memcpy(a.db_hh, a.db_ih, sizeof(Real) * (own_dgh ? 2 * H : GH));
 }
 
 BuildInfo build_info() {
