@@ -8,6 +8,7 @@
 #include <cstring>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "blas.h"
 #include "cells_cpu.h"
@@ -50,38 +51,59 @@ void copy_or_zero(T* dst, const T* src, int64_t n) {
   else std::memset(dst, 0, sizeof(T) * n);
 }
 
-// db[k] = beta·db[k] + Σ_rows dg[row, k] (rows ld apart; beta 0 or 1), in blocks of columns
-// (each summed in row order, whatever the threads). A block sums at least 64 columns (four
-// cache lines of a row) and 256 KB: in blocks of 256 columns, the 128 of LSTM H=32 were summed
-// by one thread while the other waited (LSTM training T=200 B=128 H=32 2-3% slower), but two
-// blocks of 160 KB took longer than one (T=20 B=16 H=32 7%).
+// sums[k] = beta·sums[k] + Σ_rows dg[row, k] for the block of columns [c0, c0 + width) (rows
+// ld apart; beta 0 or 1), each column summed in row order.
+template <typename T>
+void sum_rows(const T* dg, int64_t rows, int64_t ld, int64_t c0, int64_t width, T beta,
+              T* sums) {
+  // Summed in a buffer of this thread's own and stored once. Summed in db itself, a block
+  // wrote the first and last lines of its columns at every row; a NumPy array need not start
+  // on a line (the layers' db started 32 and 48 bytes in), so neighbouring blocks shared a
+  // line that went back and forth between the cores row by row. On two threads the sums of
+  // RNN training T=200 B=128 H=128 took 0.50 ms a call that way (0.33 on one thread), 0.19
+  // this way; LSTM B=128 H=512's 12 ms, 4.4.
+  constexpr int64_t kPart = 1024;
+  alignas(64) T part[kPart];
+  for (int64_t p0 = c0; p0 < c0 + width; p0 += kPart) {
+    const int64_t n = std::min(kPart, c0 + width - p0);
+    if (beta == T(0)) std::fill(part, part + n, T(0));
+    else std::copy(sums + p0, sums + p0 + n, part);
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* FR_R in = dg + r * ld + p0;
+      for (int64_t k = 0; k < n; ++k) part[k] += in[k];
+    }
+    std::copy(part, part + n, sums + p0);
+  }
+}
+
+// db[k] = beta·db[k] + Σ_rows dg[row, k] (rows ld apart; beta 0 or 1), in blocks of about
+// 256 KB: of columns, at least 64 a block (four cache lines of a row), and where too few
+// columns make enough of them, of rows too, each part of the rows summed on its own and the
+// parts added in order. Cut by the sizes alone, so the bits do not follow the threads. In
+// blocks of 256 columns, the 128 of LSTM H=32 were summed by one thread while the other
+// waited (LSTM training T=200 B=128 H=32 2-3% slower), but two blocks of 160 KB took longer
+// than one (T=20 B=16 H=32 7%); GRU H=32's 96 columns, one block over a 2 MB chunk, kept a
+// thread waiting for 4% of GRU training T=200 B=128 H=32.
 template <typename T>
 void column_sums(const T* dg, int64_t rows, int64_t cols, int64_t ld, T beta, T* db) {
   constexpr int64_t kBlockBytes = int64_t{256} << 10;
   const int64_t bytes = rows * cols * int64_t{sizeof(T)};
-  const int64_t most = std::max<int64_t>(1, cols / 64);
-  const cpu::Split blocks(cols, std::clamp<int64_t>(bytes / kBlockBytes, 1, most));
-  cpu::parallel_for(blocks.count, [&](int64_t i) {
-    // Each block sums into a buffer of its own thread and stores it once. Summed in db itself,
-    // a block wrote the first and last lines of its columns at every row; a NumPy array need
-    // not start on a line (the layers' db started 32 and 48 bytes in), so neighbouring blocks
-    // shared a line that went back and forth between the cores row by row. On two threads the
-    // sums of RNN training T=200 B=128 H=128 took 0.50 ms a call that way (0.33 on one
-    // thread), 0.19 this way; LSTM B=128 H=512's 12 ms, 4.4.
-    constexpr int64_t kPart = 1024;
-    alignas(64) T sums[kPart];
-    const int64_t end = blocks.begin(i) + blocks.size(i);
-    for (int64_t c0 = blocks.begin(i); c0 < end; c0 += kPart) {
-      const int64_t width = std::min(kPart, end - c0);
-      if (beta == T(0)) std::fill(sums, sums + width, T(0));
-      else std::copy(db + c0, db + c0 + width, sums);
-      for (int64_t r = 0; r < rows; ++r) {
-        const T* FR_R in = dg + r * ld + c0;
-        for (int64_t k = 0; k < width; ++k) sums[k] += in[k];
-      }
-      std::copy(sums, sums + width, db + c0);
-    }
+  const int64_t wanted = std::clamp<int64_t>(bytes / kBlockBytes, 1, cpu::kMaxBlocks);
+  const cpu::Split blocks(cols, std::min(wanted, std::max<int64_t>(1, cols / 64)));
+  const cpu::Split parts(rows, std::max<int64_t>(1, wanted / blocks.count));
+  std::vector<T> part_sums(parts.count > 1 ? parts.count * cols : 0);
+  cpu::parallel_for(blocks.count * parts.count, [&](int64_t task) {
+    const int64_t i = task % blocks.count, j = task / blocks.count;
+    if (parts.count == 1) return sum_rows(dg, rows, ld, blocks.begin(i), blocks.size(i), beta, db);
+    sum_rows(dg + parts.begin(j) * ld, parts.size(j), ld, blocks.begin(i), blocks.size(i), T(0),
+             part_sums.data() + j * cols);
   });
+  if (parts.count == 1) return;
+  for (int64_t k = 0; k < cols; ++k) {
+    T sum = beta == T(0) ? T(0) : db[k];
+    for (int64_t j = 0; j < parts.count; ++j) sum += part_sums[j * cols + k];
+    db[k] = sum;
+  }
 }
 
 // The walk goes through time in chunks of about kChunkRows rows (steps × B). The forward takes
