@@ -94,8 +94,9 @@ void column_sums(const T* dg, int64_t rows, int64_t cols, int64_t ld, T beta, T*
   std::vector<T> part_sums(parts.count > 1 ? parts.count * cols : 0);
   cpu::parallel_for(blocks.count * parts.count, [&](int64_t task) {
     const int64_t i = task % blocks.count, j = task / blocks.count;
-    if (parts.count == 1) return sum_rows(dg, rows, ld, blocks.begin(i), blocks.size(i), beta, db);
-    sum_rows(dg + parts.begin(j) * ld, parts.size(j), ld, blocks.begin(i), blocks.size(i), T(0),
+    const int64_t c0 = blocks.begin(i), width = blocks.size(i);
+    if (parts.count == 1) return sum_rows(dg, rows, ld, c0, width, beta, db);
+    sum_rows(dg + parts.begin(j) * ld, parts.size(j), ld, c0, width, T(0),
              part_sums.data() + j * cols);
   });
   if (parts.count == 1) return;
