@@ -273,7 +273,7 @@ struct StepIO {
   const StepProducts<T>* products;  // h·W_hhᵀ
   const T* b_ih;    // [G*H]     (zeros when the layer has no bias): GRU's
   const T* b_hh;    // [G*H]
-  const T* b;       // [G*H]     b_ih + b_hh: LSTM's and RNN's, which add both to one sum
+  const T* b;       // [G*H]     b_ih + b_hh, for LSTM's and RNN's one sum of both; else null
   const T* h_prev;  // [B, H]
   const T* c_prev;  // [B, H] LSTM
   T* h_new;         // [B, H]    never aliases h_prev: the row loops below are restrict

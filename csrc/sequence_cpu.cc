@@ -301,6 +301,8 @@ void forward(const ForwardArgs<Real>& a) {
 
   const int64_t T = d.T, B = d.B, H = d.H, G = gate_count(a.cell), GH = G * H, BH = B * H;
   const bool training = a.tape != nullptr;
+  // LSTM and RNN add both biases to one pre-activation: their rows take the sum (StepIO::b).
+  const int64_t b_sum_size = a.cell == Cell::GRU || a.cell == Cell::GRU_RESET_BEFORE ? 0 : GH;
 
   // Training walks the tape's state slots; inference alternates between two scratch slots (a
   // step never writes the slot it reads, which the restrict row loops rely on).
@@ -364,7 +366,7 @@ void forward(const ForwardArgs<Real>& a) {
   // forward never touches cost nothing. LSTM T=20 B=16 H=128, whose forward stacks its
   // products and asks for less than its backward, peaked at 2.6 MB without it (torch 2.4).
   const std::size_t forward_bytes = cpu::Workspace::bytes_for<Real>(
-      {xproj_size, B * ldg, a.weights.b_ih ? 0 : GH, GH, gates_scratch, states_scratch,
+      {xproj_size, B * ldg, a.weights.b_ih ? 0 : GH, b_sum_size, gates_scratch, states_scratch,
        main_packing, n_gate_packing, projection_packing, h_t_size});
   const std::size_t backward_bytes =
       training ? BackwardScratch<Real>(a.cell, d, false, true).bytes() : std::size_t{0};
@@ -373,7 +375,7 @@ void forward(const ForwardArgs<Real>& a) {
   Real* rec = ws.take<Real>(B * ldg);
   Real* no_bias = a.weights.b_ih ? nullptr : ws.take<Real>(GH);
   if (no_bias) std::fill(no_bias, no_bias + GH, Real(0));
-  Real* b_sum = ws.take<Real>(GH);
+  Real* b_sum = take_or_null<Real>(ws, b_sum_size);
   Real* scratch_gates = ws.take<Real>(gates_scratch);
   Real* scratch_states = ws.take<Real>(states_scratch);
   Real* const packing = take_or_null<Real>(ws, main_packing);
@@ -386,7 +388,7 @@ void forward(const ForwardArgs<Real>& a) {
 
   const Real* b_ih = a.weights.b_ih ? a.weights.b_ih : no_bias;
   const Real* b_hh = a.weights.b_hh ? a.weights.b_hh : no_bias;
-  for (int64_t i = 0; i < GH; ++i) b_sum[i] = b_ih[i] + b_hh[i];
+  for (int64_t i = 0; i < b_sum_size; ++i) b_sum[i] = b_ih[i] + b_hh[i];
   Real* hs = training ? a.tape->h_states() : scratch_states;
   Real* cs = training ? a.tape->c_states() : has_c ? scratch_states + 2 * BH : nullptr;
   const auto slots = [&](int64_t s) {
