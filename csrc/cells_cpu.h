@@ -469,8 +469,9 @@ struct LstmStep {
     forward_pass(s, s.products->main, G, s.h_prev, H, s.h_t, 0, true,
                  [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
       with_projection(s, [&](auto projected) {
-        with_rows([&](auto rows) {
-          rows.template lstm_forward<T, Training, decltype(projected)::value>(
+        with_block_rows<T>(u1 - u0, H, [&](auto rows, auto ahead) {
+          rows.template lstm_forward<T, Training, decltype(projected)::value,
+                                     decltype(ahead)::value>(
               b1 - b0, H, u1 - u0, s.ldg, offset_or_null(s.xproj, b0 * s.ldg + u0),
               s.rec + b0 * s.ldg + u0, s.b + u0, s.c_prev + b0 * H + u0, s.c_new + b0 * H + u0,
               s.h_new + b0 * H + u0, s.ldy, s.y + b0 * s.ldy + u0,
@@ -482,8 +483,8 @@ struct LstmStep {
   static void backward(const BackStepIO<T>& s) {
     const int64_t H = s.H, GH = G * H;
     backward_pass(s, s.products->main, G, [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
-      with_rows([&](auto rows) {
-        rows.lstm_backward(
+      with_block_rows<T>(u1 - u0, H, [&](auto rows, auto ahead) {
+        rows.template lstm_backward<T, decltype(ahead)::value>(
             b1 - b0, H, u1 - u0, s.gates + b0 * GH + u0, s.c_prev + b0 * H + u0,
             s.c_new + b0 * H + u0, s.lddy, s.dy + b0 * s.lddy + u0, s.dh + b0 * H + u0,
             s.dc + b0 * H + u0, s.ldg, s.dgx + b0 * s.ldg + u0);
@@ -500,8 +501,8 @@ struct GruStep {
     const int64_t H = s.H;
     forward_pass(s, s.products->main, G, s.h_prev, H, s.h_t, 0, false,
                  [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
-      with_rows([&](auto rows) {
-        rows.template gru_forward<T, Training>(
+      with_block_rows<T>(u1 - u0, H, [&](auto rows, auto ahead) {
+        rows.template gru_forward<T, Training, decltype(ahead)::value>(
             b1 - b0, H, u1 - u0, s.ldg, s.xproj + b0 * s.ldg + u0, s.rec + b0 * s.ldg + u0,
             s.b_ih + u0, s.b_hh + u0, s.h_prev + b0 * H + u0, s.h_new + b0 * H + u0, s.ldy,
             s.y + b0 * s.ldy + u0, Training ? s.gates + b0 * 4 * H + u0 : nullptr);
@@ -511,11 +512,11 @@ struct GruStep {
   static void backward(const BackStepIO<T>& s) {
     const int64_t H = s.H;
     backward_pass(s, s.products->main, G, [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
-      with_rows([&](auto rows) {
-        rows.gru_backward(b1 - b0, H, u1 - u0, s.gates + b0 * 4 * H + u0,
-                          s.h_prev + b0 * H + u0, s.lddy, s.dy + b0 * s.lddy + u0,
-                          s.dh + b0 * H + u0, s.ldg, s.dgx + b0 * s.ldg + u0,
-                          s.dgh + b0 * s.ldg + u0);
+      with_block_rows<T>(u1 - u0, H, [&](auto rows, auto ahead) {
+        rows.template gru_backward<T, decltype(ahead)::value>(
+            b1 - b0, H, u1 - u0, s.gates + b0 * 4 * H + u0, s.h_prev + b0 * H + u0, s.lddy,
+            s.dy + b0 * s.lddy + u0, s.dh + b0 * H + u0, s.ldg, s.dgx + b0 * s.ldg + u0,
+            s.dgh + b0 * s.ldg + u0);
       });
     });
   }
@@ -615,8 +616,9 @@ struct RnnStep {
     forward_pass(s, s.products->main, G, s.h_prev, H, s.h_t, 0, false,
                  [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
       with_projection(s, [&](auto projected) {
-        with_rows([&](auto rows) {
-          rows.template rnn_forward<T, Relu, decltype(projected)::value>(
+        with_block_rows<T>(u1 - u0, H, [&](auto rows, auto ahead) {
+          rows.template rnn_forward<T, Relu, decltype(projected)::value,
+                                    decltype(ahead)::value>(
               b1 - b0, H, u1 - u0, s.ldg, offset_or_null(s.xproj, b0 * s.ldg + u0),
               s.rec + b0 * s.ldg + u0, s.b + u0, s.h_new + b0 * H + u0, s.ldy,
               s.y + b0 * s.ldy + u0);
@@ -627,10 +629,10 @@ struct RnnStep {
   static void backward(const BackStepIO<T>& s) {
     const int64_t H = s.H;
     backward_pass(s, s.products->main, G, [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
-      with_rows([&](auto rows) {
-        rows.template rnn_backward<T, Relu>(b1 - b0, H, u1 - u0, s.h_new + b0 * H + u0, s.lddy,
-                                            s.dy + b0 * s.lddy + u0, s.dh + b0 * H + u0, s.ldg,
-                                            s.dgx + b0 * s.ldg + u0);
+      with_block_rows<T>(u1 - u0, H, [&](auto rows, auto ahead) {
+        rows.template rnn_backward<T, Relu, decltype(ahead)::value>(
+            b1 - b0, H, u1 - u0, s.h_new + b0 * H + u0, s.lddy, s.dy + b0 * s.lddy + u0,
+            s.dh + b0 * H + u0, s.ldg, s.dgx + b0 * s.ldg + u0);
       });
     });
   }
