@@ -162,10 +162,10 @@ constexpr int64_t kMaxStepBlocks = 64;
 // (H=256: 32 blocks) ran its pointwise rows a vector a row, at 9 ns a unit against 4 in long
 // rows, most of it in each row's set-up. Alternated in one process on a Zen 3, both orders,
 // against blocks of 8 units: LSTM inference T=100 B=64 H=256 5% faster, T=20 B=16 H=256 5%,
-// T=20 B=16 H=512 2.7%, T=20 B=16 H=1024 1%, training T=100 B=64 H=256 2%, T=20 B=128 H=512 1.4%, GRU inference
-// T=100 B=64 H=256 1%, training T=20 B=16 H=512 2%; LSTM inference T=20 B=128 H=1024 and
-// training T=20 B=4 H=512 level. (Blocks of 16 units ran B=64 H=256 3% slower than 8, of 64
-// 3% slower: two blocks a thread balance poorly.)
+// T=20 B=16 H=512 2.7%, T=200 1.6%, T=20 B=16 H=1024 1%; training T=100 B=64 H=256 2%, T=20
+// B=128 H=512 1.4%; GRU inference T=100 B=64 H=256 1%, training T=20 B=16 H=512 2%; LSTM
+// inference T=20 B=128 H=1024 and training T=20 B=4 H=512 level. (Blocks of 16 units ran
+// B=64 H=256 3% slower than 8, of 64 3% slower: two blocks a thread balance poorly.)
 constexpr int64_t kMinBlockUnits = 32;
 // A W_hh up to this size (LSTM H <= 128) stays in each core's L2 (512 KB here) from step to
 // step, so every thread may read all of it: its blocks split the batch rows rather than the
