@@ -59,9 +59,10 @@ bool asks_ahead(int64_t n, int64_t H) {
 // default). Alone, the scheduling gained 3-8% in LSTM's forward row, the unrolling 2% in
 // inference and lost 5% in training. Together, on one Zen 3 core (x86-64-v3 rows, H=128, 16 rows):
 // LSTM's forward row 22% faster in inference (3.74 -> 2.91 ns a unit), 16% in training; GRU's
-// forward 8%, RNN's 7%; LSTM's backward 3%, RNN's 14%; the double and SSE2 rows 10-34%. The same
-// bits: no operation changes, only their order in the instruction stream. GRU's backward row
-// ran level to 3% slower, and is not unrolled.
+// forward 8% (reset-before's two forward rows 10%), RNN's 7%; LSTM's backward 3%, RNN's 14%; the
+// double and SSE2 rows 10-34%. The same bits: no operation changes, only their order in the
+// instruction stream. GRU's backward row ran level to 3% slower, and the short loops without exp
+// (reset-before's backward rows, gru_recurrent_n) level: they are not unrolled.
 #define FR_INTERLEAVE _Pragma("GCC unroll 2")
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
