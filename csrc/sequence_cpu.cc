@@ -613,6 +613,13 @@ void release_memory() {
   cpu::KeptMemory::outputs().release_all();
 }
 
+KeptMemoryNow kept_memory() {
+  KeptMemoryNow now;
+  cpu::KeptMemory::tapes().count(&now.tape_blocks, &now.tape_bytes, &now.tape_fresh);
+  cpu::KeptMemory::outputs().count(&now.output_blocks, &now.output_bytes, &now.output_fresh);
+  return now;
+}
+
 template class Tape<float>;
 template class Tape<double>;
 template void forward<float>(const ForwardArgs<float>&);

@@ -95,6 +95,7 @@ std::unique_ptr<unsigned char[]> KeptMemory::take(std::size_t bytes, std::size_t
     // No kept block fits: the buffers changed sizes (T or B). The kept blocks are freed before
     // the new one is allocated, so that they never sit beside fresh memory.
     for (std::size_t i = 0; i < kMaxKept; ++i) stale[i] = std::move(blocks_[i].data);
+    ++fresh_;
   }
   for (auto& block : stale) block.reset();
   std::unique_ptr<unsigned char[]> block(new unsigned char[bytes]);
@@ -122,6 +123,17 @@ void KeptMemory::release_all() {
   std::unique_ptr<unsigned char[]> freed[kMaxKept];  // after the lock is released
   std::lock_guard<std::mutex> lock(mutex_);
   for (std::size_t i = 0; i < kMaxKept; ++i) freed[i] = std::move(blocks_[i].data);
+}
+
+void KeptMemory::count(int64_t* blocks, int64_t* bytes, int64_t* fresh) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  *fresh = fresh_;
+  *blocks = *bytes = 0;
+  for (const Block& b : blocks_) {
+    if (!b.data) continue;
+    *blocks += 1;
+    *bytes += static_cast<int64_t>(b.size);
+  }
 }
 
 ScratchBlock& this_thread_block() {

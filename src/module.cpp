@@ -714,12 +714,23 @@ PYBIND11_MODULE(_core, m) {
           return output_array(dt, std::vector<py::ssize_t>(shape.begin(), shape.end()));
         },
         py::arg("shape"), py::arg("dtype"),
-        "An uninitialised array as forward's y: one of 4 MB or more takes memory kept from\n"
+        "An uninitialised array as forward's y: one of 128 KB or more takes memory kept from\n"
         "dropped outputs (see release_memory).");
   m.def("release_memory", &fusedrnn::release_memory,
         "Frees the scratch memory the calling thread keeps between calls (and the second call\n"
         "of a pair run side by side) and the memory of dropped tapes and outputs kept for the\n"
         "next ones.");
+  m.def(
+      "kept_memory",
+      [] {
+        const fusedrnn::KeptMemoryNow now = fusedrnn::kept_memory();
+        py::dict kept;
+        kept["tapes"] = py::make_tuple(now.tape_blocks, now.tape_bytes, now.tape_fresh);
+        kept["outputs"] = py::make_tuple(now.output_blocks, now.output_bytes, now.output_fresh);
+        return kept;
+      },
+      "The memory of dropped tapes and outputs kept now (what release_memory frees), and the\n"
+      "blocks taken fresh so far: {'tapes': (blocks, bytes, fresh), 'outputs': (...)}.");
   m.def("share_openmp_threads",
         [](const py::object& path) {
           if (!py::isinstance<py::str>(path))
