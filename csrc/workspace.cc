@@ -107,13 +107,20 @@ std::unique_ptr<unsigned char[]> KeptMemory::take(std::size_t bytes, std::size_t
 void KeptMemory::give_back(std::unique_ptr<unsigned char[]> block, std::size_t capacity) {
   std::unique_ptr<unsigned char[]> evicted;  // freed after the lock is released
   std::lock_guard<std::mutex> lock(mutex_);
-  Block* slot = &blocks_[0];
+  const auto large = [](std::size_t size) { return size >= kLargeBytes; };
+  std::size_t large_kept = 0;
+  for (const Block& b : blocks_) large_kept += b.data && large(b.size);
+  // A large block over the large ones' limit takes the least recent large one's place; any
+  // other block an empty slot, or else the least recent one's.
+  const bool among_large = large(capacity) && large_kept >= kMaxKeptLarge;
+  Block* slot = nullptr;
   for (Block& b : blocks_) {
-    if (!b.data) {
+    if (!b.data && !among_large) {
       slot = &b;
       break;
     }
-    if (b.given < slot->given) slot = &b;  // all full: the least recently given back goes
+    if (!b.data || (among_large && !large(b.size))) continue;
+    if (!slot || b.given < slot->given) slot = &b;
   }
   evicted = std::move(slot->data);
   *slot = {std::move(block), capacity, ++clock_};

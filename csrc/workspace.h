@@ -35,15 +35,19 @@ void advise_huge_pages(void* p, std::size_t bytes);
 // 0.5 to 1 GB/s, so that a 2-layer LSTM training step at T=200, B=128, H=512 (two tapes of
 // 315 MB) took 2.27 s, against 1.76 s with the tapes' memory reused, and an LSTM inference at
 // T=200, B=128, H=1024 931 ms against 863 with its 100 MB y's. At most kMaxKept blocks are
-// kept, the least recently dropped freed first; fusedrnn.release_memory() frees them all. A
-// buffer takes a kept block at most twice its size; when none fits (the sizes changed), all are
-// freed before a fresh block is allocated, so kept memory is never held beside fresh memory: it
-// raises no step's peak above the previous step's. A training step of a 2-layer bidirectional
-// LSTM drops 14 outputs (2 joined y's, and dx, dW_ih and dW_hh of each layer and direction), and
-// each missing block would free all the others: hence room for up to 4 such layers.
+// kept, kMaxKeptLarge of them of kLargeBytes or more, the least recently dropped freed first;
+// fusedrnn.release_memory() frees them all. A buffer takes a kept block at most twice its size;
+// when none fits (the sizes changed), all are freed before a fresh block is allocated, so kept
+// memory is never held beside fresh memory: it raises no step's peak above the previous step's.
+// A training step of a 2-layer bidirectional LSTM drops 14 outputs (2 joined y's, and dx, dW_ih
+// and dW_hh of each layer and direction), and each missing block would free all the others:
+// hence room for 32, but for only 8 large ones, so that a program dropping many large buffers at
+// once (a list of 100 MB outputs) keeps no more of them than it kept before the small ones came.
 class KeptMemory {
  public:
   static constexpr std::size_t kMaxKept = 32;
+  static constexpr std::size_t kMaxKeptLarge = 8;
+  static constexpr std::size_t kLargeBytes = std::size_t{4} << 20;
 
   static KeptMemory& tapes();
   static KeptMemory& outputs();  // fusedrnn::OutputBuffer's

@@ -4,7 +4,7 @@ its own) and printed as one JSON line:
     python tests/memory_probe.py steady   N       RSS after warm-up and after N more steps
     python tests/memory_probe.py retained N       the same, keeping every tape (a real leak)
     python tests/memory_probe.py tape     CELL    RSS with a tape held, dropped, reused, released
-    python tests/memory_probe.py kept     CELL    RSS as 33 tapes are dropped (32 are kept)
+    python tests/memory_probe.py kept     CELL    RSS as nine tapes are dropped (eight are kept)
     python tests/memory_probe.py peak     CELL    peak RSS of one ops.forward+backward
     python tests/memory_probe.py hugepage CELL    whether a tape's mapping is advised for huge pages
 (CELL is a kernel cell name: lstm, gru, gru_reset_before, rnn_tanh, rnn_relu.)
@@ -125,11 +125,12 @@ def tape(cell):
 
 
 def kept_tapes(cell):
-    """RSS as 33 tapes of one size are dropped (at most 32 are kept, the first dropped freed)
-    and after fr.release_memory(); a tape of half their size then takes a kept block."""
+    """RSS as nine tapes of 6 MB are dropped (at most eight of 4 MB or more are kept, the first
+    dropped freed) and after fr.release_memory(); a tape of half their size then takes a kept
+    block."""
     a = arrays(cell, **dict(SIZES, T=SIZES["T"] // 4))
     b = arrays(cell, **dict(SIZES, T=SIZES["T"] // 8))
-    tapes = [forward(cell, a).tape for _ in range(33)]
+    tapes = [forward(cell, a).tape for _ in range(9)]
     nbytes = tapes[0].nbytes
     before = rss()
     del tapes

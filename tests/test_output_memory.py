@@ -162,6 +162,19 @@ def test_every_output_of_a_deep_bidirectional_step_takes_a_kept_block():
         assert _core.kept_memory()["outputs"] == kept  # the same blocks, none fresh
 
 
+def test_at_most_32_dropped_outputs_are_kept_8_of_them_large():
+    """Room for a deep model's many small outputs, but no more large ones than before those came:
+    a program dropping a list of large outputs keeps 8 of them."""
+    large_bytes = 4 << 20
+    fr.release_memory()
+    small = [_core.empty((KEPT_BYTES // 4,), np.float32) for _ in range(30)]
+    large = [_core.empty((large_bytes // 4,), np.float32) for _ in range(10)]
+    del small  # then the large ones, which take the least recently dropped small ones' places
+    del large
+    blocks, kept_bytes, _ = _core.kept_memory()["outputs"]
+    assert (blocks, kept_bytes) == (32, 8 * large_bytes + 24 * KEPT_BYTES)
+
+
 def test_empty_names_bad_arguments():
     with pytest.raises(ValueError, match="shape"):
         _core.empty((-1, 2), np.float32)

@@ -215,7 +215,7 @@ bool share_openmp_threads(const char* library_path);
 // Frees the scratch memory the calling thread keeps between calls (the input projection and gate
 // gradients of its largest call, up to 256 MB; and that of the second call of a pair run side by
 // side) and the memory of dropped tapes and outputs kept for the next ones (up to 32 blocks
-// each): the next calls allocate them again.
+// each, 8 of them of 4 MB or more): the next calls allocate them again.
 void release_memory();
 // The blocks and bytes of dropped tapes and of dropped outputs kept now for the next ones, and
 // how many blocks tapes and outputs have taken fresh from the system since the process began.
