@@ -613,6 +613,8 @@ bool packed_kernel_beats_blas() { return cpu_isa() == Isa::avx512; }
 
 bool row_axpys_runs() { return use_avx2_fma(); }  // its AVX2 and AVX-512 versions
 
+bool kernel_vectorised() { return use_avx2_fma(); }
+
 template <typename T>
 void row_dots(const T* a, const T* w, int64_t ldw, int64_t k, int64_t n, T* c, bool accumulate) {
   rows_dots(a, k, 1, w, ldw, k, n, c, n, accumulate);

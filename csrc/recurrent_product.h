@@ -7,9 +7,9 @@
 // W_hh is packed once per call into column panels for fusedrnn's own register-blocked kernel
 // (recurrent_product.cc), float or double. OpenBLAS packs its operand again at every call, which
 // for a step's small product (a 16x128 h against a 512x128 W_hh, say) costs about as much as
-// the product. A batch of one in a short call (a matrix-vector product) reads W_hh where it lies:
-// forward by row_dots where the CPU has AVX-512, else through BLAS on each block; backward by
-// row_axpys where it has AVX2 or AVX-512.
+// the product. A batch of one in a short call (a matrix-vector product), and an RNN's forward
+// at a batch of one, read W_hh where it lies: forward by row_dots where the CPU has AVX-512,
+// else through BLAS on each block; backward by row_axpys where it has AVX2 or AVX-512.
 #pragma once
 
 #include <cstdint>
@@ -82,6 +82,8 @@ void rows_dots(const T* a, int64_t lda, int64_t rows, const T* w, int64_t ldw, i
 template <typename T>
 void row_axpys(const T* a, const T* w, int64_t ldw, int64_t k, int64_t n, T* c, bool accumulate);
 bool row_axpys_runs();
+// Whether the kernel runs vector code (AVX2 and FMA, or AVX-512), not its portable loops.
+bool kernel_vectorised();
 
 template <typename T>
 int64_t packed_elements(const ProductShape& shape);
@@ -173,18 +175,21 @@ class RecurrentProduct {
         rows > 1 || (packs_one_row(shape) && steps >= min_steps_packing_one_row(shape));
     return packs ? packed_elements<T>(shape) : 0;
   }
-  // Whether a batch of one's products may run packed: with AVX-512 all; with AVX2 the
-  // backward's (M not transposed), whose panels one row reads in order where row_axpys reads
-  // strips of every row of W. Alternated in one process on a Zen 3 (2 cores), training with a
-  // batch of one and the backward packed ran 16-19% faster at H=1024 (LSTM T=200, GRU T=20, RNN
-  // T=200), 8.5% for LSTM T=200 H=512, 5% for LSTM T=20 H=1024, level at H=32 and 128 (against
-  // row_axpys; with each build loaded first in turn, LSTM T=200 22% faster at H=1024 and 14% at
-  // H=512, GRU T=20 H=1024 10.5%). The forward stays with BLAS's matrix-vector product, which
-  // reads whole rows of W (89 GB/s there): packed from 32 steps, RNN inference T=200 H=1024 ran
-  // 18% slower, LSTM and GRU level.
-  static bool packs_one_row(const ProductShape& shape) {
-    return packed_kernel_beats_blas() || (!shape.transposed && row_axpys_runs());
-  }
+  // Whether a batch of one's products may run packed: with AVX2 or AVX-512, forward and
+  // backward. The backward's panels one row reads in order, where row_axpys reads strips of
+  // every row of W: alternated in one process on a Zen 3 (2 cores), training with a batch of one
+  // and the backward packed ran 16-19% faster at H=1024 (LSTM T=200, GRU T=20, RNN T=200), 8.5%
+  // for LSTM T=200 H=512, 5% for LSTM T=20 H=1024, level at H=32 and 128 (against row_axpys;
+  // with each build loaded first in turn, LSTM T=200 22% faster at H=1024 and 14% at H=512, GRU
+  // T=20 H=1024 10.5%). The forward's, where BLAS would run a matrix-vector product for each
+  // gate (an RNN's single one stays with BLAS: StepProducts::main_packing), in one pass over the
+  // panels instead: on the same Zen 3 from 32 steps, both builds loaded first in turn (the
+  // geometric mean of the two orders), LSTM inference T=200 B=1 ran 23% faster at H=32, 15% at
+  // H=128 and 256, 4% at H=512, 8% at H=1024; GRU 15%, 7%, 11%, 2% and 7%; LSTM training 4.5%
+  // at H=128, 1-2% at H=512 and 1024, GRU level at H=128 and 1.5-2.5% faster at H=512 and 1024.
+  // At T=32 the packing's cost ate the gain (LSTM and GRU level at H=128 and 512; at T=64 LSTM
+  // H=128 13% faster, GRU 4%, both level at H=512); at T=20 GRU H=128 and 512 ran 6% slower.
+  static bool packs_one_row(const ProductShape&) { return kernel_vectorised(); }
   // The backward's products (M not transposed) by BLAS read W in strips of columns, a block of
   // units each, every row of W a few cache lines at a time; from 8 MB on, packed panels repay
   // their packing sooner. Alternated in one process on a Zen 4, training with a batch of one
@@ -195,13 +200,14 @@ class RecurrentProduct {
   // (Both measured against BLAS. Against row_dots and row_axpys, which read an unpacked W
   // faster: packing in every call ran LSTM and GRU at T=20 4-22% slower, at T=4 16-49%; packing
   // in none ran T=200 inference 0-8% slower, training's backward 11-28%, at T=20 H=1024 2-15%.)
-  // With AVX2 (the backward only, packs_one_row) from 16 steps at any size: alternated in one
-  // process on a Zen 3 against packing from 32 (16 from 8 MB), LSTM training T=20 B=1 ran 14%
-  // faster at H=256 and 2-4% at H=512, GRU H=512 7%, RNN H=1024 12%; from 4 steps, LSTM T=4
-  // H=1024 ran 14% slower, from 8, T=8 H=512 6% slower.
+  // With AVX2 the backward from 16 steps at any size: alternated in one process on a Zen 3
+  // against packing from 32 (16 from 8 MB), LSTM training T=20 B=1 ran 14% faster at H=256 and
+  // 2-4% at H=512, GRU H=512 7%, RNN H=1024 12%; from 4 steps, LSTM T=4 H=1024 ran 14% slower,
+  // from 8, T=8 H=512 6% slower. The forward from 32 (packs_one_row).
   static int64_t min_steps_packing_one_row(const ProductShape& shape) {
     const bool strips = !shape.transposed && weight_bytes(shape, false) >= kStripsBytes;
-    if (!packed_kernel_beats_blas()) return kMinStepsPackingOneRow / 2;  // AVX2: see above
+    if (!packed_kernel_beats_blas())  // AVX2: see above
+      return shape.transposed ? kMinStepsPackingOneRow : kMinStepsPackingOneRow / 2;
     return strips ? kMinStepsPackingOneRow / 2 : kMinStepsPackingOneRow;
   }
 

@@ -143,8 +143,8 @@ def check_random_lengths_against_reference(rng, kcell, dtype, shape, reverse=Fal
 # matrix-vector product).
 # A batch of one reads W_hh where it lies (forward: with AVX-512 by row_dots, else BLAS's
 # matrix-vector product; backward: with AVX2 or AVX-512 by row_axpys, whose last units past a
-# whole vector go one by one at H=13, 33, 161), or, with AVX-512 and 32 steps or more, runs the
-# packed kernel one row at a time (T40B1, T32B1).
+# whole vector go one by one at H=13, 33, 161), or, with AVX2 or AVX-512 and 32 steps or more,
+# runs the packed kernel one row at a time (T40B1, T32B1; an RNN's forward excepted).
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 1, 2, 3), (5, 3, 4, 1), (4, 2, 9, 13),
                                    (2, 40, 5, 33), (3, 8, 7, 161), (2, 8, 5, 300),
                                    (11, 64, 100, 32), (1, 1, 8000, 63), (40, 1, 5, 33),
@@ -160,7 +160,7 @@ def test_op_matches_reference_at_odd_sizes(kcell, dtype, reverse, shape):
 
 # A batch of one's backward packs a W_hh of 8 MB or more from 16 steps on (BLAS reads it in
 # strips of columns; recurrent_product.h's min_steps_packing_one_row): LSTM and GRU, float32
-# H=840 (11.3 and 8.5 MB), 16 steps; the forward's products stay with BLAS.
+# H=840 (11.3 and 8.5 MB), 16 steps; the forward's products, under 32 steps, stay with BLAS.
 @pytest.mark.parametrize("kcell", ["lstm", "gru"])
 def test_op_packing_a_large_w_hh_for_a_batch_of_ones_backward_matches_reference(kcell):
     check_random_lengths_against_reference(np.random.default_rng(16), kcell, np.float32,
@@ -181,8 +181,8 @@ def test_op_packing_an_rnn_w_hh_for_a_batch_of_ones_backward_matches_reference(k
 # ahead (recurrent_product.cc's streams_panels): float32 LSTM and GRU at H=512 (4 and 3 MB),
 # float64 LSTM at H=256 (2 MB), on a machine of up to 4 threads of 1 MB of L2 (or 8 of 512 KB).
 # Against the reference, in forward and backward; and the requests change no bit: a batch of two
-# holding the sequence twice (2-row tiles, no requests) gives it the same y, h_n and dx. Without
-# AVX-512 a batch of one goes through BLAS instead, whose sums need not be the kernel's.
+# holding the sequence twice (2-row tiles, no requests) gives it the same y, h_n and dx. With the
+# portable kernel a batch of one goes through BLAS instead, whose sums need not be the kernel's.
 @pytest.mark.parametrize("kcell, dtype, H_", [("lstm", np.float32, 512), ("gru", np.float32, 512),
                                               ("lstm", np.float64, 256)])
 def test_op_streaming_a_batch_of_ones_w_hh_matches_reference_and_a_batch_of_two(kcell, dtype, H_):
@@ -195,7 +195,7 @@ def test_op_streaming_a_batch_of_ones_w_hh_matches_reference_and_a_batch_of_two(
     for name, ref in want.items():
         if ref is not None:
             assert rel_err(got[name], ref) < RTOL[dtype], name
-    if _core.build_info()["recurrent_kernel"] != "avx512f":
+    if _core.build_info()["recurrent_kernel"] == "portable":
         return
     twice = {name: None if a is None else np.concatenate([a, a], axis=1) if name == "x" else
              np.concatenate([a, a]) if name in ("h0", "c0") else a for name, a in arrays.items()}
