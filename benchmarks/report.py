@@ -56,7 +56,7 @@ def table(report, command):
         "",
     ]
     if "ratio_min" in s:
-        lines.append(f"**Minimum ratio {s['ratio_min']:.2f}x, geometric mean "
+        lines.append(f"**Minimum ratio {s['ratio_min']:.3f}x, geometric mean "
                      f"{s['ratio_geomean']:.2f}x over {s['cases_compared']} cases.**")
     if "worst_x_floor" in s:
         lines.append(f"Farthest from the floor among cases with a floor of at least 5 ms: "

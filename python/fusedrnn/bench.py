@@ -468,7 +468,7 @@ def run_cases(cases, runs=7, with_numpy=False, memory=False, progress=None, out=
         results.append(r)
     summary = summarize(results)
     if "ratio_min" in summary:
-        print(f"torch/fusedrnn: min {summary['ratio_min']:.2f}x, geometric mean "
+        print(f"torch/fusedrnn: min {summary['ratio_min']:.3f}x, geometric mean "
               f"{summary['ratio_geomean']:.2f}x over {summary['cases_compared']} cases "
               f"(median of interleaved runs)", file=out)
     else:
