@@ -36,10 +36,18 @@ inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
 // Zen 5, LSTM inference T=100 H=256 ran 9% faster at B=48, 5-6% at B=64, 3% at B=96 and B=128
 // (training B=128 4.5%), T=200 H=512 5% at B=20 and B=24 (training 4%), T=100 H=512 4% at
 // B=32, 5-7.5% at B=64 (training 4%), 1% at B=128; RNN H=1024 B=64 and B=128 and T=20 LSTM
-// B=128 H=512 level to 1% faster. Not where W_hh alone fits in half of L2, whose steps would
-// read it from there: stacked, a Zen 3 (512 KB L2, AVX2) read LSTM I = H = 128's 512 KB from
-// L3 at every step, and ran inference T=200 B=16 5% slower than with a projection, two-layer
-// and bidirectional 3%, B=128 2% (each in its own process, alternated).
+// B=128 H=512 level to 1% faster. So do larger batches where a tile's rows of [x | h] take at
+// most half of L1 (AVX2's tiles of 3 rows: float32 LSTM up to I + H = 1365), each step then cut
+// by units: alternated in one process on a Zen 3, both builds loaded first in turn, LSTM
+// inference ran 5% faster at T=100 B=64 H=256, 7% at T=200 B=128 H=256, 3% at T=200 B=128
+// H=512, 2% at T=200 B=24 and B=32 H=512 and T=20 B=128 H=256, training T=100 B=64 H=256
+// 2.5%, T=20 B=128 H=512 1%, RNN inference T=200 H=512 4% at B=64 and 1% at B=128 (an A/A
+// run of an unchanged case read within 2%); RNN T=20 B=128 H=1024 (tiles of 24 KB) ran 2%
+// slower. Not
+// where W_hh alone fits in half of L2, whose steps would read it from there: stacked, a Zen 3
+// (512 KB L2, AVX2) read LSTM I = H = 128's 512 KB from L3 at every step, and ran inference
+// T=200 B=16 5% slower than with a projection, two-layer and bidirectional 3%, B=128 2% (each
+// in its own process, alternated).
 constexpr int64_t kStackedFromL3Bytes = int64_t{8} << 20;
 constexpr int64_t kMinRowsStackedFromL3 = 4;
 constexpr int64_t kMaxRowsStackedFromL3 = 16;
@@ -96,7 +104,10 @@ struct StepProducts {
     const int64_t w_hh_bytes =
         packed_elements<T>(main_shape(cell, H, true)) * int64_t{sizeof(T)};
     const int64_t half_l2 = l2_cache_bytes() / 2;
-    const bool rows_fit = B <= kMaxRowsStackedFromL3 || l1_cache_bytes() >= kWideL1Bytes;
+    const int64_t tile_rows_bytes =
+        panel_layout<T>(gate_count(cell)).max_rows * (I + H) * int64_t{sizeof(T)};
+    const bool rows_fit = B <= kMaxRowsStackedFromL3 || l1_cache_bytes() >= kWideL1Bytes ||
+                          tile_rows_bytes <= l1_cache_bytes() / 2;
     const bool from_l3 = B >= kMinRowsStackedFromL3 && rows_fit &&
                          bytes <= kStackedFromL3Bytes && w_hh_bytes > half_l2;
     return one_product && B > 1 && (bytes <= half_l2 || from_l3);

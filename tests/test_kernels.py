@@ -253,9 +253,11 @@ def test_op_matches_reference_around_stacking_edge(kcell, dtype, I_, H_, B_):
     check_stacking_case(kcell, dtype, I_, H_, B_)
 
 
-# A batch of 4 to 16 rows (or more, where L1 holds 48 KB) stacks a packed [W_ihᵀ; W_hhᵀ] of up
+# A batch of 4 to 16 rows (or more, where L1 holds 48 KB or a tile's rows of [x | h] take at
+# most half of it, as AVX2's 3 rows of LSTM I = H = 512) stacks a packed [W_ihᵀ; W_hhᵀ] of up
 # to 8 MB, streamed from L3: float32 LSTM I = H = 512 and RNN I = H = 1024 just do, I one more
-# does not, nor B=3 (nor B=17 with a smaller L1); float64 LSTM H = 256 up to I = 768.
+# does not, nor B=3 (nor B=17 with a smaller L1 and AVX-512's 12-row tiles); float64 LSTM
+# H = 256 up to I = 768.
 @pytest.mark.parametrize("kcell, dtype, I_, H_, B_", [
     ("lstm", np.float32, 512, 512, 16), ("lstm", np.float32, 513, 512, 16),
     ("lstm", np.float32, 512, 512, 3), ("lstm", np.float32, 512, 512, 4),
