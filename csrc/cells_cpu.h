@@ -43,11 +43,10 @@ inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
 // H=512, 2% at T=200 B=24 and B=32 H=512 and T=20 B=128 H=256, training T=100 B=64 H=256
 // 2.5%, T=20 B=128 H=512 1%, RNN inference T=200 H=512 4% at B=64 and 1% at B=128 (an A/A
 // run of an unchanged case read within 2%); RNN T=20 B=128 H=1024 (tiles of 24 KB) ran 2%
-// slower. Not
-// where W_hh alone fits in half of L2, whose steps would read it from there: stacked, a Zen 3
-// (512 KB L2, AVX2) read LSTM I = H = 128's 512 KB from L3 at every step, and ran inference
-// T=200 B=16 5% slower than with a projection, two-layer and bidirectional 3%, B=128 2% (each
-// in its own process, alternated).
+// slower. Not where W_hh alone fits in half of L2, whose steps would read it from there:
+// stacked, a Zen 3 (512 KB L2, AVX2) read LSTM I = H = 128's 512 KB from L3 at every step, and
+// ran inference T=200 B=16 5% slower than with a projection, two-layer and bidirectional 3%,
+// B=128 2% (each in its own process, alternated).
 constexpr int64_t kStackedFromL3Bytes = int64_t{8} << 20;
 constexpr int64_t kMinRowsStackedFromL3 = 4;
 constexpr int64_t kMaxRowsStackedFromL3 = 16;

@@ -611,9 +611,9 @@ PanelLayout panel_layout(int64_t segments) {
 
 bool packed_kernel_beats_blas() { return cpu_isa() == Isa::avx512; }
 
-bool row_axpys_runs() { return use_avx2_fma(); }  // its AVX2 and AVX-512 versions
-
 bool kernel_vectorised() { return use_avx2_fma(); }
+
+bool row_axpys_runs() { return kernel_vectorised(); }  // its AVX2 and AVX-512 versions
 
 template <typename T>
 void row_dots(const T* a, const T* w, int64_t ldw, int64_t k, int64_t n, T* c, bool accumulate) {
