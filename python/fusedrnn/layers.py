@@ -11,13 +11,14 @@ results come back as arrays of the input's library (NumPy for host input). ``tf3
 float32) lets the matrix products use TF32 tensor cores (see :func:`fusedrnn.ops.forward`).
 """
 
+import functools
 import numbers
 
 import numpy as np
 
 from . import _backend, _device, ops
-from ._checks import (as_array, as_dtype, check_memory, checked_state_dict, flag, float_array,
-                      lengths_array, optional_seed, positive_int, type_name)
+from ._checks import (as_array, as_dtype, check_memory, checked_state_dict, contiguous, flag,
+                      float_array, lengths_array, optional_seed, positive_int, type_name)
 
 
 LAYER_BACKENDS = ("auto", "cpu", "numpy")
@@ -131,8 +132,9 @@ class RNNBase:
     def _forward_nbytes(self, T, B, training):
         """What forward allocates, for check_memory: ops.forward per layer and direction, plus
         the stacked outputs and dropout masks; in training every layer's tape is kept."""
-        D, H, G, L = (self.num_directions, self.hidden_size, ops.GATES[self._kernel_cell],
-                      self.num_layers)
+        # GATES by the public cell name: both of GRU's kernels have three gates, and the
+        # kernel's name (_kernel_cell) costs a check of reset_after at every call.
+        D, H, G, L = self.num_directions, self.hidden_size, ops.GATES[self._cell], self.num_layers
         first = ops.forward_nbytes(self.dtype, T, B, self.input_size, H, G, training)
         other = ops.forward_nbytes(self.dtype, T, B, D * H, H, G, training) if L > 1 else 0
         stacked = 3 * self.dtype.itemsize * T * B * D * H
@@ -174,10 +176,17 @@ class RNNBase:
         self._params = {name: self._xp.asarray(p) for name, p in new.items()}
 
     def _layer_weights(self, layer, direction):
-        s = f"l{layer}{'_reverse' if direction else ''}"
         p = self._params
-        return (p[f"weight_ih_{s}"], p[f"weight_hh_{s}"], p.get(f"bias_ih_{s}"),
-                p.get(f"bias_hh_{s}"))
+        w_ih, w_hh, b_ih, b_hh = self._weight_names(layer, direction)
+        return p[w_ih], p[w_hh], p.get(b_ih), p.get(b_hh)
+
+    @staticmethod
+    @functools.lru_cache(maxsize=None)
+    def _weight_names(layer, direction):
+        """The keys of a layer's and direction's w_ih, w_hh, b_ih, b_hh: made once, not at
+        every call (formatted anew, they took ~1 us of a small model's 20 us call)."""
+        s = f"l{layer}{'_reverse' if direction else ''}"
+        return f"weight_ih_{s}", f"weight_hh_{s}", f"bias_ih_{s}", f"bias_hh_{s}"
 
     # -- forward ----------------------------------------------------------------------------
     def __call__(self, x, state=None, lengths=None):
@@ -192,12 +201,13 @@ class RNNBase:
         wrap = self._results_like(x)
         x, layout = self._time_major(self._on_device(x, "x"))
         batch_first, unbatched, T, B = layout
-        # All of it up front, before the zero state: a failure after the first layer would have
-        # drawn dropout masks.
+        # All of it up front, before anything is made: a failure after the first layer would
+        # have drawn dropout masks.
         check_memory(self._forward_nbytes(T, B, training),
-                     f"x: T={T} steps of B={B} rows with hidden_size={self.hidden_size}, "
-                     f"num_layers={self.num_layers}: forward(training={training})")
-        h0, c0 = self._initial_state(state, B, unbatched)
+                     lambda: f"x: T={T} steps of B={B} rows with hidden_size={self.hidden_size}, "
+                             f"num_layers={self.num_layers}: forward(training={training})")
+        # No state: None for every op, which reads it as zeros (no zero arrays made and indexed).
+        h0, c0 = (None, None) if state is None else self._initial_state(state, B, unbatched)
         if lengths is not None:
             if unbatched:
                 raise ValueError("lengths: expected None for unbatched (T, I) input, got "
@@ -208,7 +218,7 @@ class RNNBase:
         backend = None if self.device == "cuda" else _backend.resolve(self.backend)
         D, H = self.num_directions, self.hidden_size
         h_n = xp.empty((self.num_layers * D, B, H), self.dtype)
-        c_n = xp.empty_like(h_n) if c0 is not None else None
+        c_n = xp.empty_like(h_n) if self._cell == "lstm" else None
         op_tapes, masks = [], []
         inp = x
         for layer in range(self.num_layers):
@@ -227,7 +237,7 @@ class RNNBase:
             # arguments are spelled out here and below rather than made by a helper, which cost
             # the one-direction path 1 us of an LSTM T=20 B=1 H=32 training step's 37.
             pair = (ops.run_forward_pair(self._kernel_cell, [
-                (inp, *self._layer_weights(layer, d), h0[layer * 2 + d],
+                (inp, *self._layer_weights(layer, d), None if h0 is None else h0[layer * 2 + d],
                  None if c0 is None else c0[layer * 2 + d], lengths, bool(d), training,
                  y_both[..., d * H:(d + 1) * H]) for d in (0, 1)])
                 if D == 2 and backend == "cpu" else None)
@@ -236,7 +246,8 @@ class RNNBase:
                 if pair is not None:
                     res = pair[d]
                 elif backend is None:
-                    res = ops.forward(self._cell, inp, *self._layer_weights(layer, d), h0[k],
+                    res = ops.forward(self._cell, inp, *self._layer_weights(layer, d),
+                                      None if h0 is None else h0[k],
                                       None if c0 is None else c0[k], lengths=lengths,
                                       reverse=bool(d), training=training,
                                       reset_after=getattr(self, "reset_after", True),
@@ -246,7 +257,8 @@ class RNNBase:
                     # per direction (the C++ glue still checks what it gets).
                     y_d = None if y_both is None else y_both[..., d * H:(d + 1) * H]
                     res = ops.run_forward(self._kernel_cell, backend, inp,
-                                          *self._layer_weights(layer, d), h0[k],
+                                          *self._layer_weights(layer, d),
+                                          None if h0 is None else h0[k],
                                           None if c0 is None else c0[k], lengths, bool(d),
                                           training, y_d)
                 if y_both is None:
@@ -354,13 +366,14 @@ class RNNBase:
                 dh0[k] = g.dh0
                 if dc0 is not None:
                     dc0[k] = g.dc0
-                s = f"l{layer}{'_reverse' if d else ''}"
-                dparams[f"weight_ih_{s}"], dparams[f"weight_hh_{s}"] = g.dw_ih, g.dw_hh
+                w_ih, w_hh, b_ih, b_hh = self._weight_names(layer, d)
+                dparams[w_ih], dparams[w_hh] = g.dw_ih, g.dw_hh
                 if self.bias:
-                    dparams[f"bias_ih_{s}"], dparams[f"bias_hh_{s}"] = g.db_ih, g.db_hh
+                    dparams[b_ih], dparams[b_hh] = g.db_ih, g.db_hh
             dy = dx
         wrap = tape.wrap
-        dparams = {name: wrap(dparams[name]) for name in self._shapes()}  # state_dict's order
+        # In state_dict's order, which the parameters keep (_shapes() made anew costs ~2 us).
+        dparams = {name: wrap(dparams[name]) for name in self._params}
         return (None if dy is None else wrap(self._from_time_major(dy, tape.layout)),
                 self._final_state(wrap(dh0), None if dc0 is None else wrap(dc0), unbatched),
                 dparams)
@@ -368,7 +381,7 @@ class RNNBase:
     def _kernel_array(self, a):
         """a as the kernels take it: C-contiguous, and on the CPU aligned too."""
         if self._xp is np:
-            return np.require(a, requirements=("C", "A"))
+            return contiguous(a)
         return self._xp.ascontiguousarray(a)
 
     # -- devices ----------------------------------------------------------------------------
@@ -424,13 +437,10 @@ class RNNBase:
         return self._xp.ascontiguousarray(y.transpose(1, 0, 2)) if batch_first else y
 
     def _initial_state(self, state, B, unbatched, name="state"):
-        """(h0, c0) as (L*D, B, H) arrays (c0 None unless LSTM); zeros for None."""
+        """A given state (not None) as (h0, c0), (L*D, B, H) arrays (c0 None unless LSTM)."""
         shape = (self.num_layers * self.num_directions, B, self.hidden_size)
         want = shape[::2] if unbatched else shape
         is_lstm = self._cell == "lstm"
-        if state is None:
-            zeros = self._xp.zeros(shape, self.dtype)
-            return zeros, (zeros.copy() if is_lstm else None)
         if is_lstm:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
                 raise TypeError(f"{name}: expected a tuple (h, c) of arrays shaped {want}, "
