@@ -148,12 +148,13 @@ class RNNBase:
         shapes = {}
         for layer in range(self.num_layers):
             width = self.input_size if layer == 0 else self.num_directions * H
-            for suffix in ("", "_reverse")[:self.num_directions]:
-                shapes[f"weight_ih_l{layer}{suffix}"] = (G * H, width)
-                shapes[f"weight_hh_l{layer}{suffix}"] = (G * H, H)
+            for direction in range(self.num_directions):
+                w_ih, w_hh, b_ih, b_hh = self._weight_names(layer, direction)
+                shapes[w_ih] = (G * H, width)
+                shapes[w_hh] = (G * H, H)
                 if self.bias:
-                    shapes[f"bias_ih_l{layer}{suffix}"] = (G * H,)
-                    shapes[f"bias_hh_l{layer}{suffix}"] = (G * H,)
+                    shapes[b_ih] = (G * H,)
+                    shapes[b_hh] = (G * H,)
         return shapes
 
     def _init_params(self):
