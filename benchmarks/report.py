@@ -24,6 +24,14 @@ def gemm_flops(case):
     return Case(**case).flops()
 
 
+def interval(result):
+    """A result's ratio CI as "low-high", or "-" where it has none."""
+    if "ratio_interval" not in result:
+        return "-"
+    low, high = result["ratio_interval"]
+    return f"{low:.2f}-{high:.2f}"
+
+
 def sweep_dtype(report):
     """The cases' dtype (one run of the tool times one dtype)."""
     return report["results"][0]["case"].get("dtype", "float32") if report["results"] else "?"
@@ -35,6 +43,7 @@ def table(report, command):
     memory = any(r.get("peak_mb") for r in report["results"])  # measured with --memory
     now = any("x_floor_now" in r for r in report["results"])  # ceiling measured beside cases
     roof = any("x_roof_now" in r for r in report["results"])  # and the bandwidth
+    ci = any("ratio_interval" in r for r in report["results"])  # the rounds' ratios' spread
     lines = [
         "# CPU sweep: fusedrnn against torch.nn",
         "",
@@ -45,7 +54,10 @@ def table(report, command):
         "start).",
         "Times are medians of interleaved runs in one process (a run under 0.5 s timed after "
         "20 ms of untimed runs of its own library); ratio = torch ms / fusedrnn ms; "
-        "x floor = fusedrnn ms / (the case's GEMM flops at the ceiling)"
+        + ("ratio CI = the rounds' own ratios from the 2nd smallest to the 2nd largest of 7 "
+           "(the extremes of 3 to 6), which hold their median with probability 87.5% (75% to "
+           "97%) where rounds are independent; " if ci else "")
+        + "x floor = fusedrnn ms / (the case's GEMM flops at the ceiling)"
         + ("; ceil now = the ceiling measured again in each of the case's rounds (median), "
            "x now = x floor at it" if now else "")
         + ("; GB/s now = the bandwidth at which the threads read a buffer of W_hh's size, "
@@ -57,7 +69,10 @@ def table(report, command):
     ]
     if "ratio_min" in s:
         lines.append(f"**Minimum ratio {s['ratio_min']:.3f}x, geometric mean "
-                     f"{s['ratio_geomean']:.2f}x over {s['cases_compared']} cases.**")
+                     f"{s['ratio_geomean']:.2f}x over {s['cases_compared']} cases.**"
+                     + (f" Slower than torch in {s['cases_slower']}, "
+                        f"{s['cases_slower_beyond_interval']} of them beyond the spread of their "
+                        "rounds' ratios (ratio CI)." if "cases_slower" in s else ""))
     if "worst_x_floor" in s:
         lines.append(f"Farthest from the floor among cases with a floor of at least 5 ms: "
                      f"{s['worst_x_floor']:.2f}x ({s['worst_x_floor_case']})"
@@ -68,11 +83,13 @@ def table(report, command):
                         f"({s['worst_x_roof_now_case']})." if "worst_x_roof_now" in s else ""))
     if "memory_ratio_max" in s:
         lines.append(f"Training peak memory fusedrnn/torch: at most {s['memory_ratio_max']:.2f}.")
-    lines += ["", "| case | fusedrnn ms | torch ms | ratio | GFLOP/s | x floor |"
+    lines += ["", "| case | fusedrnn ms | torch ms | ratio |" + (" ratio CI |" if ci else "")
+              + " GFLOP/s | x floor |"
               + (" ceil now | x now |" if now else "")
               + (" GB/s now | x roof |" if roof else "")
               + (" MB fused | MB torch |" if memory else ""),
-              "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if now else "")
+              "|---|---:|---:|---:|" + ("---:|" if ci else "") + "---:|---:|"
+              + ("---:|---:|" if now else "")
               + ("---:|---:|" if roof else "")
               + ("---:|---:|" if memory else "")]
     for r in report["results"]:
@@ -83,7 +100,9 @@ def table(report, command):
 
         lines.append(
             f"| {label(r['case'])} | {ms['fusedrnn']:.2f} | {num(ms.get('torch'), '.2f')} | "
-            f"{num(r.get('ratio_torch_over_fusedrnn'), '.2f')} | {r['gflops_fusedrnn']:.1f} | "
+            f"{num(r.get('ratio_torch_over_fusedrnn'), '.2f')} | "
+            + (f"{interval(r)} | " if ci else "")
+            + f"{r['gflops_fusedrnn']:.1f} | "
             f"{num(r.get('x_floor'), '.2f')} |"
             + (f" {num(r.get('ceiling_now_gflops'), '.0f')} | {num(r.get('x_floor_now'), '.2f')} |"
                if now else "")

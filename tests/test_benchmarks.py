@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import fusedrnn
@@ -90,6 +91,25 @@ def test_roofline_is_the_floor_until_reading_w_hh_takes_longer_than_its_product(
         assert (roof > floor * (1 + 1e-9)) == (B < 8)
 
 
+def test_ratio_interval_holds_the_median_of_the_rounds_ratios_as_often_as_it_says():
+    """The interval of the rounds' ratios: the 2nd smallest to the 2nd largest of 7 (87.5%), the
+    extremes of 3 (75%); drawn from a known distribution, it holds the median at that rate."""
+    from fusedrnn import bench
+
+    assert bench.ratio_interval([3, 9, 6, 4, 8, 5, 7], [1] * 7) == (4, 8, 0.875)
+    assert bench.ratio_interval([2, 6, 3], [2, 2, 1]) == (1, 3, 0.75)
+    with pytest.raises(ValueError, match="as many timed rounds of each.*got 2 and 3"):
+        bench.ratio_interval([1, 2], [1, 2, 3])
+    rng = np.random.default_rng(0)
+    for rounds in (3, 7, 12):
+        trials, held, coverage = 4000, 0, None
+        for _ in range(trials):
+            peer = rng.lognormal(0.0, 0.1, rounds)  # the ratios' median is exactly 1
+            low, high, coverage = bench.ratio_interval(peer, np.ones(rounds))
+            held += low <= 1 <= high
+        assert abs(held / trials - coverage) < 0.025, (rounds, held / trials, coverage)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS is read from /proc")
 def test_bench_peak_memory_counts_what_a_step_allocates():
     """`fusedrnn bench --memory`'s fresh-process measurement sees at least the weight gradients a
@@ -114,6 +134,7 @@ def test_bench_json_and_report_carry_the_yardsticks_measured_beside_each_case(tm
     proc = subprocess.run(cli, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ceil now" in proc.stdout and "at the ceiling measured beside" not in proc.stdout
+    assert "ratio CI" in proc.stdout
     report = json.loads(out.read_text())
     (result,) = report["results"]
     assert result["ceiling_now_gflops"] > 0
@@ -126,4 +147,8 @@ def test_bench_json_and_report_carry_the_yardsticks_measured_beside_each_case(tm
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (tmp_path / "tiny.md").read_text()
     assert "| ceil now | x now | GB/s now | x roof |" in table
+    if "ratio_torch_over_fusedrnn" in result:  # torch is installed: the rounds' ratios' spread
+        low, high = result["ratio_interval"]
+        assert 0 < low <= high and result["ratio_interval_coverage"] == 0.75  # 3 rounds
+        assert f"| {low:.2f}-{high:.2f} |" in table
     assert f"| {result['x_floor_now']:.2f} | {result['read_gbps_now']:.0f} | " in table

@@ -23,6 +23,7 @@ count.
 import ctypes
 import itertools
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -266,6 +267,32 @@ def _prime(fn):
         fn()
 
 
+# How sure a ratio is: the rounds' own ratios (each round times both libraries back to back, so
+# that the machine's drift between rounds cancels) give a distribution-free interval for their
+# median, from the (j+1)-th smallest to the (j+1)-th largest of n, which holds it with
+# probability 1 - 2·P(Binomial(n, 1/2) <= j) where rounds are independent: j the largest that
+# keeps RATIO_COVERAGE (7 rounds: the 2nd and 6th, 87.5%; 3 rounds: the extremes, 75%). A
+# median ratio under 1 whose interval reaches over 1 is a tie this run cannot split.
+RATIO_COVERAGE = 0.8
+
+
+def _interval_coverage(n, j):
+    return 1 - 2 * sum(math.comb(n, i) for i in range(j + 1)) / 2 ** n
+
+
+def ratio_interval(peer_s, fusedrnn_s):
+    """(low, high, coverage) of the rounds' ratios peer/fusedrnn (see RATIO_COVERAGE)."""
+    if len(peer_s) != len(fusedrnn_s) or len(peer_s) == 0:
+        raise ValueError(f"ratio_interval: expected as many timed rounds of each, at least one; "
+                         f"got {len(peer_s)} and {len(fusedrnn_s)}")
+    ratios = sorted(p / f for p, f in zip(peer_s, fusedrnn_s))
+    n = len(ratios)
+    j = 0
+    while j + 1 <= (n - 1) // 2 and _interval_coverage(n, j + 1) >= RATIO_COVERAGE:
+        j += 1
+    return ratios[j], ratios[n - 1 - j], _interval_coverage(n, j)
+
+
 def run_case(case, runs=7, with_numpy=False, ceiling=None, memory=False, budget_s=20.0):
     """Median seconds of each implementation, the runs interleaved so that drift in the
     machine's speed hits every implementation alike. Cases whose warm-up shows that `runs`
@@ -296,6 +323,8 @@ def run_case(case, runs=7, with_numpy=False, ceiling=None, memory=False, budget_
                   gflops_fusedrnn=case.flops() / medians["fusedrnn"] / 1e9)
     if "torch" in medians:
         result["ratio_torch_over_fusedrnn"] = medians["torch"] / medians["fusedrnn"]
+        low, high, coverage = ratio_interval(times["torch"], times["fusedrnn"])
+        result.update(ratio_interval=[low, high], ratio_interval_coverage=coverage)
     if ceiling:
         result["floor_ms"] = _floor_ms(case, ceiling)
         result["x_floor"] = result["median_ms"]["fusedrnn"] / result["floor_ms"]
@@ -376,7 +405,7 @@ def peak_step_memory(case, impl):
 
 def _columns(with_numpy, memory, ceiling):
     cols = [("case", 58), ("fusedrnn ms", 11), ("torch ms", 9), ("torch/fused", 11),
-            ("GFLOP/s", 8)]
+            ("ratio CI", 9), ("GFLOP/s", 8)]
     if ceiling:
         cols += [("% ceiling", 9), ("x floor", 7), ("ceil now", 8), ("x now", 6),
                  ("GB/s now", 8), ("x roof", 6)]
@@ -390,11 +419,13 @@ def _columns(with_numpy, memory, ceiling):
 def _row(r, label, cols):
     ms, peak = r["median_ms"], r.get("peak_mb", {})
     ratio = r.get("ratio_torch_over_fusedrnn")
+    interval = r.get("ratio_interval")
     cells = {
         "case": label,
         "fusedrnn ms": f"{ms['fusedrnn']:.2f}",
         "torch ms": f"{ms['torch']:.2f}" if "torch" in ms else "-",
         "torch/fused": f"{ratio:.2f}x" if ratio else "-",
+        "ratio CI": f"{interval[0]:.2f}-{interval[1]:.2f}" if interval else "-",
         "GFLOP/s": f"{r['gflops_fusedrnn']:.1f}",
         "% ceiling": f"{100 / r['x_floor']:.0f}%" if "x_floor" in r else "-",
         "x floor": f"{r['x_floor']:.2f}" if "x_floor" in r else "-",
@@ -419,7 +450,10 @@ def summarize(results):
     ratios = [r["ratio_torch_over_fusedrnn"] for r in results if "ratio_torch_over_fusedrnn" in r]
     if ratios:
         out.update(ratio_min=min(ratios), ratio_geomean=float(np.exp(np.mean(np.log(ratios)))),
-                   cases_compared=len(ratios))
+                   cases_compared=len(ratios),
+                   cases_slower=sum(ratio < 1 for ratio in ratios),
+                   cases_slower_beyond_interval=sum(
+                       r["ratio_interval"][1] < 1 for r in results if "ratio_interval" in r))
     heavy = [r for r in results if r.get("floor_ms", 0) >= 5]
     if heavy:
         for key in ("x_floor", "x_floor_now", "x_roof_now"):
@@ -470,7 +504,9 @@ def run_cases(cases, runs=7, with_numpy=False, memory=False, progress=None, out=
     if "ratio_min" in summary:
         print(f"torch/fusedrnn: min {summary['ratio_min']:.3f}x, geometric mean "
               f"{summary['ratio_geomean']:.2f}x over {summary['cases_compared']} cases "
-              f"(median of interleaved runs)", file=out)
+              f"(median of interleaved runs); slower than torch in {summary['cases_slower']}, "
+              f"{summary['cases_slower_beyond_interval']} of them beyond the spread of their "
+              f"rounds (column ratio CI)", file=out)
     else:
         print("torch is not installed: fusedrnn timings only (pip install torch to compare)",
               file=out)
