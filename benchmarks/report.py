@@ -53,10 +53,11 @@ def table(report, command):
         f"{report['ceiling_gflops']:.1f} GFLOP/s ({sweep_dtype(report)}, measured by the tool at "
         "start).",
         "Times are medians of interleaved runs in one process (a run under 0.5 s timed after "
-        "20 ms of untimed runs of its own library); ratio = torch ms / fusedrnn ms; "
-        + ("ratio CI = the rounds' own ratios from the 2nd smallest to the 2nd largest of 7 "
+        "20 ms of untimed runs of its own library); "
+        + ("ratio = the median of the rounds' own torch/fusedrnn ratios (each round times both "
+           "back to back), ratio CI = those ratios from the 2nd smallest to the 2nd largest of 7 "
            "(the extremes of 3 to 6), which hold their median with probability 87.5% (75% to "
-           "97%) where rounds are independent; " if ci else "")
+           "97%) where rounds are independent; " if ci else "ratio = torch ms / fusedrnn ms; ")
         + "x floor = fusedrnn ms / (the case's GEMM flops at the ceiling)"
         + ("; ceil now = the ceiling measured again in each of the case's rounds (median), "
            "x now = x floor at it" if now else "")

@@ -91,21 +91,22 @@ def test_roofline_is_the_floor_until_reading_w_hh_takes_longer_than_its_product(
         assert (roof > floor * (1 + 1e-9)) == (B < 8)
 
 
-def test_ratio_interval_holds_the_median_of_the_rounds_ratios_as_often_as_it_says():
-    """The interval of the rounds' ratios: the 2nd smallest to the 2nd largest of 7 (87.5%), the
-    extremes of 3 (75%); drawn from a known distribution, it holds the median at that rate."""
+def test_paired_ratio_is_the_rounds_median_and_its_interval_holds_it_as_often_as_it_says():
+    """The rounds' own ratios: their median, and the 2nd smallest to the 2nd largest of 7
+    (87.5%), the extremes of 3 (75%); drawn from a known distribution, the interval holds the
+    distribution's median at that rate."""
     from fusedrnn import bench
 
-    assert bench.ratio_interval([3, 9, 6, 4, 8, 5, 7], [1] * 7) == (4, 8, 0.875)
-    assert bench.ratio_interval([2, 6, 3], [2, 2, 1]) == (1, 3, 0.75)
+    assert bench.paired_ratio([3, 9, 6, 4, 8, 5, 7], [1] * 7) == (6, 4, 8, 0.875)
+    assert bench.paired_ratio([2, 6, 3], [2, 2, 1]) == (3, 1, 3, 0.75)
     with pytest.raises(ValueError, match="as many timed rounds of each.*got 2 and 3"):
-        bench.ratio_interval([1, 2], [1, 2, 3])
+        bench.paired_ratio([1, 2], [1, 2, 3])
     rng = np.random.default_rng(0)
     for rounds in (3, 7, 12):
         trials, held, coverage = 4000, 0, None
         for _ in range(trials):
             peer = rng.lognormal(0.0, 0.1, rounds)  # the ratios' median is exactly 1
-            low, high, coverage = bench.ratio_interval(peer, np.ones(rounds))
+            _, low, high, coverage = bench.paired_ratio(peer, np.ones(rounds))
             held += low <= 1 <= high
         assert abs(held / trials - coverage) < 0.025, (rounds, held / trials, coverage)
 
@@ -147,8 +148,12 @@ def test_bench_json_and_report_carry_the_yardsticks_measured_beside_each_case(tm
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (tmp_path / "tiny.md").read_text()
     assert "| ceil now | x now | GB/s now | x roof |" in table
-    if "ratio_torch_over_fusedrnn" in result:  # torch is installed: the rounds' ratios' spread
+    if "ratio_torch_over_fusedrnn" in result:  # torch is installed: the rounds' own ratios
         low, high = result["ratio_interval"]
-        assert 0 < low <= high and result["ratio_interval_coverage"] == 0.75  # 3 rounds
+        assert 0 < low <= result["ratio_torch_over_fusedrnn"] <= high
+        assert result["ratio_interval_coverage"] == 0.75  # 3 rounds: the extremes
+        rounds = result["rounds_ms"]
+        assert sorted(t / f for t, f in zip(rounds["torch"], rounds["fusedrnn"]))[1] == \
+            pytest.approx(result["ratio_torch_over_fusedrnn"])
         assert f"| {low:.2f}-{high:.2f} |" in table
     assert f"| {result['x_floor_now']:.2f} | {result['read_gbps_now']:.0f} | " in table
