@@ -43,7 +43,7 @@ def table(report, command):
     memory = any(r.get("peak_mb") for r in report["results"])  # measured with --memory
     now = any("x_floor_now" in r for r in report["results"])  # ceiling measured beside cases
     roof = any("x_roof_now" in r for r in report["results"])  # and the bandwidth
-    ci = any("ratio_interval" in r for r in report["results"])  # the rounds' ratios' spread
+    ci = any("ratio_interval" in r for r in report["results"])  # the ratio's interval
     lines = [
         "# CPU sweep: fusedrnn against torch.nn",
         "",
@@ -55,9 +55,11 @@ def table(report, command):
         "Times are medians of interleaved runs in one process (a run under 0.5 s timed after "
         "20 ms of untimed runs of its own library); "
         + ("ratio = the median of the rounds' own torch/fusedrnn ratios (each round times both "
-           "back to back), ratio CI = those ratios from the 2nd smallest to the 2nd largest of 7 "
-           "(the extremes of 3 to 6), which hold their median with probability 87.5% (75% to "
-           "97%) where rounds are independent; " if ci else "ratio = torch ms / fusedrnn ms; ")
+           "back to back), ratio CI = an interval of those ratios between order statistics (of 7 "
+           "rounds the 2nd smallest and the 2nd largest, of 4 to 6 the extremes) that holds the "
+           "median of a round's ratio with the probability the JSON gives as "
+           "ratio_interval_coverage (87.5% for 7 rounds) where rounds are independent; "
+           if ci else "ratio = torch ms / fusedrnn ms; ")
         + "x floor = fusedrnn ms / (the case's GEMM flops at the ceiling)"
         + ("; ceil now = the ceiling measured again in each of the case's rounds (median), "
            "x now = x floor at it" if now else "")
@@ -72,8 +74,8 @@ def table(report, command):
         lines.append(f"**Minimum ratio {s['ratio_min']:.3f}x, geometric mean "
                      f"{s['ratio_geomean']:.2f}x over {s['cases_compared']} cases.**"
                      + (f" Slower than torch in {s['cases_slower']}, "
-                        f"{s['cases_slower_beyond_interval']} of them beyond the spread of their "
-                        "rounds' ratios (ratio CI)." if "cases_slower" in s else ""))
+                        f"{s['cases_slower_beyond_interval']} of them with all of their ratio CI "
+                        "below 1." if "cases_slower" in s else ""))
     if "worst_x_floor" in s:
         lines.append(f"Farthest from the floor among cases with a floor of at least 5 ms: "
                      f"{s['worst_x_floor']:.2f}x ({s['worst_x_floor_case']})"

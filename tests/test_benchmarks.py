@@ -99,6 +99,15 @@ def test_paired_ratio_is_the_rounds_median_and_its_interval_holds_it_as_often_as
 
     assert bench.paired_ratio([3, 9, 6, 4, 8, 5, 7], [1] * 7) == (6, 4, 8, 0.875)
     assert bench.paired_ratio([2, 6, 3], [2, 2, 1]) == (3, 1, 3, 0.75)
+    # Which order statistics: the innermost pair that keeps RATIO_COVERAGE (3 rounds cannot).
+    picked = {n: bench.paired_ratio(range(1, n + 1), [1] * n)[1:] for n in range(3, 16)}
+    assert picked[9] == (3, 7, pytest.approx(0.8203125))
+    assert picked[12] == (4, 9, pytest.approx(0.85400390625))
+    for n in range(4, 16):
+        low, high, coverage = picked[n]
+        assert coverage >= bench.RATIO_COVERAGE
+        if low <= (n - 1) // 2:  # the next pair in was tried, and falls short
+            assert bench._interval_coverage(n, int(low)) < bench.RATIO_COVERAGE
     with pytest.raises(ValueError, match="as many timed rounds of each.*got 2 and 3"):
         bench.paired_ratio([1, 2], [1, 2, 3])
     rng = np.random.default_rng(0)

@@ -272,10 +272,12 @@ def _prime(fn):
 # (the ratio of the two medians, kept as ratio_of_medians, leaves the drift in: repeating five
 # cases 12 times, its spread over the repeats was 0.8-1.2 times the paired median's, the two
 # means within 1.6%). Its interval ("ratio CI") is distribution-free: from the (j+1)-th smallest
-# to the (j+1)-th largest of the n rounds' ratios, which holds their median with probability
-# 1 - 2·P(Binomial(n, 1/2) <= j) where rounds are independent, j the largest that keeps
-# RATIO_COVERAGE (7 rounds: the 2nd and 6th, 87.5%; 3 to 6 rounds: the extremes, 75-97%). A
-# ratio under 1 whose interval reaches over 1 is a tie that this run cannot split.
+# to the (j+1)-th largest of the n rounds' ratios, which holds the median of a round's ratio (of
+# the distribution the rounds are drawn from) with probability 1 - 2·P(Binomial(n, 1/2) <= j)
+# where rounds are independent (their order alternates, so that neither library always runs
+# first). j is the largest that keeps RATIO_COVERAGE: 7 rounds, the 2nd and 6th, 87.5%; 4 to 6,
+# the extremes, 87.5-97%; 3 rounds (the least a case's time budget leaves) reach only 75%. A ratio
+# whose interval reaches across 1, either way, is a tie that this run cannot split.
 RATIO_COVERAGE = 0.8
 
 
@@ -511,8 +513,8 @@ def run_cases(cases, runs=7, with_numpy=False, memory=False, progress=None, out=
               f"{summary['ratio_geomean']:.2f}x over {summary['cases_compared']} cases "
               f"(each the median of its rounds' own ratios); slower than torch in "
               f"{summary['cases_slower']}, "
-              f"{summary['cases_slower_beyond_interval']} of them beyond the spread of their "
-              f"rounds (column ratio CI)", file=out)
+              f"{summary['cases_slower_beyond_interval']} of them with all of their ratio CI "
+              f"below 1", file=out)
     else:
         print("torch is not installed: fusedrnn timings only (pip install torch to compare)",
               file=out)
