@@ -107,7 +107,8 @@ def rel_err(a, b):
 # Pre-activations of a ReLU RNN closer to 0 than this, in the tests' data of values about 1,
 # can round to either side of 0 by the order of a product's sums: the derivative there is 1 on
 # one side and 0 on the other, and a whole term of the gradient then separates two correct
-# results. ~100 times what two float32 sums of I + H terms of this size may differ by.
+# results. ~100 times what two float32 sums of I + H terms may differ by where I + H is a few
+# hundred, as in the large tests that use it; at I = 8000 the two may differ by ~1e-5.
 RELU_KINK_MARGIN = 1e-4
 
 
@@ -116,7 +117,7 @@ def clear_relu_kinks(rng, arrays, lengths=None, reverse=False):
     pre-activation within RELU_KINK_MARGIN of 0, walking the steps in the kernels' order with
     `lengths`, so that no rounding decides a ReLU's branch.
 
-    Seen: the reference's float32 dx was 1% off the kernels' (LSTM T=80 B=700 H=24, one
+    Seen: the reference's float32 dx was 1% off the kernels' (a ReLU RNN, T=80 B=700 H=24, one
     pre-activation of ~1e-8) under NumPy's OpenBLAS on every CPU but Haswell's and Zen's, whose
     sums happened to round it as the kernels did."""
     x = arrays["x"]
@@ -144,16 +145,18 @@ def blas_rows_exact(dtype, k, n):
     """Whether the OpenBLAS the kernels call gives each row of x·Wᵀ (x with k columns, W n rows)
     the same bits however many rows it is computed with and wherever it lies among them: what a
     batch row needs to get the same bits from a product over a call split elsewhere in time, or
-    over another batch. Probed on products of 2 to 16 rows. OpenBLAS's Haswell kernels do at
-    k < 8, not beyond; Sandy Bridge's do; Nehalem's, K10's and Atom's do not in float64 at any k
-    (OPENBLAS_CORETYPE picks them). True where that OpenBLAS cannot be loaded."""
+    over another batch. Probed on products of 2 to 16 rows and of about 256 (a chunk's products
+    are larger than the small-matrix kernels some OpenBLAS cores have). OpenBLAS's Haswell
+    kernels do at k < 8, not beyond; Sandy Bridge's do; Nehalem's, K10's and Atom's do not in
+    float64 from k = 4 (OPENBLAS_CORETYPE picks them). True where that OpenBLAS cannot be
+    loaded."""
     try:
         import scipy_openblas32
         lib = ctypes.CDLL(glob.glob(os.path.join(scipy_openblas32.get_lib_dir(),
                                                  f"*{scipy_openblas32.get_library()}.*"))[0])
-    except (ImportError, IndexError, OSError):
+        gemm = lib.scipy_cblas_dgemm if dtype == np.float64 else lib.scipy_cblas_sgemm
+    except (ImportError, IndexError, OSError, AttributeError):
         return True
-    gemm = lib.scipy_cblas_dgemm if dtype == np.float64 else lib.scipy_cblas_sgemm
     real = ctypes.c_double if dtype == np.float64 else ctypes.c_float
     # (order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc); 32-bit ints
     integer, pointer = ctypes.c_int, ctypes.c_void_p
@@ -162,7 +165,7 @@ def blas_rows_exact(dtype, k, n):
     gemm.restype = None
     row_major, no_trans, trans = 101, 111, 112
     rng = np.random.default_rng(0)
-    x, w = rng.uniform(-1, 1, (16, k)).astype(dtype), rng.uniform(-1, 1, (n, k)).astype(dtype)
+    x, w = rng.uniform(-1, 1, (288, k)).astype(dtype), rng.uniform(-1, 1, (n, k)).astype(dtype)
 
     def product(rows):
         c = np.empty((len(rows), n), dtype)
@@ -171,8 +174,10 @@ def blas_rows_exact(dtype, k, n):
         return c
 
     whole = product(x)
+    parts = [(first, m) for m in range(2, 16) for first in range(16 - m + 1)]
+    parts += [(first, m) for m in (255, 256, 257) for first in range(288 - m + 1)]
     return all(np.array_equal(product(x[first:first + m].copy()), whole[first:first + m])
-               for m in range(2, 16) for first in range(16 - m + 1))
+               for first, m in parts)
 
 
 def assert_same_rows(actual, desired, blas_product=None, err_msg=""):
