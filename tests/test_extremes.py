@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import KERNEL_CELLS, assert_same_rows, layer_arrays
+from conftest import KERNEL_CELLS, assert_same_rows, clear_relu_kinks, layer_arrays
 
 from fusedrnn import ops
 from fusedrnn._backend import _core
@@ -58,7 +58,10 @@ LONG_CASES = [(k, d) for k in KERNEL_CELLS for d in DTYPES] if LONG else [
 
 @pytest.mark.parametrize("kcell, dtype", LONG_CASES, ids=lambda v: getattr(v, "__name__", v))
 def test_ten_thousand_steps_match_reference(kcell, dtype):
-    arrays = layer_arrays(np.random.default_rng(0), kcell, dtype, 10_000, 2, 3, 4)
+    rng = np.random.default_rng(0)
+    arrays = layer_arrays(rng, kcell, dtype, 10_000, 2, 3, 4)
+    if kcell == "rnn_relu":  # 80,000 pre-activations: the nearest to 0 was 4e-6 of the largest
+        clear_relu_kinks(rng, arrays)
     assert_matches_reference(kcell, arrays, LONG_RTOL[dtype])
 
 
