@@ -2,7 +2,8 @@
 // (recurrent_product.cc) are compiled for AVX-512, for AVX2 with FMA and portably, the
 // pointwise rows (pointwise.h) for AVX-512, x86-64-v3 and the x86-64 baseline; one wheel runs
 // on any x86-64 and picks at run time. And the sizes of its L1 and L2, which some choices of
-// loop order and product go by.
+// loop order and product go by, and whether it is a CPU whose own prefetcher keeps ahead of a
+// stream that the kernels would otherwise ask for ahead.
 #pragma once
 
 #include <cstdint>
@@ -23,6 +24,11 @@ int64_t l1_cache_bytes();
 
 // Bytes of L2 a core has, as the C library reports it, else 512 KB.
 int64_t l2_cache_bytes();
+
+// Whether this CPU is an AMD of family 25 (Zen 3 and Zen 4): there the hardware prefetcher alone
+// keeps a one-row tile streaming its panels from L3 fed, and software requests only slow it
+// (recurrent_product.cc's streams_panels).
+bool amd_family_25();
 
 }  // namespace cpu
 }  // namespace fusedrnn
