@@ -25,9 +25,9 @@ int64_t l1_cache_bytes();
 // Bytes of L2 a core has, as the C library reports it, else 512 KB.
 int64_t l2_cache_bytes();
 
-// Whether this CPU is an AMD of family 25 (Zen 3 and Zen 4): there the hardware prefetcher alone
-// keeps a one-row tile streaming its panels from L3 fed, and software requests only slow it
-// (recurrent_product.cc's streams_panels).
+// Whether this CPU is an AMD of family 25 (Zen 3 and Zen 4). On a Zen 4 the hardware prefetcher
+// alone keeps a one-row AVX-512 tile streaming its panels from L3 fed, and software requests only
+// slowed it (recurrent_product.cc's streams_panels); a Zen 3 has no AVX-512.
 bool amd_family_25();
 
 }  // namespace cpu

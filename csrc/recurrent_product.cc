@@ -787,18 +787,20 @@ bool rows_outer_fits(int64_t bytes, int64_t k) {
 
 // Whether a product of one row of A reads panels that stream from beyond L2: M (`bytes` in all)
 // does not fit in half the L2 of every thread (each thread takes the same units at every step,
-// thread_pool.h). One row makes two FMAs of each 64 bytes of panel, and the hardware prefetcher
-// alone left its tiles waiting on L3. Asking for the lines 16 k ahead (the streaming row kernel),
-// alternated in one process on a Zen 5, a batch of one over T=200 ran faster: LSTM training 6%
-// at H=512 and 4% at H=1024, inference 7% at H=512 (at H=1024 level within the noise), GRU
-// inference H=1024 5%, RNN training H=1024 6%, GRU training 1-2.5%. Where M stays in L2 the
-// requests only take issue slots: LSTM inference H=128 ran 7% slower with them, H=256 (1 MB,
-// half of each of two L2s) 31%. Not on a Zen 4 (AMD family 25), whose own prefetcher keeps up
-// with the stream: alternated in one process there (both orders), without the requests LSTM
-// inference at B=1 ran 12% faster at T=200 H=512 and 15% at T=64 H=1024, LSTM training T=200
-// H=1024 12%, GRU training H=1024 11% and inference H=512 10%, float64 LSTM H=256 2%, RNN
-// inference H=1024 level; in a loop of the kernel alone, two of its cores read 2 MB of panels
-// each at 170 GB/s without the requests, 130-145 with them.
+// thread_pool.h). One row makes two FMAs of each 64 bytes of panel, and on a Zen 5 the hardware
+// prefetcher alone left its tiles waiting on L3. Asking for the lines 16 k ahead (the streaming
+// row kernel), alternated in one process on a Zen 5, a batch of one over T=200 ran faster: LSTM
+// training 6% at H=512 and 4% at H=1024, inference 7% at H=512 (at H=1024 level within the
+// noise), GRU inference H=1024 5%, RNN training H=1024 6%, GRU training 1-2.5%. Where M stays in
+// L2 the requests only take issue slots: LSTM inference H=128 ran 7% slower with them, H=256
+// (1 MB, half of each of two L2s) 31%. Not on AMD's family 25 (measured on a Zen 4, EPYC
+// model 17; Zen 3, the family's other, has no AVX-512 and no such kernel), whose own prefetcher
+// keeps up with the stream: alternated in one process there (both orders), without the requests
+// LSTM inference at B=1 ran 12% faster at T=200 H=512 and 15% at T=64 H=1024, LSTM training
+// T=200 H=1024 12% (T=20 4%), GRU training H=1024 11% (T=20 3%) and inference H=512 10%, float64
+// LSTM H=256 2%, RNN inference H=1024 level within the noise (7% slower in one order, 9% faster
+// in the other); in a loop of the kernel alone, two of its cores read 2 MB of panels each at
+// 170 GB/s without the requests, 130-145 with them.
 bool streams_panels(int64_t bytes, int64_t rows) {
   return rows == 1 && !amd_family_25() && bytes > pool_threads() * (l2_cache_bytes() / 2);
 }

@@ -180,12 +180,13 @@ def test_op_packing_an_rnn_w_hh_for_a_batch_of_ones_backward_matches_reference(k
 
 # A batch of one over 32 steps or more runs the packed kernel one row at a time; where the packed
 # W_hh does not fit in half the L2 of every thread, that row's kernel asks for its panels' lines
-# ahead (recurrent_product.cc's streams_panels; not on a Zen 4, which runs the same row kernel
-# without the requests): float32 LSTM and GRU at H=512 (4 and 3 MB),
+# ahead (recurrent_product.cc's streams_panels): float32 LSTM and GRU at H=512 (4 and 3 MB),
 # float64 LSTM at H=256 (2 MB), on a machine of up to 4 threads of 1 MB of L2 (or 8 of 512 KB).
 # Against the reference, in forward and backward; and the requests change no bit: a batch of two
-# holding the sequence twice (2-row tiles, no requests) gives it the same y, h_n and dx. With the
-# portable kernel a batch of one goes through BLAS instead, whose sums need not be the kernel's.
+# holding the sequence twice (2-row tiles, no requests) gives it the same y, h_n and dx. On an
+# AMD of family 25 (a Zen 4) the row's kernel streams without the requests, and this holds the
+# plain one-row tile to the same. With the portable kernel a batch of one goes through BLAS
+# instead, whose sums need not be the kernel's.
 @pytest.mark.parametrize("kcell, dtype, H_", [("lstm", np.float32, 512), ("gru", np.float32, 512),
                                               ("lstm", np.float64, 256)])
 def test_op_streaming_a_batch_of_ones_w_hh_matches_reference_and_a_batch_of_two(kcell, dtype, H_):
