@@ -7,9 +7,6 @@
 #if defined(__unix__)
 #include <unistd.h>
 #endif
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <cpuid.h>
-#endif
 
 namespace fusedrnn {
 namespace cpu {
@@ -30,25 +27,11 @@ Isa cpu_isa() {
 }
 
 bool amd_family_25() {
-  static const bool is = [] {
 #if defined(__x86_64__) && defined(__GNUC__)
-    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-    if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return false;
-    char vendor[12];  // "AuthenticAMD": ebx, edx, ecx
-    std::memcpy(vendor, &ebx, 4);
-    std::memcpy(vendor + 4, &edx, 4);
-    std::memcpy(vendor + 8, &ecx, 4);
-    if (std::memcmp(vendor, "AuthenticAMD", 12) != 0 || !__get_cpuid(1, &eax, &ebx, &ecx, &edx))
-      return false;
-    // The family is the base family, plus the extended family where the base reads 15.
-    unsigned family = (eax >> 8) & 0xF;
-    if (family == 0xF) family += (eax >> 20) & 0xFF;
-    return family == 25;
+  return __builtin_cpu_is("amdfam19h");  // family 0x19 = 25, from the CPUID cpu_isa() reads
 #else
-    return false;
+  return false;
 #endif
-  }();
-  return is;
 }
 
 namespace {
