@@ -43,6 +43,7 @@ def table(report, command):
     memory = any(r.get("peak_mb") for r in report["results"])  # measured with --memory
     now = any("x_floor_now" in r for r in report["results"])  # ceiling measured beside cases
     roof = any("x_roof_now" in r for r in report["results"])  # and the bandwidth
+    trip = any(r.get("round_trip_ns_now") for r in report["results"])  # and the round trip
     ci = any("ratio_interval" in r for r in report["results"])  # the ratio's interval
     lines = [
         "# CPU sweep: fusedrnn against torch.nn",
@@ -66,6 +67,9 @@ def table(report, command):
         + ("; GB/s now = the bandwidth at which the threads read a buffer of W_hh's size, "
            "measured likewise, x roof = fusedrnn ms / (the floor at ceil now, each step taking "
            "at least the time to read W_hh at GB/s now)" if roof else "")
+        + ("; RT ns = a cache line's round trip between two of the process's CPUs, measured likewise "
+           "(where the cores share no cache it reads several times as long, and steps that "
+           "read what the other core wrote run slower)" if trip else "")
         + ("; MB = peak memory of one training step above resting, each in a fresh process."
            if memory else "."),
         "",
@@ -90,10 +94,12 @@ def table(report, command):
               + " GFLOP/s | x floor |"
               + (" ceil now | x now |" if now else "")
               + (" GB/s now | x roof |" if roof else "")
+              + (" RT ns |" if trip else "")
               + (" MB fused | MB torch |" if memory else ""),
               "|---|---:|---:|---:|" + ("---:|" if ci else "") + "---:|---:|"
               + ("---:|---:|" if now else "")
               + ("---:|---:|" if roof else "")
+              + ("---:|" if trip else "")
               + ("---:|---:|" if memory else "")]
     for r in report["results"]:
         ms, peak = r["median_ms"], r.get("peak_mb") or {}
@@ -111,6 +117,7 @@ def table(report, command):
                if now else "")
             + (f" {num(r.get('read_gbps_now'), '.0f')} | {num(r.get('x_roof_now'), '.2f')} |"
                if roof else "")
+            + (f" {num(r.get('round_trip_ns_now'), '.0f')} |" if trip else "")
             + (f" {num(peak.get('fusedrnn'), '.1f')} | {num(peak.get('torch'), '.1f')} |"
                if memory else ""))
     return "\n".join(lines) + "\n"

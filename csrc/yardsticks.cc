@@ -1,18 +1,28 @@
-// The two yardsticks that `fusedrnn bench` sets each case beside, both measured on this machine
-// with the kernels' threads:
+// The yardsticks that `fusedrnn bench` sets each case beside, the first two measured on this
+// machine with the kernels' threads:
 // - the GEMM ceiling: what the kernels' GEMM for their big products (chunk_product.h: BLAS
 //   through parallel_gemm.h, or fusedrnn's own kernel where that is faster) reaches on a large
 //   square product, packing included;
 // - the read bandwidth of a buffer of W_hh's size. A step of a batch of one multiplies one row
 //   by all of W_hh, two flops for every four bytes read, so it waits on the memory W_hh lives in
 //   (L2, L3 or DRAM, by its size), not on the FMA units. Each thread sums its own share of the
-//   buffer again and again, as the steps of a sequence read their share of W_hh at every step.
+//   buffer again and again, as the steps of a sequence read their share of W_hh at every step;
+// - the round trip of a cache line between two CPUs, which says whether they share a cache.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
+#include <thread>
 #include <vector>
+
+#if defined(__linux__)
+#include <pthread.h>
+#include <sched.h>
+#endif
 
 #include "chunk_product.h"
 #include "fusedrnn/rnn.h"
@@ -94,6 +104,91 @@ uint64_t sum_passes(const Lanes* begin, int64_t count, int64_t passes) {
   return total;
 }
 
+// The first two CPUs this process may run on, or false where it has fewer (or the platform cannot
+// say, or pin threads to them).
+bool two_cpus(int (&cpus)[2]) {
+#if defined(__linux__)
+  cpu_set_t allowed;
+  if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) return false;
+  int found = 0;
+  for (int cpu = 0; cpu < CPU_SETSIZE && found < 2; ++cpu)
+    if (CPU_ISSET(cpu, &allowed)) cpus[found++] = cpu;
+  return found == 2;
+#else
+  static_cast<void>(cpus);
+  return false;
+#endif
+}
+
+bool pin(std::thread& thread, int cpu) {
+#if defined(__linux__)
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  return pthread_setaffinity_np(thread.native_handle(), sizeof set, &set) == 0;
+#else
+  static_cast<void>(thread), static_cast<void>(cpu);
+  return false;
+#endif
+}
+
+constexpr int64_t kTripsTimed = 1000;
+
+// Two threads, each pinned to a CPU of its own (two spinning on one would hand the line over
+// once a time slice): `server` answers each odd value of `ball` with the next even one, `client`
+// writes the odd ones and times kTripsTimed answers, `repeats` times after one untimed pass. Both
+// wait for `start` until they are pinned (false: a pin failed, and they leave at once); each
+// pass begins when the server is ready (ball at 0 again), so none waits on a thread not yet
+// spinning. NaN where a pin fails.
+double median_round_trip_ns(const int cpus[2], int repeats) {
+  enum : int { kWait, kGo, kLeave };
+  std::atomic<int> start{kWait};
+  alignas(64) std::atomic<int64_t> ball{-1};
+  const auto started = [&] {
+    int now;
+    while ((now = start.load(std::memory_order_acquire)) == kWait) std::this_thread::yield();
+    return now == kGo;
+  };
+  std::vector<double> ns;
+  std::thread server([&] {
+    if (!started()) return;
+    for (int pass = 0; pass <= repeats; ++pass) {
+      int64_t expected = -1;
+      while (!ball.compare_exchange_weak(expected, 0, std::memory_order_acq_rel)) expected = -1;
+      for (int64_t i = 0; i < kTripsTimed; ++i) {
+        while (ball.load(std::memory_order_acquire) != 2 * i + 1) {
+        }
+        ball.store(2 * i + 2, std::memory_order_release);
+      }
+    }
+  });
+  std::thread client([&] {
+    if (!started()) return;
+    for (int pass = 0; pass <= repeats; ++pass) {
+      while (ball.load(std::memory_order_acquire) != 0) {
+      }
+      const auto begin = std::chrono::steady_clock::now();
+      for (int64_t i = 0; i < kTripsTimed; ++i) {
+        ball.store(2 * i + 1, std::memory_order_release);
+        while (ball.load(std::memory_order_acquire) != 2 * i + 2) {
+        }
+      }
+      const auto end = std::chrono::steady_clock::now();
+      if (pass > 0)
+        ns.push_back(std::chrono::duration<double, std::nano>(end - begin).count() /
+                     double(kTripsTimed));
+      ball.store(-1, std::memory_order_release);
+    }
+  });
+  const bool pinned = pin(server, cpus[0]) && pin(client, cpus[1]);
+  start.store(pinned ? kGo : kLeave, std::memory_order_release);
+  server.join();
+  client.join();
+  if (!pinned) return std::numeric_limits<double>::quiet_NaN();
+  std::nth_element(ns.begin(), ns.begin() + repeats / 2, ns.end());
+  return ns[repeats / 2];
+}
+
 }  // namespace
 
 double gemm_gflops(bool double_precision, int64_t n, int repeats) {
@@ -123,6 +218,13 @@ double read_gbps(int64_t bytes, int repeats) {
     });
   });
   return double(share_start(threads)) * sizeof(Lanes) * double(passes) / seconds / 1e9;
+}
+
+double core_round_trip_ns(int repeats) {
+  check_repeats(repeats);
+  int cpus[2];
+  if (!two_cpus(cpus)) return std::numeric_limits<double>::quiet_NaN();
+  return median_round_trip_ns(cpus, repeats);
 }
 
 }  // namespace fusedrnn

@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -703,6 +704,20 @@ PYBIND11_MODULE(_core, m) {
       py::arg("bytes"), py::arg("repeats") = 5,
       "Median GB/s at which the kernels' threads read a buffer of `bytes`, each its share: the\n"
       "bench's bandwidth for a case's W_hh.");
+  m.def(
+      "core_round_trip_ns",
+      [](int repeats) -> std::optional<double> {
+        double ns;
+        {
+          py::gil_scoped_release release;
+          ns = fusedrnn::core_round_trip_ns(repeats);
+        }
+        if (std::isnan(ns)) return std::nullopt;
+        return ns;
+      },
+      py::arg("repeats") = 5,
+      "Median ns of a cache line's round trip between two threads on the first two CPUs this\n"
+      "process may run on; None with one CPU: whether the kernels' two cores share a cache.");
   m.def("empty",
         [](const std::vector<int64_t>& shape, const py::object& dtype) {
           const py::dtype dt = py::dtype::from_args(dtype);

@@ -1,11 +1,10 @@
 """The benchmark tools still run against the package: benchmarks/ab.py (two builds in one
-process) on a tiny case, with two copies of the installed package, benchmarks/core_pingpong.cc,
-and `fusedrnn bench`'s yardsticks (GEMM ceiling, read bandwidth, roofline). It checks that the
+process) on a tiny case, with two copies of the installed package, and `fusedrnn bench`'s
+yardsticks (GEMM ceiling, read bandwidth, roofline, the cores' round trip). It checks that the
 tools run and report, and the yardsticks' arithmetic, not any timing."""
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -45,24 +44,20 @@ def test_ab_refuses_one_directory_twice(tmp_path):
     assert proc.returncode != 0 and "same directory" in proc.stderr
 
 
-def build_tool(tmp_path, name, *flags):
-    """benchmarks/<name>.cc compiled into tmp_path (a skip where no C++ compiler is found)."""
-    compiler = shutil.which("c++") or shutil.which("g++")
-    if compiler is None:
-        pytest.skip("no C++ compiler")
-    tool = tmp_path / name
-    subprocess.run([compiler, "-O2", *flags, "-pthread", "-o", str(tool),
-                    os.path.join(BENCHMARKS, name + ".cc")], check=True, timeout=120)
-    return tool
-
-
-def test_core_pingpong_reports_a_round_trip(tmp_path):
-    if not {0, 1} <= os.sched_getaffinity(0):
-        pytest.skip("the tool bounces a cache line between CPUs 0 and 1")
-    tool = build_tool(tmp_path, "core_pingpong")
-    proc = subprocess.run([str(tool)], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert re.fullmatch(r"round trip \d+\.\d ns\n", proc.stdout), proc.stdout
+def test_core_round_trip_is_measured_and_checks_its_arguments():
+    ns = _core.core_round_trip_ns(3)
+    if len(os.sched_getaffinity(0)) < 2:
+        assert ns is None  # one CPU: no second to bounce the line to
+    else:
+        assert 0 < ns < 1e6  # a round trip between cores, not a time slice
+    with pytest.raises(ValueError, match="repeats: expected 1..1000, got 0"):
+        _core.core_round_trip_ns(0)
+    # A process held to one CPU has no round trip to time (and must not hang trying).
+    code = ("import os, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from fusedrnn._backend import _core; print(_core.core_round_trip_ns(3))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and proc.stdout.split()[-1] == "None", proc.stderr[-2000:]
 
 
 def test_read_bandwidth_is_measured_and_checks_its_arguments():
@@ -152,6 +147,8 @@ def test_bench_json_and_report_carry_the_yardsticks_measured_beside_each_case(tm
         result["x_floor"] * result["ceiling_now_gflops"] / report["ceiling_gflops"])
     assert result["read_gbps_now"] > 0
     assert result["x_roof_now"] <= result["x_floor_now"] * (1 + 1e-12)  # the roof is no lower
+    trip = result["round_trip_ns_now"]
+    assert trip is None if len(os.sched_getaffinity(0)) < 2 else trip > 0
     proc = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "report.py"), str(out),
                            "--command", "tiny"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -235,4 +235,12 @@ double gemm_gflops(bool double_precision, int64_t n, int repeats);
 // What `fusedrnn bench` measures a case's W_hh against (its steps read all of it).
 double read_gbps(int64_t bytes, int repeats);
 
+// The round trip of a cache line between two threads on the first two CPUs this process may run
+// on, one writing it and the other answering: the median ns of `repeats` timings of 1000 trips,
+// or NaN where the process has one CPU (or the platform cannot pin threads). What `fusedrnn
+// bench` sets beside a case to tell which cores it ran on: a cloud VM's two vCPUs sometimes share
+// an L3 (60-130 ns) and sometimes do not (330-400), and every step whose threads read what the
+// other wrote pays for it.
+double core_round_trip_ns(int repeats);
+
 }  // namespace fusedrnn
