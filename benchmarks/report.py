@@ -43,7 +43,7 @@ def table(report, command):
     memory = any(r.get("peak_mb") for r in report["results"])  # measured with --memory
     now = any("x_floor_now" in r for r in report["results"])  # ceiling measured beside cases
     roof = any("x_roof_now" in r for r in report["results"])  # and the bandwidth
-    trip = any(r.get("round_trip_ns_now") for r in report["results"])  # and the round trip
+    trip = any(r.get("round_trip_ns_now") is not None for r in report["results"])  # round trip
     ci = any("ratio_interval" in r for r in report["results"])  # the ratio's interval
     lines = [
         "# CPU sweep: fusedrnn against torch.nn",
@@ -68,7 +68,7 @@ def table(report, command):
            "measured likewise, x roof = fusedrnn ms / (the floor at ceil now, each step taking "
            "at least the time to read W_hh at GB/s now)" if roof else "")
         + ("; RT ns = a cache line's round trip between two of the process's CPUs, measured likewise "
-           "(where the cores share no cache it reads several times as long, and steps that "
+           "(where the cores share no L3 it reads several times as long, and steps that "
            "read what the other core wrote run slower)" if trip else "")
         + ("; MB = peak memory of one training step above resting, each in a fresh process."
            if memory else "."),

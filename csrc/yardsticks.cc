@@ -15,7 +15,9 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <stdexcept>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -104,82 +106,89 @@ uint64_t sum_passes(const Lanes* begin, int64_t count, int64_t passes) {
   return total;
 }
 
-// The first two CPUs this process may run on, or false where it has fewer (or the platform cannot
-// say, or pin threads to them).
-bool two_cpus(int (&cpus)[2]) {
 #if defined(__linux__)
+// The first two CPUs this process may run on, or false where it has fewer.
+bool two_cpus(int (&cpus)[2]) {
   cpu_set_t allowed;
   if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) return false;
   int found = 0;
   for (int cpu = 0; cpu < CPU_SETSIZE && found < 2; ++cpu)
     if (CPU_ISSET(cpu, &allowed)) cpus[found++] = cpu;
   return found == 2;
-#else
-  static_cast<void>(cpus);
-  return false;
-#endif
 }
 
 bool pin(std::thread& thread, int cpu) {
-#if defined(__linux__)
   cpu_set_t set;
   CPU_ZERO(&set);
   CPU_SET(cpu, &set);
   return pthread_setaffinity_np(thread.native_handle(), sizeof set, &set) == 0;
-#else
-  static_cast<void>(thread), static_cast<void>(cpu);
-  return false;
-#endif
 }
 
 constexpr int64_t kTripsTimed = 1000;
 
+// The line the two threads bounce, alone on its cache line: nothing else written nearby adds
+// traffic to the trips.
+struct alignas(64) Ball {
+  std::atomic<int64_t> value{-1};
+};
+
 // Two threads, each pinned to a CPU of its own (two spinning on one would hand the line over
-// once a time slice): `server` answers each odd value of `ball` with the next even one, `client`
-// writes the odd ones and times kTripsTimed answers, `repeats` times after one untimed pass. Both
-// wait for `start` until they are pinned (false: a pin failed, and they leave at once); each
-// pass begins when the server is ready (ball at 0 again), so none waits on a thread not yet
-// spinning. NaN where a pin fails.
-double median_round_trip_ns(const int cpus[2], int repeats) {
+// once a time slice): `server` answers each odd value of the ball with the next even one,
+// `client` writes the odd ones and times kTripsTimed answers, `repeats` times after one untimed
+// pass. Both wait for `start` until they are pinned (kLeave: a pin failed, or the second thread
+// could not start, and they leave at once); each pass begins when the server is ready (the ball
+// at 0 again), so none waits on a thread not yet spinning. NaN where a pin fails.
+double median_round_trip_ns(const int (&cpus)[2], int repeats) {
   enum : int { kWait, kGo, kLeave };
   std::atomic<int> start{kWait};
-  alignas(64) std::atomic<int64_t> ball{-1};
+  Ball ball;
   const auto started = [&] {
     int now;
     while ((now = start.load(std::memory_order_acquire)) == kWait) std::this_thread::yield();
     return now == kGo;
   };
   std::vector<double> ns;
+  ns.reserve(static_cast<std::size_t>(repeats));  // no allocation on the client thread
   std::thread server([&] {
     if (!started()) return;
     for (int pass = 0; pass <= repeats; ++pass) {
-      int64_t expected = -1;
-      while (!ball.compare_exchange_weak(expected, 0, std::memory_order_acq_rel)) expected = -1;
+      while (ball.value.load(std::memory_order_acquire) != -1) {
+      }
+      ball.value.store(0, std::memory_order_release);
       for (int64_t i = 0; i < kTripsTimed; ++i) {
-        while (ball.load(std::memory_order_acquire) != 2 * i + 1) {
+        while (ball.value.load(std::memory_order_acquire) != 2 * i + 1) {
         }
-        ball.store(2 * i + 2, std::memory_order_release);
+        ball.value.store(2 * i + 2, std::memory_order_release);
       }
     }
   });
-  std::thread client([&] {
-    if (!started()) return;
-    for (int pass = 0; pass <= repeats; ++pass) {
-      while (ball.load(std::memory_order_acquire) != 0) {
-      }
-      const auto begin = std::chrono::steady_clock::now();
-      for (int64_t i = 0; i < kTripsTimed; ++i) {
-        ball.store(2 * i + 1, std::memory_order_release);
-        while (ball.load(std::memory_order_acquire) != 2 * i + 2) {
+  std::thread client;
+  try {
+    client = std::thread([&] {
+      if (!started()) return;
+      for (int pass = 0; pass <= repeats; ++pass) {
+        while (ball.value.load(std::memory_order_acquire) != 0) {
         }
+        const auto begin = std::chrono::steady_clock::now();
+        for (int64_t i = 0; i < kTripsTimed; ++i) {
+          ball.value.store(2 * i + 1, std::memory_order_release);
+          while (ball.value.load(std::memory_order_acquire) != 2 * i + 2) {
+          }
+        }
+        const auto end = std::chrono::steady_clock::now();
+        if (pass > 0)
+          ns.push_back(std::chrono::duration<double, std::nano>(end - begin).count() /
+                       double(kTripsTimed));
+        ball.value.store(-1, std::memory_order_release);
       }
-      const auto end = std::chrono::steady_clock::now();
-      if (pass > 0)
-        ns.push_back(std::chrono::duration<double, std::nano>(end - begin).count() /
-                     double(kTripsTimed));
-      ball.store(-1, std::memory_order_release);
-    }
-  });
+    });
+  } catch (const std::system_error& e) {
+    // A joinable thread destroyed would end the process: let the server go first.
+    start.store(kLeave, std::memory_order_release);
+    server.join();
+    throw std::runtime_error(std::string("core_round_trip_ns: could not start a second thread: ") +
+                             e.what());
+  }
   const bool pinned = pin(server, cpus[0]) && pin(client, cpus[1]);
   start.store(pinned ? kGo : kLeave, std::memory_order_release);
   server.join();
@@ -188,6 +197,7 @@ double median_round_trip_ns(const int cpus[2], int repeats) {
   std::nth_element(ns.begin(), ns.begin() + repeats / 2, ns.end());
   return ns[repeats / 2];
 }
+#endif
 
 }  // namespace
 
@@ -222,9 +232,11 @@ double read_gbps(int64_t bytes, int repeats) {
 
 double core_round_trip_ns(int repeats) {
   check_repeats(repeats);
+#if defined(__linux__)
   int cpus[2];
-  if (!two_cpus(cpus)) return std::numeric_limits<double>::quiet_NaN();
-  return median_round_trip_ns(cpus, repeats);
+  if (two_cpus(cpus)) return median_round_trip_ns(cpus, repeats);
+#endif
+  return std::numeric_limits<double>::quiet_NaN();  // one CPU, or no way to pin threads here
 }
 
 }  // namespace fusedrnn

@@ -717,7 +717,8 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("repeats") = 5,
       "Median ns of a cache line's round trip between two threads on the first two CPUs this\n"
-      "process may run on; None with one CPU: whether the kernels' two cores share a cache.");
+      "process may run on (on a 2-CPU VM: whether its two vCPUs share an L3); None with one CPU\n"
+      "or where threads cannot be pinned.");
   m.def("empty",
         [](const std::vector<int64_t>& shape, const py::object& dtype) {
           const py::dtype dt = py::dtype::from_args(dtype);

@@ -149,6 +149,7 @@ def test_bench_json_and_report_carry_the_yardsticks_measured_beside_each_case(tm
     assert result["x_roof_now"] <= result["x_floor_now"] * (1 + 1e-12)  # the roof is no lower
     trip = result["round_trip_ns_now"]
     assert trip is None if len(os.sched_getaffinity(0)) < 2 else trip > 0
+    assert len(result["round_trips_ns"]) == result["runs"]  # one a round, the median of them
     proc = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "report.py"), str(out),
                            "--command", "tiny"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]

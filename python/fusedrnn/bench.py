@@ -16,9 +16,9 @@ a few flops a byte. So each round also measures the bandwidth at which the threa
 of W_hh's size (``GB/s now``: from L2, L3 or DRAM, by the size), and ``x roof`` is the case's
 distance from its roofline, the floor with each step taking at least the time to read W_hh.
 Each round also times a cache line's round trip between two of the process's CPUs (``RT ns``):
-a cloud VM's two vCPUs sometimes share an L3 (60-130 ns) and sometimes do not (330-400), and
-where they do not, every step whose threads read what the other wrote runs slower (small
-training cases 30-75% slower on a 2-core Zen 4), while the ceiling stays the same.
+a 2-CPU cloud VM's two vCPUs sometimes share an L3 (60-130 ns) and sometimes do not (280-400),
+and where they do not, every step whose threads read what the other wrote runs slower (small
+training cases 40-80% slower on a 2-core Zen 4), while the ceiling stays the same.
 Peak memory of a training step is measured in a fresh child process per
 implementation (``--memory``), so that neither library's caches or the other's allocations
 count.
@@ -308,7 +308,7 @@ def run_case(case, runs=7, with_numpy=False, ceiling=None, memory=False, budget_
     runs would take longer than `budget_s` get fewer runs (never fewer than 3). With a
     `ceiling` (the CPU's, measured at start), each round also measures the ceiling anew, and
     the bandwidth at which the threads read a buffer of the case's W_hh size, and the round trip
-    of a cache line between two CPUs (None where the process has one)."""
+    of a cache line between two CPUs (None where the process has one, or cannot pin threads)."""
     threads = _set_threads(case.threads)
     impls = _runners(case, with_numpy)
     timer = _time_cuda if case.device == "cuda" else _time
@@ -327,6 +327,7 @@ def run_case(case, runs=7, with_numpy=False, ceiling=None, memory=False, budget_
         if ceiling:
             ceilings_beside.append(_core.gemm_gflops(case.dtype, CEILING_N, 1))
             bandwidths_beside.append(_core.read_gbps(max(case.weight_bytes(), 4096), 1))
+            # Three timings of 1000 trips (0.1-0.4 ms each): their median drops one preempted.
             round_trips_beside.append(_core.core_round_trip_ns(3))
     medians = {name: statistics.median(t) for name, t in times.items()}
     result = dict(case=asdict(case), threads=threads, runs=runs, device=_device_name(case),
@@ -348,6 +349,8 @@ def run_case(case, runs=7, with_numpy=False, ceiling=None, memory=False, budget_
         result["roof_ms_now"] = _roof_ms(case, result["ceiling_now_gflops"],
                                          result["read_gbps_now"])
         result["x_roof_now"] = result["median_ms"]["fusedrnn"] / result["roof_ms_now"]
+        # Each round's too: a case whose rounds span both kinds of spell has a median of neither.
+        result["round_trips_ns"] = round_trips_beside
         trips = [ns for ns in round_trips_beside if ns is not None]
         result["round_trip_ns_now"] = statistics.median(trips) if trips else None
     if memory and case.mode == "train":
@@ -448,7 +451,8 @@ def _row(r, label, cols):
         "x now": f"{r['x_floor_now']:.2f}" if "x_floor_now" in r else "-",
         "GB/s now": f"{r['read_gbps_now']:.0f}" if "read_gbps_now" in r else "-",
         "x roof": f"{r['x_roof_now']:.2f}" if "x_roof_now" in r else "-",
-        "RT ns": f"{r['round_trip_ns_now']:.0f}" if r.get("round_trip_ns_now") else "-",
+        "RT ns": (f"{r['round_trip_ns_now']:.0f}" if r.get("round_trip_ns_now") is not None
+                  else "-"),
         "MB fused": f"{peak['fusedrnn']:.1f}" if peak.get("fusedrnn") is not None else "-",
         "MB torch": f"{peak['torch']:.1f}" if peak.get("torch") is not None else "-",
         "numpy ms": f"{ms['numpy']:.1f}" if "numpy" in ms else "-",

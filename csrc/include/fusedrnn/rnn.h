@@ -237,10 +237,11 @@ double read_gbps(int64_t bytes, int repeats);
 
 // The round trip of a cache line between two threads on the first two CPUs this process may run
 // on, one writing it and the other answering: the median ns of `repeats` timings of 1000 trips,
-// or NaN where the process has one CPU (or the platform cannot pin threads). What `fusedrnn
-// bench` sets beside a case to tell which cores it ran on: a cloud VM's two vCPUs sometimes share
-// an L3 (60-130 ns) and sometimes do not (330-400), and every step whose threads read what the
-// other wrote pays for it.
+// or NaN where the process has one CPU, or where threads cannot be pinned (pinning fails, or
+// not Linux). What `fusedrnn bench` sets beside a case: on a 2-CPU cloud VM, whose two vCPUs
+// sometimes share an L3 (60-130 ns) and sometimes do not (280-400), it says which kind of
+// spell the case ran in; every step whose threads read what the other wrote pays for the second.
+// (On larger machines the first two CPUs need not be where the kernels' threads run.)
 double core_round_trip_ns(int repeats);
 
 }  // namespace fusedrnn
