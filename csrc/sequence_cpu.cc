@@ -163,6 +163,35 @@ Chunks chunks_of(Cell cell, const Dims& d, bool reverse) {
   return Chunks(d.T, d.B, chunk_rows<Real>(cell, d.H), reverse);
 }
 
+// Where the backward's walk gives each thread batch rows of its own (a W_hh of at most
+// kRowSplitBytes: cells_cpu.h's walk_row_blocks), each chunk's weight gradients, bias sums and dx keep to those rows too: the
+// batch cut into kRowParts parts of consecutive rows, each part's products taken step by step
+// over its own rows on one thread (the pool deals part i to the thread whose slice held those
+// rows in the walk), each weight gradient summed per part over the whole call, and the parts
+// added in order at the end. Cut by gate rows and by steps instead, every thread read the gate
+// gradients, x and h of every row, half of them written on the other core. A 2-core Zen 4 VM
+// whose vCPUs share no L3 for spells of a minute or so (a cache line's round trip 330-370 ns,
+// against 63-87) pays for that: alternated in one process in such spells, LSTM training T=200
+// B=128 H=32 ran 27% faster by parts (B/A 0.733), T=20 B=128 H=128 14% (0.858); across a change
+// of spell LSTM T=200 B=128 H=128 read 0.911 and RNN T=200 B=128 H=128 0.77-0.99 by round. In
+// the other spells the two ran level: LSTM T=200 H=32 1.008, T=20 H=32 0.969, H=128 1.006 and
+// 1.013, RNN H=128 0.989, H=256 1.024. A larger W_hh's products are large enough whole, and
+// lose more in steps than they gain: LSTM T=20 B=128 H=512 1.084 (a fast spell), RNN T=20 B=128
+// H=1024 1.017 (a slow one). The parts are fixed by sizes alone, so the bits do not depend on
+// the threads (they differ from the other cut's). Parts of kMinPartRows rows or more keep the
+// kernel's tiles full; BLAS (AVX2), which packs again at every small call, keeps the products
+// whole. GRU's steps rewrite their gate gradients between dx and dW_hh (see backward), and are
+// not cut so.
+constexpr int64_t kRowParts = 2;
+constexpr int64_t kMinPartRows = 64;
+template <typename Real>
+bool takes_row_parts(Cell cell, const Dims& d) {
+  const bool one_product = cell == Cell::LSTM || cell == Cell::RNN_TANH || cell == Cell::RNN_RELU;
+  const int64_t w_hh_bytes = d.H * gate_count(cell) * d.H * int64_t{sizeof(Real)};
+  return one_product && cpu::packed_kernel_beats_blas() && d.B >= kRowParts * kMinPartRows &&
+         w_hh_bytes <= cpu::kRowSplitBytes;
+}
+
 template <template <typename, bool> class Step, typename T>
 struct Dispatch {
   static void forward(const cpu::StepIO<T>& s, bool training) {
@@ -281,16 +310,37 @@ struct BackwardScratch {
     // The weight gradients' M, x or h of a chunk, packed by groups for each product in turn.
     m_packing = std::max(cpu::ChunkProduct<Real>::packing_size({false, rows, 1, d.I}),
                          cpu::ChunkProduct<Real>::packing_size({false, rows, 1, H}));
+    if (takes_row_parts<Real>(cell, d)) {
+      // Each part's sums of dW_ih, dW_hh and db, and its own packing of a step's x or h; dx's
+      // W_ih packed whole, read by every part at once.
+      part_sums = kRowParts * part_elements(cell, d);
+      const int64_t part_rows = (B + kRowParts - 1) / kRowParts;
+      part_packing = kRowParts *
+                     std::max(cpu::ChunkProduct<Real>::packing_size({false, part_rows, 1, d.I}),
+                              cpu::ChunkProduct<Real>::packing_size({false, part_rows, 1, H}));
+      if (has_dx)
+        dx_packing = cpu::ChunkProduct<Real>::packing_size(dx_shape(cell, d), dx_reading(true));
+    }
+  }
+  // Elements of one part's sums: dW_ih, dW_hh, then db.
+  static int64_t part_elements(Cell cell, const Dims& d) {
+    const int64_t GH = gate_count(cell) * d.H;
+    return GH * d.I + GH * d.H + GH;
+  }
+  static typename cpu::ChunkProduct<Real>::Reading dx_reading(bool row_parts) {
+    using Reading = typename cpu::ChunkProduct<Real>::Reading;
+    return row_parts ? Reading::whole : Reading::groups;
   }
   static cpu::ProductShape dx_shape(Cell cell, const Dims& d) {  // dG·W_ih
     return {false, gate_count(cell) * d.H, 1, d.I};
   }
   std::size_t bytes() const {
     return cpu::Workspace::bytes_for<Real>({chunk, dgh_steps, carry, state, no_dy, main_packing,
-                                            n_gate_packing, dx_packing, m_packing});
+                                            n_gate_packing, dx_packing, m_packing, part_sums,
+                                            part_packing});
   }
   int64_t ldg, chunk, dgh_steps, carry, state, no_dy, main_packing, n_gate_packing, dx_packing,
-      m_packing;
+      m_packing, part_sums = 0, part_packing = 0;
 };
 
 template <typename Real>
@@ -487,11 +537,16 @@ void backward(const BackwardArgs<Real>& a) {
                           take_or_null<Real>(ws, sizes.main_packing),
                           take_or_null<Real>(ws, sizes.n_gate_packing));
   // Without dx (an input that needs no gradient) a quarter of the backward's flops go.
+  const bool row_parts = takes_row_parts<Real>(cell, d);
   std::optional<cpu::ChunkProduct<Real>> input_grads;
   if (a.dx)
     input_grads.emplace(BackwardScratch<Real>::dx_shape(cell, d), a.weights.w_ih, I,
-                        take_or_null<Real>(ws, sizes.dx_packing));
+                        take_or_null<Real>(ws, sizes.dx_packing),
+                        BackwardScratch<Real>::dx_reading(row_parts));
   Real* m_packed = take_or_null<Real>(ws, sizes.m_packing);
+  Real* part_sums = take_or_null<Real>(ws, sizes.part_sums);
+  Real* part_packing = take_or_null<Real>(ws, sizes.part_packing);
+  if (part_sums) std::fill(part_sums, part_sums + sizes.part_sums, Real(0));
   const double recurrent_flops = 2.0 * double(B) * double(GH) * double(H);  // a step's
   copy_or_zero(a.dh0, a.dh_n, BH);  // dh0/dc0 carry the running gradient through the walk
   if (has_c) copy_or_zero(a.dc0, a.dc_n, BH);
@@ -542,6 +597,34 @@ void backward(const BackwardArgs<Real>& a) {
     std::memcpy(dg_carry, dg_next, sizeof(Real) * B * ldg);
     dg_next = dg_carry;
 
+    if (row_parts) {
+      // The chunk's weight gradients, bias sums and dx, part by part (see kRowParts).
+      const int64_t part_size = BackwardScratch<Real>::part_elements(cell, d);
+      const int64_t packing_size = sizes.part_packing / kRowParts;
+      const Real* x = a.x + k.t0 * B * I;
+      const Real* h = h_read + k.t0 * BH;
+      cpu::parallel_for(kRowParts, [&](int64_t part) {
+        const int64_t r0 = B * part / kRowParts, rows = B * (part + 1) / kRowParts - r0;
+        Real* const dw_ih = part_sums + part * part_size;
+        Real* const dw_hh = dw_ih + GH * I;
+        Real* const db = dw_hh + GH * H;
+        Real* const packing = part_packing ? part_packing + part * packing_size : nullptr;
+        for (int64_t s = 0; s < k.steps; ++s) {
+          const Real* dg = dgx + (s * B + r0) * ldg;
+          const cpu::ChunkProduct<Real> by_x({false, rows, 1, I}, x + (s * B + r0) * I, I,
+                                             packing);
+          by_x(dg, ldg, true, GH, dw_ih, I, true);
+          const cpu::ChunkProduct<Real> by_h({false, rows, 1, H}, h + (s * B + r0) * H, H,
+                                             packing);
+          by_h(dg, ldg, true, GH, dw_hh, H, true);
+          if (has_bias) sum_rows(dg, rows, ldg, 0, GH, Real(1), db);
+          if (input_grads)
+            (*input_grads)(dg, ldg, false, rows, a.dx + ((k.t0 + s) * B + r0) * I, I, false);
+        }
+      });
+      continue;
+    }
+
     // The chunk's weight gradients, added to the later chunks' (taken first), and its dx. A
     // walk's threads taking their rows' dx right after each step, while those rows' gate
     // gradients are in cache, ran GRU training T=200 B=128 H=32 5% faster but LSTM T=200 B=16
@@ -574,6 +657,20 @@ void backward(const BackwardArgs<Real>& a) {
     // Both biases enter the same pre-activation except in GRU's n gate: db_hh's other sums
     // are db_ih's, copied at the end (the same columns summed in the same order).
     if (has_bias && own_dgh) column_sums(dgx + 2 * H, rows, H, ldg, beta, a.db_hh + 2 * H);
+  }
+  if (row_parts) {
+    const int64_t part_size = BackwardScratch<Real>::part_elements(cell, d);
+    Real* const outputs[] = {a.dw_ih, a.dw_hh, has_bias ? a.db_ih : nullptr};
+    const int64_t offsets[] = {0, GH * I, GH * I + GH * H}, sizes_of[] = {GH * I, GH * H, GH};
+    for (int o = 0; o < 3; ++o) {
+      if (!outputs[o]) continue;
+      for (int64_t i = 0; i < sizes_of[o]; ++i) {
+        Real sum = part_sums[offsets[o] + i];
+        for (int64_t part = 1; part < kRowParts; ++part)
+          sum += part_sums[part * part_size + offsets[o] + i];
+        outputs[o][i] = sum;
+      }
+    }
   }
   ih_parts.add_to(a.dw_ih, I);
   hh_parts.add_to(a.dw_hh, H);

@@ -73,7 +73,8 @@ def test_op_matches_reference(kcell, dtype, reverse, lengths, bias, state, which
             assert rel_err(got[name], ref) < RTOL[dtype], name
 
 
-@pytest.mark.parametrize("shape", [(T, B, I, H), (64, 16, 96, 128)], ids=["small", "chunked"])
+@pytest.mark.parametrize("shape", [(T, B, I, H), (64, 16, 96, 128), (9, 130, 5, 24)],
+                         ids=["small", "chunked", "row_parts"])
 @pytest.mark.parametrize("with_lengths", [False, True], ids=["", "lengths"])
 @pytest.mark.parametrize("backend", ["cpu", "numpy"])
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -157,6 +158,19 @@ def check_random_lengths_against_reference(rng, kcell, dtype, shape, reverse=Fal
 @pytest.mark.parametrize("kcell", KERNEL_CELLS)
 def test_op_matches_reference_at_odd_sizes(kcell, dtype, reverse, shape):
     check_random_lengths_against_reference(np.random.default_rng(5), kcell, dtype, shape,
+                                           reverse)
+
+
+# From 128 batch rows (float32 and float64, AVX-512), LSTM's and RNN's backward takes each chunk's
+# weight gradients, bias sums and dx by parts of the batch, step by step (sequence_cpu.cc's
+# kRowParts): parts of 65 and 66 rows, and a call of three chunks (H=64: 8 steps a chunk).
+@pytest.mark.parametrize("shape", [(3, 131, 5, 12), (20, 128, 6, 64)],
+                         ids=lambda s: "T{}B{}I{}H{}".format(*s))
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kcell", KERNEL_CELLS)
+def test_op_backward_by_parts_of_the_batch_matches_reference(kcell, dtype, reverse, shape):
+    check_random_lengths_against_reference(np.random.default_rng(6), kcell, dtype, shape,
                                            reverse)
 
 
