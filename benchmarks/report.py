@@ -67,8 +67,8 @@ def table(report, command):
         + ("; GB/s now = the bandwidth at which the threads read a buffer of W_hh's size, "
            "measured likewise, x roof = fusedrnn ms / (the floor at ceil now, each step taking "
            "at least the time to read W_hh at GB/s now)" if roof else "")
-        + ("; RT ns = a cache line's round trip between two of the process's CPUs, measured likewise "
-           "(where the cores share no L3 it reads several times as long, and steps that "
+        + ("; RT ns = a cache line's round trip between two of the process's CPUs, measured "
+           "likewise (where the cores share no L3 it reads several times as long, and steps that "
            "read what the other core wrote run slower)" if trip else "")
         + ("; MB = peak memory of one training step above resting, each in a fresh process."
            if memory else "."),

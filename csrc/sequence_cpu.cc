@@ -164,24 +164,23 @@ Chunks chunks_of(Cell cell, const Dims& d, bool reverse) {
 }
 
 // Where the backward's walk gives each thread batch rows of its own (a W_hh of at most
-// kRowSplitBytes: cells_cpu.h's walk_row_blocks), each chunk's weight gradients, bias sums and dx keep to those rows too: the
-// batch cut into kRowParts parts of consecutive rows, each part's products taken step by step
-// over its own rows on one thread (the pool deals part i to the thread whose slice held those
-// rows in the walk), each weight gradient summed per part over the whole call, and the parts
-// added in order at the end. Cut by gate rows and by steps instead, every thread read the gate
-// gradients, x and h of every row, half of them written on the other core. A 2-core Zen 4 VM
-// whose vCPUs share no L3 for spells of a minute or so (a cache line's round trip 330-370 ns,
-// against 63-87) pays for that: alternated in one process in such spells, LSTM training T=200
-// B=128 H=32 ran 27% faster by parts (B/A 0.733), T=20 B=128 H=128 14% (0.858); across a change
-// of spell LSTM T=200 B=128 H=128 read 0.911 and RNN T=200 B=128 H=128 0.77-0.99 by round. In
-// the other spells the two ran level: LSTM T=200 H=32 1.008, T=20 H=32 0.969, H=128 1.006 and
-// 1.013, RNN H=128 0.989, H=256 1.024. A larger W_hh's products are large enough whole, and
-// lose more in steps than they gain: LSTM T=20 B=128 H=512 1.084 (a fast spell), RNN T=20 B=128
-// H=1024 1.017 (a slow one). The parts are fixed by sizes alone, so the bits do not depend on
-// the threads (they differ from the other cut's). Parts of kMinPartRows rows or more keep the
-// kernel's tiles full; BLAS (AVX2), which packs again at every small call, keeps the products
-// whole. GRU's steps rewrite their gate gradients between dx and dW_hh (see backward), and are
-// not cut so.
+// kRowSplitBytes: cells_cpu.h's walk_row_blocks), each chunk's weight gradients, bias sums and dx
+// keep to those rows too: the batch cut into kRowParts parts of consecutive rows, each part's
+// products taken step by step over its own rows on one thread (the pool deals part i to the thread
+// whose slice held those rows in the walk), each weight gradient summed per part over the whole
+// call, and the parts added in order at the end. Cut by gate rows and by steps instead, every
+// thread read the gate gradients, x and h of every row, half of them written on the other core. A
+// 2-core Zen 4 VM whose vCPUs share no L3 for spells of a minute or so (a cache line's round trip
+// 330-370 ns, against 63-87) pays for that: alternated in one process in such spells, LSTM training
+// T=200 B=128 H=32 ran 27% faster by parts (B/A 0.733), T=20 B=128 H=128 14% (0.858); across a
+// change of spell LSTM T=200 B=128 H=128 read 0.911 and RNN T=200 B=128 H=128 0.77-0.99 by round.
+// In the other spells the two ran level: LSTM T=200 H=32 1.008, T=20 H=32 0.969, H=128 1.006 and
+// 1.013, RNN H=128 0.989, H=256 1.024. A larger W_hh's products are large enough whole, and lose
+// more in steps than they gain: LSTM T=20 B=128 H=512 1.084 (a fast spell), RNN T=20 B=128 H=1024
+// 1.017 (a slow one). The parts are fixed by sizes alone, so the bits do not depend on the threads
+// (they differ from the other cut's). Parts of kMinPartRows rows or more keep the kernel's tiles
+// full; BLAS (AVX2), which packs again at every small call, keeps the products whole. GRU's steps
+// rewrite their gate gradients between dx and dW_hh (see backward), and are not cut so.
 constexpr int64_t kRowParts = 2;
 constexpr int64_t kMinPartRows = 64;
 template <typename Real>
