@@ -305,20 +305,21 @@ struct BackwardScratch {
     no_dy = has_dy ? 0 : B * H;
     main_packing = Products::main_packing(cell, H, B, d.T, false);
     n_gate_packing = Products::n_gate_packing(cell, H, B, d.T, false);
-    dx_packing = has_dx ? cpu::ChunkProduct<Real>::packing_size(dx_shape(cell, d)) : 0;
+    const bool row_parts = takes_row_parts<Real>(cell, d);
+    dx_packing = has_dx ? cpu::ChunkProduct<Real>::packing_size(dx_shape(cell, d),
+                                                                dx_reading(row_parts))
+                        : 0;
     // The weight gradients' M, x or h of a chunk, packed by groups for each product in turn.
     m_packing = std::max(cpu::ChunkProduct<Real>::packing_size({false, rows, 1, d.I}),
                          cpu::ChunkProduct<Real>::packing_size({false, rows, 1, H}));
-    if (takes_row_parts<Real>(cell, d)) {
-      // Each part's sums of dW_ih, dW_hh and db, and its own packing of a step's x or h; dx's
-      // W_ih packed whole, read by every part at once.
+    if (row_parts) {
+      // Each part's sums of dW_ih, dW_hh and db, and its own packing of a step's x or h (dx's
+      // W_ih is packed whole, dx_reading, read by every part at once).
       part_sums = kRowParts * part_elements(cell, d);
       const int64_t part_rows = (B + kRowParts - 1) / kRowParts;
       part_packing = kRowParts *
                      std::max(cpu::ChunkProduct<Real>::packing_size({false, part_rows, 1, d.I}),
                               cpu::ChunkProduct<Real>::packing_size({false, part_rows, 1, H}));
-      if (has_dx)
-        dx_packing = cpu::ChunkProduct<Real>::packing_size(dx_shape(cell, d), dx_reading(true));
     }
   }
   // Elements of one part's sums: dW_ih, dW_hh, then db.
