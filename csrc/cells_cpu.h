@@ -441,10 +441,10 @@ void forward_pass(const StepIO<T>& s, const RecurrentProduct<T>& product, int G,
 
 // A backward pass over step blocks: dh += dg_next·W for the block (when a step was walked
 // before), then rows(b0, b1, u0, u1) for each run of rows still running; the others get zero
-// gate gradients in dgx and dgh.
+// gate gradients in dgx (dgx_blocks blocks of H) and dgh (G).
 template <typename T, typename Rows>
 void backward_pass(const BackStepIO<T>& s, const RecurrentProduct<T>& product, int G,
-                   const Rows& rows) {
+                   int dgx_blocks, const Rows& rows) {
   const int64_t H = s.H, ldg = s.ldg;
   for_step_blocks(product, s.B, H, step_flops(s, G), [&](const StepBlock& k) {
     if (s.dg_next)
@@ -454,7 +454,7 @@ void backward_pass(const BackStepIO<T>& s, const RecurrentProduct<T>& product, i
     for_row_runs(
         s.lengths, s.t, k.r0, k.r1, [&](int64_t b0, int64_t b1) { rows(b0, b1, k.u0, k.u1); },
         [&](int64_t b) {
-          zero_gate_row(s.dgx + b * ldg, H, G, k.u0, k.u1);
+          zero_gate_row(s.dgx + b * ldg, H, dgx_blocks, k.u0, k.u1);
           if (s.dgh != s.dgx) zero_gate_row(s.dgh + b * ldg, H, G, k.u0, k.u1);
         });
   });
@@ -492,7 +492,7 @@ struct LstmStep {
   }
   static void backward(const BackStepIO<T>& s) {
     const int64_t H = s.H, GH = G * H;
-    backward_pass(s, s.products->main, G, [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
+    backward_pass(s, s.products->main, G, G, [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
       with_block_rows<T>(u1 - u0, H, [&](auto rows, auto ahead) {
         rows.template lstm_backward<T, decltype(ahead)::value>(
             b1 - b0, H, u1 - u0, s.gates + b0 * GH + u0, s.c_prev + b0 * H + u0,
@@ -519,35 +519,27 @@ struct GruStep {
       });
     });
   }
+  // The recurrent side's gradients differ from the input side's in n (scaled by r): the rows
+  // write them to dgh, which the next step multiplies by W_hh, and n's also to a fourth block
+  // of dgx's rows, [r, z, n, n's recurrent side], from which the chunk's dW_hn is taken. Turning
+  // the chunk's n into the recurrent side afterwards, in place, took a pass over the chunk and
+  // its tape gates and a fork-join, and kept a chunk's rows from being taken a batch part at a
+  // time, each on one core (sequence_cpu.cc's kRowParts). Alternated in one process (without
+  // the parts), in spells whose cores share no L3 training ran 6% faster at T=200 B=128 H=32,
+  // 4% at T=20 B=128 H=128, 2% at T=200 B=16 H=128, 2% slower at T=20 B=16 H=512; in the
+  // other spells, level at B=16 (H=32, 128, 512), T=20 B=128 H=512, 2% faster at T=20 B=1
+  // H=1024. The block adds H values a row to the chunk: T=20 B=16 H=512 peaked at 18.3 MB
+  // (torch 21.8).
+  static constexpr int kDgxBlocks = 4;
   static void backward(const BackStepIO<T>& s) {
     const int64_t H = s.H;
-    backward_pass(s, s.products->main, G, [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
+    backward_pass(s, s.products->main, G, kDgxBlocks,
+                  [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
       with_block_rows<T>(u1 - u0, H, [&](auto rows, auto ahead) {
         rows.template gru_backward<T, decltype(ahead)::value>(
             b1 - b0, H, u1 - u0, s.gates + b0 * 4 * H + u0, s.h_prev + b0 * H + u0, s.lddy,
             s.dy + b0 * s.lddy + u0, s.dh + b0 * H + u0, s.ldg, s.dgx + b0 * s.ldg + u0,
             s.dgh + b0 * s.ldg + u0);
-      });
-    });
-  }
-
-  // Turns the input-side gate gradients of `steps` steps from time t0, dg [steps, B, ldg], into
-  // the recurrent side's in place: n's scaled by r (from the tape's gates [steps, B, 4*H]); r's
-  // and z's are the same. The steps write the recurrent side too, but only for the next step to
-  // read: keeping all of it for the weight gradients would take another G·H values per row.
-  // Rows past their length keep their zeros (their tape gates were never written).
-  static void input_to_recurrent_grads(T* dg, int64_t ldg, const T* gates, int64_t t0,
-                                       int64_t steps, int64_t B, int64_t H,
-                                       const int64_t* lengths) {
-    const int64_t rows = steps * B;
-    constexpr int64_t kValuesPerBlock = 16384;  // a memory-bound pass: ~10 µs a block
-    const Split blocks(rows, std::min<int64_t>(kMaxStepBlocks,
-                                               (rows * H + kValuesPerBlock - 1) / kValuesPerBlock));
-    parallel_for(blocks.count, [&](int64_t i) {
-      with_rows([&](auto rows) {
-        for (int64_t row = blocks.begin(i); row < blocks.begin(i) + blocks.size(i); ++row)
-          if (row_active(lengths, row % B, t0 + row / B))
-            rows.gru_recurrent_n(H, gates + row * 4 * H, dg + row * ldg + 2 * H);
       });
     });
   }
@@ -592,7 +584,7 @@ struct GruResetBeforeStep {
     const RecurrentProduct<T>& rz = s.products->main;
     const RecurrentProduct<T>& n_gate = s.products->n_gate;
     // dh += dg_next[r, z]·W_h(r,z), then z and n; their rows are zero past a row's length.
-    backward_pass(s, rz, G, [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
+    backward_pass(s, rz, G, G, [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
       with_rows([&](auto rows) {
         for (int64_t b = b0; b < b1; ++b)
           rows.gru_reset_before_backward_zn(H, u1 - u0, s.gates + b * W + u0,
@@ -638,7 +630,7 @@ struct RnnStep {
   }
   static void backward(const BackStepIO<T>& s) {
     const int64_t H = s.H;
-    backward_pass(s, s.products->main, G, [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
+    backward_pass(s, s.products->main, G, G, [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
       with_block_rows<T>(u1 - u0, H, [&](auto rows, auto ahead) {
         rows.template rnn_backward<T, Relu, decltype(ahead)::value>(
             b1 - b0, H, u1 - u0, s.h_new + b0 * H + u0, s.lddy, s.dy + b0 * s.lddy + u0,

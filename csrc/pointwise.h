@@ -62,7 +62,7 @@ bool asks_ahead(int64_t n, int64_t H) {
 // forward 8% (reset-before's two forward rows 10%), RNN's 7%; LSTM's backward 3%, RNN's 14%; the
 // double and SSE2 rows 10-34%. The same bits: no operation changes, only their order in the
 // instruction stream. GRU's backward row ran level to 3% slower, and the short loops without exp
-// (reset-before's backward rows, gru_recurrent_n) level: they are not unrolled.
+// (reset-before's backward rows) level: they are not unrolled.
 #define FR_INTERLEAVE _Pragma("GCC unroll 2")
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)

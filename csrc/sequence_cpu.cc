@@ -179,15 +179,20 @@ Chunks chunks_of(Cell cell, const Dims& d, bool reverse) {
 // more in steps than they gain: LSTM T=20 B=128 H=512 1.084 (a fast spell), RNN T=20 B=128 H=1024
 // 1.017 (a slow one). The parts are fixed by sizes alone, so the bits do not depend on the threads
 // (they differ from the other cut's). Parts of kMinPartRows rows or more keep the kernel's tiles
-// full; BLAS (AVX2), which packs again at every small call, keeps the products whole. GRU's steps
-// rewrite their gate gradients between dx and dW_hh (see backward), and are not cut so.
+// full; BLAS (AVX2), which packs again at every small call, keeps the products whole. GRU's
+// parts take dW_hn by h from its rows' fourth block (GruStep), beside dW_hh's r and z. Alternated
+// in one process in slow spells, GRU training B=128 ran 36-39% faster at T=200 H=32 (B/A 0.615,
+// 0.643), 18% at H=128 (0.821), 30% at T=20 H=32 (0.696) and 17% at H=128 (0.825); in fast
+// spells T=20 level at H=128 (1.000) and 6% faster at H=32 (0.935), T=200 level at H=32
+// (0.997) and 1-2.5% slower at H=128 (1.009, 1.025). Reset-before's dW_hn reads r⊙h, a third
+// product a part: not measured, and not cut so.
 constexpr int64_t kRowParts = 2;
 constexpr int64_t kMinPartRows = 64;
 template <typename Real>
 bool takes_row_parts(Cell cell, const Dims& d) {
-  const bool one_product = cell == Cell::LSTM || cell == Cell::RNN_TANH || cell == Cell::RNN_RELU;
+  const bool measured = cell != Cell::GRU_RESET_BEFORE;
   const int64_t w_hh_bytes = d.H * gate_count(cell) * d.H * int64_t{sizeof(Real)};
-  return one_product && cpu::packed_kernel_beats_blas() && d.B >= kRowParts * kMinPartRows &&
+  return measured && cpu::packed_kernel_beats_blas() && d.B >= kRowParts * kMinPartRows &&
          w_hh_bytes <= cpu::kRowSplitBytes;
 }
 
@@ -293,12 +298,12 @@ template <typename Real>
 struct BackwardScratch {
   BackwardScratch(Cell cell, const Dims& d, bool has_dy, bool has_dx) {
     using Products = cpu::StepProducts<Real>;
-    const int64_t B = d.B, H = d.H, GH = gate_count(cell) * H;
+    const int64_t B = d.B, H = d.H;
     const int64_t rows = chunks_of<Real>(cell, d, false).steps() * B;
-    ldg = cpu::pre_activation_stride<Real>(GH);
+    ldg = cpu::pre_activation_stride<Real>(dgx_blocks(cell) * H);
     chunk = rows * ldg;
     // GRU's recurrent gate gradients differ from the input side's (n's reset): its steps write
-    // them to two alternating step buffers (see backward).
+    // them to two alternating step buffers too (see backward).
     dgh_steps = cell == Cell::GRU ? 2 * B * ldg : 0;
     carry = B * ldg;
     state = B * H;
@@ -322,10 +327,14 @@ struct BackwardScratch {
                               cpu::ChunkProduct<Real>::packing_size({false, part_rows, 1, H}));
     }
   }
-  // Elements of one part's sums: dW_ih, dW_hh, then db.
+  // Blocks of H in a row of the chunk's gate gradients: GRU's rows hold n's recurrent side too.
+  static int dgx_blocks(Cell cell) {
+    return cell == Cell::GRU ? cpu::GruStep<Real, true>::kDgxBlocks : gate_count(cell);
+  }
+  // Elements of one part's sums: dW_ih, dW_hh, db_ih, then GRU's db_hn.
   static int64_t part_elements(Cell cell, const Dims& d) {
     const int64_t GH = gate_count(cell) * d.H;
-    return GH * d.I + GH * d.H + GH;
+    return GH * d.I + GH * d.H + GH + (cell == Cell::GRU ? d.H : 0);
   }
   static typename cpu::ChunkProduct<Real>::Reading dx_reading(bool row_parts) {
     using Reading = typename cpu::ChunkProduct<Real>::Reading;
@@ -516,9 +525,10 @@ void backward(const BackwardArgs<Real>& a) {
   const int64_t T = d.T, B = d.B, I = d.I, H = d.H, G = gate_count(cell), GH = G * H, BH = B * H;
   const int64_t width = tape_gate_width(cell) * H;
   // GRU's recurrent gate gradients differ from the input side's (n's reset): its steps write
-  // them to two alternating step buffers, for the next step's product; the weight gradients
-  // get them from the input side's afterwards. The other cells' are the input side's.
+  // them to two alternating step buffers, for the next step's product, and n's to a fourth
+  // block of the chunk's rows too, for dW_hn (GruStep). The other cells' are the input side's.
   const bool own_dgh = cell == Cell::GRU;
+  const int64_t n_recurrent = 3 * H;  // that block's first column in GRU's rows
   const Chunks chunks = chunks_of<Real>(cell, d, tape.reverse());
   const BackwardScratch<Real> sizes(cell, d, a.dy != nullptr, a.dx != nullptr);
   const int64_t ldg = sizes.ldg;
@@ -586,7 +596,8 @@ void backward(const BackwardArgs<Real>& a) {
 
   // The weight gradients' sums over parts of k (where parallel_gemm cuts a small dW that way),
   // kept over all chunks and added once at the end. GRU_RESET_BEFORE's n gate has its own.
-  const int64_t hh_rows = cell == Cell::GRU_RESET_BEFORE ? 2 * H : GH;
+  const bool n_apart = cell == Cell::GRU_RESET_BEFORE || own_dgh;  // dW_hn its own product
+  const int64_t hh_rows = n_apart ? 2 * H : GH;
   cpu::KPartSums<Real> ih_parts(GH, I), hh_parts(hh_rows, H), hn_parts(H, H);
   for (int64_t c = chunks.count() - 1; c >= 0; --c) {
     const Chunk k = chunks[c];
@@ -608,6 +619,7 @@ void backward(const BackwardArgs<Real>& a) {
         Real* const dw_ih = part_sums + part * part_size;
         Real* const dw_hh = dw_ih + GH * I;
         Real* const db = dw_hh + GH * H;
+        Real* const db_hn = db + GH;  // GRU's
         Real* const packing = part_packing ? part_packing + part * packing_size : nullptr;
         for (int64_t s = 0; s < k.steps; ++s) {
           const Real* dg = dgx + (s * B + r0) * ldg;
@@ -616,8 +628,10 @@ void backward(const BackwardArgs<Real>& a) {
           by_x(dg, ldg, true, GH, dw_ih, I, true);
           const cpu::ChunkProduct<Real> by_h({false, rows, 1, H}, h + (s * B + r0) * H, H,
                                              packing);
-          by_h(dg, ldg, true, GH, dw_hh, H, true);
+          by_h(dg, ldg, true, hh_rows, dw_hh, H, true);
+          if (own_dgh) by_h(dg + n_recurrent, ldg, true, H, dw_hh + 2 * H * H, H, true);
           if (has_bias) sum_rows(dg, rows, ldg, 0, GH, Real(1), db);
+          if (has_bias && own_dgh) sum_rows(dg + n_recurrent, rows, ldg, 0, H, Real(1), db_hn);
           if (input_grads)
             (*input_grads)(dg, ldg, false, rows, a.dx + ((k.t0 + s) * B + r0) * I, I, false);
         }
@@ -634,35 +648,37 @@ void backward(const BackwardArgs<Real>& a) {
     const Real* x = a.x + k.t0 * B * I;
     const Real* h = h_read + k.t0 * BH;
     const Real* gates = width ? tape.gates() + k.t0 * B * width : nullptr;
-    // dw[gate_rows, columns] (+)= dgx[:, first gate row...]ᵀ · m[rows, columns], m rows ldm apart.
-    const auto weight_grads = [&](const Real* m, int64_t ldm, int64_t gate_rows, int64_t first,
-                                  Real* dw, int64_t columns, cpu::KPartSums<Real>& parts) {
-      const cpu::ChunkProduct<Real> product({false, rows, 1, columns}, m, ldm, m_packed);
+    // The product by m[rows, columns] (rows ldm apart) that weight_grads takes.
+    const auto by = [&](const Real* m, int64_t ldm, int64_t columns) {
+      return cpu::ChunkProduct<Real>({false, rows, 1, columns}, m, ldm, m_packed);
+    };
+    // dw[gate_rows, columns] (+)= dgx[:, first gate row...]ᵀ · m, m the product's.
+    const auto weight_grads = [&](const cpu::ChunkProduct<Real>& product, int64_t gate_rows,
+                                  int64_t first, Real* dw, int64_t columns,
+                                  cpu::KPartSums<Real>& parts) {
       product(dgx + first, ldg, true, gate_rows, dw, columns, beta != Real(0), &parts);
     };
-    weight_grads(x, I, GH, 0, a.dw_ih, I, ih_parts);
+    weight_grads(by(x, I, I), GH, 0, a.dw_ih, I, ih_parts);
     if (has_bias) column_sums(dgx, rows, GH, ldg, beta, a.db_ih);
     if (input_grads) (*input_grads)(dgx, ldg, false, rows, a.dx + k.t0 * B * I, I, false);
-    // From here dgx holds the recurrent side's gradients.
-    if (own_dgh)
-      cpu::GruStep<Real, true>::input_to_recurrent_grads(dgx, ldg, gates, k.t0, k.steps, B, H,
-                                                         tape.lengths());
-    if (cell == Cell::GRU_RESET_BEFORE) {
-      // n's recurrent product reads r⊙h (the tape's fourth block), not h.
-      weight_grads(h, H, 2 * H, 0, a.dw_hh, H, hh_parts);
-      weight_grads(gates + 3 * H, width, H, 2 * H, a.dw_hh + 2 * H * H, H, hn_parts);
-    } else {
-      weight_grads(h, H, GH, 0, a.dw_hh, H, hh_parts);
-    }
+    const auto by_h = by(h, H, H);
+    weight_grads(by_h, hh_rows, 0, a.dw_hh, H, hh_parts);
+    // n's recurrent side: GRU's from its rows' fourth block, by h; reset-before's by r⊙h (the
+    // tape's fourth block), from the rows' n.
+    if (own_dgh) weight_grads(by_h, H, n_recurrent, a.dw_hh + 2 * H * H, H, hn_parts);
+    if (cell == Cell::GRU_RESET_BEFORE)
+      weight_grads(by(gates + 3 * H, width, H), H, 2 * H, a.dw_hh + 2 * H * H, H, hn_parts);
     // Both biases enter the same pre-activation except in GRU's n gate: db_hh's other sums
     // are db_ih's, copied at the end (the same columns summed in the same order).
-    if (has_bias && own_dgh) column_sums(dgx + 2 * H, rows, H, ldg, beta, a.db_hh + 2 * H);
+    if (has_bias && own_dgh) column_sums(dgx + n_recurrent, rows, H, ldg, beta, a.db_hh + 2 * H);
   }
   if (row_parts) {
     const int64_t part_size = BackwardScratch<Real>::part_elements(cell, d);
-    Real* const outputs[] = {a.dw_ih, a.dw_hh, has_bias ? a.db_ih : nullptr};
-    const int64_t offsets[] = {0, GH * I, GH * I + GH * H}, sizes_of[] = {GH * I, GH * H, GH};
-    for (int o = 0; o < 3; ++o) {
+    Real* const outputs[] = {a.dw_ih, a.dw_hh, has_bias ? a.db_ih : nullptr,
+                             has_bias && own_dgh ? a.db_hh + 2 * H : nullptr};
+    const int64_t offsets[] = {0, GH * I, GH * I + GH * H, GH * I + GH * H + GH};
+    const int64_t sizes_of[] = {GH * I, GH * H, GH, H};
+    for (int o = 0; o < 4; ++o) {
       if (!outputs[o]) continue;
       for (int64_t i = 0; i < sizes_of[o]; ++i) {
         Real sum = part_sums[offsets[o] + i];
@@ -674,7 +690,7 @@ void backward(const BackwardArgs<Real>& a) {
   }
   ih_parts.add_to(a.dw_ih, I);
   hh_parts.add_to(a.dw_hh, H);
-  if (cell == Cell::GRU_RESET_BEFORE) hn_parts.add_to(a.dw_hh + 2 * H * H, H);
+  if (n_apart) hn_parts.add_to(a.dw_hh + 2 * H * H, H);
   // Step 0's recurrent gradient, with no pointwise pass.
   step_backward(cell, step_io(-1, dg_next, nullptr, nullptr));
   if (has_bias) std::memcpy(a.db_hh, a.db_ih, sizeof(Real) * (own_dgh ? 2 * H : GH));

@@ -148,7 +148,7 @@ def check_random_lengths_against_reference(rng, kcell, dtype, shape, reverse=Fal
 # matrix-vector product; backward: with AVX2 or AVX-512 by row_axpys, whose last units past a
 # whole vector go one by one at H=13, 33, 161), or, with AVX2 or AVX-512 and 32 steps or more,
 # runs the packed kernel one row at a time (T40B1, T32B1; an RNN's forward excepted).
-# From 128 batch rows (AVX-512), LSTM's and RNN's backward takes each chunk's weight gradients,
+# From 128 batch rows (AVX-512), LSTM's, GRU's and RNN's backward takes each chunk's weight gradients,
 # bias sums and dx by halves of the batch, step by step (sequence_cpu.cc's kRowParts): halves
 # of 65 and 66 rows (T3B131), and a call of three chunks (T20B128, H=64: 8 steps a chunk).
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 1, 2, 3), (5, 3, 4, 1), (4, 2, 9, 13),
