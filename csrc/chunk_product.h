@@ -53,19 +53,24 @@ class ChunkProduct {
   // packing_size(shape, reading) elements (null where that is 0). Reading whole, or where all
   // of M fits in one group, M is packed here, once for every call, rather than a group at a
   // time in each: the backward's dx = dG·W_ih packed the same W_ih again for every chunk.
+  // M's rows may lie in runs (RowRuns, packed by the kernel only).
   ChunkProduct(const ProductShape& shape, const T* w, int64_t ldw, T* packing,
-               Reading reading = Reading::groups)
+               Reading reading = Reading::groups, const RowRuns& runs = {})
       : shape_(shape),
         w_(w),
         ldw_(ldw),
         packing_(packing),
+        runs_(runs),
         dots_(reading == Reading::dots),
-        in_place_(uses_kernel() && laid_out_as_panels(shape, ldw)),
+        in_place_(uses_kernel() && runs.run == 0 && laid_out_as_panels(shape, ldw)),
         whole_(uses_kernel() && !dots_ &&
                (reading == Reading::whole || group_panels(shape) == packed_panels<T>(shape))) {
     if (dots_ && !(uses_kernel() && shape.transposed))
       detail::fail("ChunkProduct: reading by dots needs a transposed M and the AVX-512 kernel");
-    if (whole_ && !in_place_) pack_panels(shape_, w_, ldw_, packing_);
+    if (runs.run != 0 && (!uses_kernel() || dots_))
+      detail::fail("ChunkProduct: rows in runs are packed, by the AVX-512 kernel");
+    if (whole_ && !in_place_)
+      pack_panels(shape_, w_, ldw_, 0, packed_panels<T>(shape_), packing_, runs_);
   }
 
   // c[rows, columns] (+)= A[rows, k]·M, A[r][k] = a[r·lda + k] or, a_transposed, a[k·lda + r].
@@ -111,13 +116,14 @@ class ChunkProduct {
         if (cut_panels) {
           parallel_for(p1 - p0, [&](int64_t i) {
             const int64_t p = p0 + i;
-            if (!whole_) pack_panels(shape_, w_, ldw_, p, p + 1, packing_ + i * at.panel_elements);
+            if (!whole_)
+              pack_panels(shape_, w_, ldw_, p, p + 1, packing_ + i * at.panel_elements, runs_);
             packed_multiply(shape_, at, p, p + 1, a, lda, rows, c, ldc, accumulate,
                             a_transposed);
           });
           continue;
         }
-        if (!whole_) pack_panels(shape_, w_, ldw_, p0, p1, packing_);
+        if (!whole_) pack_panels(shape_, w_, ldw_, p0, p1, packing_, runs_);
         parallel_for(blocks, [&](int64_t i) {
           const int64_t r0 = rows * i / blocks, r1 = rows * (i + 1) / blocks;
           packed_multiply(shape_, at, p0, p1, a + (a_transposed ? r0 : r0 * lda), lda, r1 - r0,
@@ -153,6 +159,7 @@ class ChunkProduct {
   const T* w_;
   int64_t ldw_;
   T* packing_;
+  RowRuns runs_;
   bool dots_;      // M read by rows_dots (Reading::dots)
   bool in_place_;  // M read from w (laid_out_as_panels)
   bool whole_;     // M packed once, in the constructor (or read in place)

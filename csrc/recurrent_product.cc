@@ -718,7 +718,9 @@ void copy_lanes(const T* src, int64_t n, T* dst) {
 // M (k_first 0, k_total shape.k), or one of a stacked M's two parts.
 template <typename T>
 void pack_part(const ProductShape& shape, const T* w, int64_t ldw, int64_t p0, int64_t p1,
-               int64_t k_first, int64_t k_total, T* packed) {
+               int64_t k_first, int64_t k_total, T* packed, const RowRuns& runs = {}) {
+  if (runs.run < 0 || (runs.run > 0 && shape.transposed))
+    detail::fail("pack_panels: runs of rows are for an M not transposed, of at least one row");
   const PanelLayout layout = panel_layout<T>(shape.segments);
   const int64_t width = layout.vectors * kLanes<T>, k_count = shape.k;
   const int64_t per_task =
@@ -754,8 +756,12 @@ void pack_part(const ProductShape& shape, const T* w, int64_t ldw, int64_t p0, i
               for (int64_t k = k0; k < k1; ++k) lanes[k * width + u] = rows[u * ldw + k];
           }
         } else {
-          for (int64_t k = 0; k < k_count; ++k)
-            copy_lanes(w + k * ldw + col, units, lanes + k * width);
+          const int64_t run = runs.run > 0 ? runs.run : k_count;
+          for (int64_t k0 = 0; k0 < k_count; k0 += run) {
+            const T* rows = w + k0 / run * runs.stride + col;
+            for (int64_t k = k0; k < std::min(k_count, k0 + run); ++k)
+              copy_lanes(rows + (k - k0) * ldw, units, lanes + k * width);
+          }
         }
         if (units < layout.units)  // past the last unit
           for (int64_t k = 0; k < k_count; ++k)
@@ -830,8 +836,8 @@ void pack_panels(const ProductShape& shape, const T* w, int64_t ldw, T* packed) 
 
 template <typename T>
 void pack_panels(const ProductShape& shape, const T* w, int64_t ldw, int64_t p0, int64_t p1,
-                 T* packed) {
-  pack_part(shape, w, ldw, p0, p1, 0, shape.k, packed);
+                 T* packed, const RowRuns& runs) {
+  pack_part(shape, w, ldw, p0, p1, 0, shape.k, packed, runs);
 }
 
 template <typename T>
@@ -950,7 +956,8 @@ void packed_multiply(const ProductShape& shape, const Panels<T>& panels, int64_t
   template int64_t packed_elements<T>(const ProductShape&);                                    \
   template void pack_panels<T>(const ProductShape&, const T*, int64_t, T*);                    \
   template void transpose_rows<T>(const T*, int64_t, int64_t, int64_t, T*);                    \
-  template void pack_panels<T>(const ProductShape&, const T*, int64_t, int64_t, int64_t, T*);  \
+  template void pack_panels<T>(const ProductShape&, const T*, int64_t, int64_t, int64_t, T*,   \
+                               const RowRuns&);                                                \
   template void pack_stacked_panels<T>(const ProductShape&, const T*, int64_t, const T*,       \
                                        int64_t, int64_t, T*);                                  \
   template void row_dots<T>(const T*, const T*, int64_t, int64_t, int64_t, T*, bool);         \

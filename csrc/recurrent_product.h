@@ -93,10 +93,16 @@ template <typename T>
 int64_t panel_elements(const ProductShape& shape);  // one panel's
 template <typename T>
 void pack_panels(const ProductShape& shape, const T* w, int64_t ldw, T* packed);
+// Where the rows of an M not transposed lie: row k at w + (k / run)·stride + (k % run)·ldw,
+// runs of `run` rows ldw apart, the runs `stride` apart (a part of the batch over a chunk's
+// steps: sequence_cpu.cc's kRowParts). run 0: every row ldw apart.
+struct RowRuns {
+  int64_t run = 0, stride = 0;
+};
 // Panels [p0, p1) only, (p1 - p0)·panel_elements(shape) elements at `packed`.
 template <typename T>
 void pack_panels(const ProductShape& shape, const T* w, int64_t ldw, int64_t p0, int64_t p1,
-                 T* packed);
+                 T* packed, const RowRuns& runs = {});
 // The panels of a stacked M, [W; W_right] along k: its first shape.k - k_right k from w, the
 // last k_right from w_right (each read as `shape` says).
 template <typename T>

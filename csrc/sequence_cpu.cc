@@ -165,35 +165,51 @@ Chunks chunks_of(Cell cell, const Dims& d, bool reverse) {
 
 // Where the backward's walk gives each thread batch rows of its own (a W_hh of at most
 // kRowSplitBytes: cells_cpu.h's walk_row_blocks), each chunk's weight gradients, bias sums and dx
-// keep to those rows too: the batch cut into kRowParts parts of consecutive rows, each part's
-// products taken step by step over its own rows on one thread (the pool deals part i to the thread
-// whose slice held those rows in the walk), each weight gradient summed per part over the whole
-// call, and the parts added in order at the end. Cut by gate rows and by steps instead, every
-// thread read the gate gradients, x and h of every row, half of them written on the other core. A
-// 2-core Zen 4 VM whose vCPUs share no L3 for spells of a minute or so (a cache line's round trip
-// 330-370 ns, against 63-87) pays for that: alternated in one process in such spells, LSTM training
-// T=200 B=128 H=32 ran 27% faster by parts (B/A 0.733), T=20 B=128 H=128 14% (0.858); across a
-// change of spell LSTM T=200 B=128 H=128 read 0.911 and RNN T=200 B=128 H=128 0.77-0.99 by round.
-// In the other spells the two ran level: LSTM T=200 H=32 1.008, T=20 H=32 0.969, H=128 1.006 and
-// 1.013, RNN H=128 0.989, H=256 1.024. A larger W_hh's products are large enough whole, and lose
-// more in steps than they gain: LSTM T=20 B=128 H=512 1.084 (a fast spell), RNN T=20 B=128 H=1024
-// 1.017 (a slow one). The parts are fixed by sizes alone, so the bits do not depend on the threads
-// (they differ from the other cut's). Parts of kMinPartRows rows or more keep the kernel's tiles
-// full; BLAS (AVX2), which packs again at every small call, keeps the products whole. GRU's
-// parts take dW_hn by h from its rows' fourth block (GruStep), beside dW_hh's r and z. Alternated
-// in one process in slow spells, GRU training B=128 ran 36-39% faster at T=200 H=32 (B/A 0.615,
-// 0.643), 18% at H=128 (0.821), 30% at T=20 H=32 (0.696) and 17% at H=128 (0.825); in fast
-// spells T=20 level at H=128 (1.000) and 6% faster at H=32 (0.935), T=200 level at H=32
-// (0.997) and 1-2.5% slower at H=128 (1.009, 1.025). Reset-before's dW_hn reads r⊙h, a third
-// product a part: not measured, and not cut so.
+// keep to those rows too: the batch cut into kRowParts parts of consecutive rows, the chunk's gate
+// gradients laid out part by part (a part's rows of all the chunk's steps together), each part's
+// weight gradients one product over them on one thread (x's and h's rows read in runs, RowRuns;
+// the pool deals part i to the thread whose slice held those rows in the walk), its dx a product a
+// step, each weight gradient summed per part over the whole call, and the parts added in order at
+// the end. Cut by gate rows and by steps instead, every thread read the gate gradients, x and h of
+// every row, half of them written on the other core. A 2-core Zen 4 VM whose vCPUs share no L3
+// for spells of a minute or so (a cache line's round trip 300-370 ns, against 55-90) pays for
+// that. Alternated in one process against the whole products, in such spells training ran
+// 5-31% faster: T=200 B=16 H=128 GRU 0.823-0.859, RNN 0.694-0.731; B=16 LSTM T=200 H=32 0.870
+// and 0.882, T=20 H=128 0.951 and 0.955, GRU T=200 H=32 0.901; LSTM T=200 B=64 H=64 0.741, GRU
+// T=20 B=32 H=128 0.868. In the other spells level: LSTM B=16 T=200 H=128 1.000, T=20 1.009,
+// T=20 H=32 0.936, T=200 B=64 H=64 0.991. At B=128 the parts first took a product a step (rows
+// B/2 apart, and x's and h's rows where they lie), which ran LSTM T=200 H=32 27% faster in slow
+// spells (0.733) and level in fast ones; over the chunk they ran LSTM level to that (H=32
+// 1.000, H=128 0.990, fast spells), GRU H=32 0.903 and RNN H=128 0.941 (slow spells); a product
+// a step at B=16 (parts of 8 rows) ran 13-20% slower. A larger W_hh's products are large enough
+// whole, and lost more in steps than they gained: LSTM T=20 B=128 H=512 1.084 (a fast spell), RNN
+// T=20 B=128 H=1024 1.017 (a slow one). The parts are fixed by sizes alone, so the bits do not
+// depend on the threads (they differ from the other cut's). Parts of kMinPartRows rows or more;
+// BLAS (AVX2), which packs again at every small call, keeps the products whole. GRU's parts take
+// dW_hn by h from its rows' fourth block (GruStep), beside dW_hh's r and z (B=128, a product a
+// step: slow spells T=200 H=32 0.615 and 0.643, H=128 0.821, T=20 H=32 0.696, H=128 0.825; fast
+// spells 0.935-1.025). Reset-before's dW_hn reads r⊙h, a third product a part: not measured, and
+// not cut so. The first part sums into the gradients themselves, each other part into scratch
+// of the gradients' size: taken where that scratch is at most an eighth of the tape's size. LSTM
+// training T=20 B=16 H=128 (a tape of 1 MB) peaked at 4.1 MB with two parts' sums, over torch's
+// 3.5-3.7; T=200 B=16 (a tape of 10 MB) at 15.7 MB, torch 25.0.
 constexpr int64_t kRowParts = 2;
-constexpr int64_t kMinPartRows = 64;
+constexpr int64_t kMinPartRows = 8;
+constexpr int64_t kTapePerPartSums = 8;
+// Elements of one part's sums: dW_ih, dW_hh, db_ih, then GRU's db_hn.
+int64_t part_elements(Cell cell, const Dims& d) {
+  const int64_t GH = gate_count(cell) * d.H;
+  return GH * d.I + GH * d.H + GH + (cell == Cell::GRU ? d.H : 0);
+}
 template <typename Real>
 bool takes_row_parts(Cell cell, const Dims& d) {
   const bool measured = cell != Cell::GRU_RESET_BEFORE;
   const int64_t w_hh_bytes = d.H * gate_count(cell) * d.H * int64_t{sizeof(Real)};
+  const auto sums_bytes = static_cast<std::size_t>((kRowParts - 1) * part_elements(cell, d)) *
+                          sizeof(Real);
   return measured && cpu::packed_kernel_beats_blas() && d.B >= kRowParts * kMinPartRows &&
-         w_hh_bytes <= cpu::kRowSplitBytes;
+         w_hh_bytes <= cpu::kRowSplitBytes &&
+         sums_bytes * kTapePerPartSums <= detail::tape_bytes(cell, d, false, sizeof(Real));
 }
 
 template <template <typename, bool> class Step, typename T>
@@ -314,14 +330,16 @@ struct BackwardScratch {
     dx_packing = has_dx ? cpu::ChunkProduct<Real>::packing_size(dx_shape(cell, d),
                                                                 dx_reading(row_parts))
                         : 0;
-    // The weight gradients' M, x or h of a chunk, packed by groups for each product in turn.
-    m_packing = std::max(cpu::ChunkProduct<Real>::packing_size({false, rows, 1, d.I}),
-                         cpu::ChunkProduct<Real>::packing_size({false, rows, 1, H}));
-    if (row_parts) {
-      // Each part's sums of dW_ih, dW_hh and db, and its own packing of a step's x or h (dx's
-      // W_ih is packed whole, dx_reading, read by every part at once).
-      part_sums = kRowParts * part_elements(cell, d);
-      const int64_t part_rows = (B + kRowParts - 1) / kRowParts;
+    if (!row_parts) {
+      // The weight gradients' M, x or h of a chunk, packed by groups for each product in turn.
+      m_packing = std::max(cpu::ChunkProduct<Real>::packing_size({false, rows, 1, d.I}),
+                           cpu::ChunkProduct<Real>::packing_size({false, rows, 1, H}));
+    } else {
+      // The sums of dW_ih, dW_hh and db of each part but the first (which sums into the
+      // gradients), and each part's own packing of its x or h over the chunk (dx's W_ih is
+      // packed whole, dx_reading, read by every part at once).
+      part_sums = (kRowParts - 1) * part_elements(cell, d);
+      const int64_t part_rows = rows / B * ((B + kRowParts - 1) / kRowParts);  // all steps'
       part_packing = kRowParts *
                      std::max(cpu::ChunkProduct<Real>::packing_size({false, part_rows, 1, d.I}),
                               cpu::ChunkProduct<Real>::packing_size({false, part_rows, 1, H}));
@@ -330,11 +348,6 @@ struct BackwardScratch {
   // Blocks of H in a row of the chunk's gate gradients: GRU's rows hold n's recurrent side too.
   static int dgx_blocks(Cell cell) {
     return cell == Cell::GRU ? cpu::GruStep<Real, true>::kDgxBlocks : gate_count(cell);
-  }
-  // Elements of one part's sums: dW_ih, dW_hh, db_ih, then GRU's db_hn.
-  static int64_t part_elements(Cell cell, const Dims& d) {
-    const int64_t GH = gate_count(cell) * d.H;
-    return GH * d.I + GH * d.H + GH + (cell == Cell::GRU ? d.H : 0);
   }
   static typename cpu::ChunkProduct<Real>::Reading dx_reading(bool row_parts) {
     using Reading = typename cpu::ChunkProduct<Real>::Reading;
@@ -349,7 +362,7 @@ struct BackwardScratch {
                                             part_packing});
   }
   int64_t ldg, chunk, dgh_steps, carry, state, no_dy, main_packing, n_gate_packing, dx_packing,
-      m_packing, part_sums = 0, part_packing = 0;
+      m_packing = 0, part_sums = 0, part_packing = 0;
 };
 
 template <typename Real>
@@ -556,7 +569,22 @@ void backward(const BackwardArgs<Real>& a) {
   Real* m_packed = take_or_null<Real>(ws, sizes.m_packing);
   Real* part_sums = take_or_null<Real>(ws, sizes.part_sums);
   Real* part_packing = take_or_null<Real>(ws, sizes.part_packing);
-  if (part_sums) std::fill(part_sums, part_sums + sizes.part_sums, Real(0));
+  // Where each part's sums go: dW_ih, dW_hh, db_ih, GRU's db_hn (the first part's, the gradients).
+  struct PartSums {
+    Real *dw_ih, *dw_hh, *db, *db_hn;
+  };
+  const auto part_sums_of = [&](int64_t part) {
+    if (part == 0) return PartSums{a.dw_ih, a.dw_hh, a.db_ih, own_dgh ? a.db_hh + 2 * H : nullptr};
+    Real* const dw_ih = part_sums + (part - 1) * part_elements(cell, d);
+    return PartSums{dw_ih, dw_ih + GH * I, dw_ih + GH * I + GH * H, dw_ih + GH * I + GH * H + GH};
+  };
+  if (row_parts) {
+    std::fill(part_sums, part_sums + sizes.part_sums, Real(0));
+    std::fill(a.dw_ih, a.dw_ih + GH * I, Real(0));
+    std::fill(a.dw_hh, a.dw_hh + GH * H, Real(0));
+    if (has_bias) std::fill(a.db_ih, a.db_ih + GH, Real(0));
+    if (has_bias && own_dgh) std::fill(a.db_hh + 2 * H, a.db_hh + 3 * H, Real(0));
+  }
   const double recurrent_flops = 2.0 * double(B) * double(GH) * double(H);  // a step's
   copy_or_zero(a.dh0, a.dh_n, BH);  // dh0/dc0 carry the running gradient through the walk
   if (has_c) copy_or_zero(a.dc0, a.dc_n, BH);
@@ -576,21 +604,42 @@ void backward(const BackwardArgs<Real>& a) {
                                  a.dy ? a.dy + p.t * B * a.lddy : no_dy, a.dy ? a.lddy : H, a.dh0,
                                  has_c ? a.dc0 : nullptr, dgx_t, dgh_t, scratch, ldg};
   };
-  // The gate gradients step s writes: the input side's among the chunk's rows, the recurrent
-  // side's in GRU's two step buffers (the other cells', the same).
-  const auto dgx_of = [&](int64_t s, const Chunk& k) {
-    return dgx + (StepPlan(s, T, tape.reverse()).t - k.t0) * B * ldg;
+  // The batch rows' parts (see kRowParts): [part_begin(p), part_begin(p + 1)); one part, the
+  // whole batch, without them.
+  const int64_t parts = row_parts ? kRowParts : 1;
+  const auto part_begin = [&](int64_t p) { return B * p / parts; };
+  // Row b of time t among chunk k's gate gradients (the input side's): each part's rows of all
+  // the chunk's steps together, a step's rows after the step before's.
+  const auto gate_row = [&](const Chunk& k, int64_t t, int64_t b) {
+    int64_t p = parts - 1;
+    while (part_begin(p) > b) --p;
+    const int64_t r0 = part_begin(p), rows = part_begin(p + 1) - r0;
+    return dgx + (k.steps * r0 + (t - k.t0) * rows + b - r0) * ldg;
   };
-  const auto dgh_of = [&](int64_t s, const Chunk& k) {
-    return own_dgh ? dgh_steps + (s % 2) * B * ldg : dgx_of(s, k);
+  // Row b of the recurrent side's gradients of walk step s: GRU's in its two step buffers, the
+  // other cells' the input side's.
+  const auto recurrent_row = [&](const Chunk& k, int64_t s, int64_t b) {
+    return own_dgh ? dgh_steps + ((s % 2) * B + b) * ldg
+                   : gate_row(k, StepPlan(s, T, tape.reverse()).t, b);
   };
-  // Chunk k's steps walked backwards over batch rows [r0, r1), the first from dg_next.
+  // Chunk k's steps walked backwards over batch rows [r0, r1), the first from dg_next; each step
+  // a part's rows at a time, which lie together.
   const auto walk_rows = [&](const Chunk& k, int64_t r0, int64_t r1) {
-    const Real* dg_prior = dg_next;
     for (int64_t s = k.s1 - 1; s >= k.s0; --s) {
-      step_backward(cell,
-                    cpu::rows_of(step_io(s, dg_prior, dgx_of(s, k), dgh_of(s, k)), r0, r1, width));
-      dg_prior = dgh_of(s, k);
+      const int64_t t = StepPlan(s, T, tape.reverse()).t;
+      for (int64_t b0 = r0; b0 < r1;) {
+        int64_t b1 = r1;
+        for (int64_t p = 1; p < parts; ++p)
+          if (part_begin(p) > b0) b1 = std::min(b1, part_begin(p));
+        cpu::BackStepIO<Real> io = cpu::rows_of(step_io(s, nullptr, nullptr, nullptr), b0, b1,
+                                                width);
+        io.dg_next = s == k.s1 - 1 ? (dg_next ? dg_next + b0 * ldg : nullptr)
+                                   : recurrent_row(k, s + 1, b0);
+        io.dgx = gate_row(k, t, b0);
+        io.dgh = recurrent_row(k, s, b0);
+        step_backward(cell, io);
+        b0 = b1;
+      }
     }
   };
 
@@ -604,37 +653,40 @@ void backward(const BackwardArgs<Real>& a) {
     products.for_walk_rows(B, k.steps, k.steps * recurrent_flops,
                            cpu::packed_kernel_beats_blas(),
                            [&](int64_t r0, int64_t r1) { walk_rows(k, r0, r1); });
-    dg_next = dgh_of(k.s0, k);
-    std::memcpy(dg_carry, dg_next, sizeof(Real) * B * ldg);
+    for (int64_t p = 0; p < parts; ++p) {
+      const int64_t r0 = part_begin(p), rows = part_begin(p + 1) - r0;
+      std::memcpy(dg_carry + r0 * ldg, recurrent_row(k, k.s0, r0), sizeof(Real) * rows * ldg);
+    }
     dg_next = dg_carry;
 
     if (row_parts) {
       // The chunk's weight gradients, bias sums and dx, part by part (see kRowParts).
-      const int64_t part_size = BackwardScratch<Real>::part_elements(cell, d);
       const int64_t packing_size = sizes.part_packing / kRowParts;
       const Real* x = a.x + k.t0 * B * I;
       const Real* h = h_read + k.t0 * BH;
       cpu::parallel_for(kRowParts, [&](int64_t part) {
-        const int64_t r0 = B * part / kRowParts, rows = B * (part + 1) / kRowParts - r0;
-        Real* const dw_ih = part_sums + part * part_size;
-        Real* const dw_hh = dw_ih + GH * I;
-        Real* const db = dw_hh + GH * H;
-        Real* const db_hn = db + GH;  // GRU's
+        const int64_t r0 = part_begin(part), rows = part_begin(part + 1) - r0;
+        const int64_t k_rows = k.steps * rows;  // the products' k: the part's rows of all steps
+        const PartSums sums = part_sums_of(part);
         Real* const packing = part_packing ? part_packing + part * packing_size : nullptr;
-        for (int64_t s = 0; s < k.steps; ++s) {
-          const Real* dg = dgx + (s * B + r0) * ldg;
-          const cpu::ChunkProduct<Real> by_x({false, rows, 1, I}, x + (s * B + r0) * I, I,
-                                             packing);
-          by_x(dg, ldg, true, GH, dw_ih, I, true);
-          const cpu::ChunkProduct<Real> by_h({false, rows, 1, H}, h + (s * B + r0) * H, H,
-                                             packing);
-          by_h(dg, ldg, true, hh_rows, dw_hh, H, true);
-          if (own_dgh) by_h(dg + n_recurrent, ldg, true, H, dw_hh + 2 * H * H, H, true);
-          if (has_bias) sum_rows(dg, rows, ldg, 0, GH, Real(1), db);
-          if (has_bias && own_dgh) sum_rows(dg + n_recurrent, rows, ldg, 0, H, Real(1), db_hn);
-          if (input_grads)
-            (*input_grads)(dg, ldg, false, rows, a.dx + ((k.t0 + s) * B + r0) * I, I, false);
-        }
+        const Real* dg = gate_row(k, k.t0, r0);
+        // x's and h's rows of the part: runs of `rows` rows, a step's run B rows after the last.
+        using Reading = typename cpu::ChunkProduct<Real>::Reading;
+        const cpu::ChunkProduct<Real> by_x({false, k_rows, 1, I}, x + r0 * I, I, packing,
+                                           Reading::groups, {rows, B * I});
+        by_x(dg, ldg, true, GH, sums.dw_ih, I, true);
+        const cpu::ChunkProduct<Real> by_h({false, k_rows, 1, H}, h + r0 * H, H, packing,
+                                           Reading::groups, {rows, BH});
+        by_h(dg, ldg, true, hh_rows, sums.dw_hh, H, true);
+        if (own_dgh) by_h(dg + n_recurrent, ldg, true, H, sums.dw_hh + 2 * H * H, H, true);
+        if (has_bias) sum_rows(dg, k_rows, ldg, 0, GH, Real(1), sums.db);
+        if (has_bias && own_dgh)
+          sum_rows(dg + n_recurrent, k_rows, ldg, 0, H, Real(1), sums.db_hn);
+        // dx's rows lie a step apart: a product for each step.
+        if (input_grads)
+          for (int64_t s = 0; s < k.steps; ++s)
+            (*input_grads)(dg + s * rows * ldg, ldg, false, rows,
+                           a.dx + ((k.t0 + s) * B + r0) * I, I, false);
       });
       continue;
     }
@@ -672,21 +724,16 @@ void backward(const BackwardArgs<Real>& a) {
     // are db_ih's, copied at the end (the same columns summed in the same order).
     if (has_bias && own_dgh) column_sums(dgx + n_recurrent, rows, H, ldg, beta, a.db_hh + 2 * H);
   }
-  if (row_parts) {
-    const int64_t part_size = BackwardScratch<Real>::part_elements(cell, d);
-    Real* const outputs[] = {a.dw_ih, a.dw_hh, has_bias ? a.db_ih : nullptr,
-                             has_bias && own_dgh ? a.db_hh + 2 * H : nullptr};
-    const int64_t offsets[] = {0, GH * I, GH * I + GH * H, GH * I + GH * H + GH};
-    const int64_t sizes_of[] = {GH * I, GH * H, GH, H};
-    for (int o = 0; o < 4; ++o) {
-      if (!outputs[o]) continue;
-      for (int64_t i = 0; i < sizes_of[o]; ++i) {
-        Real sum = part_sums[offsets[o] + i];
-        for (int64_t part = 1; part < kRowParts; ++part)
-          sum += part_sums[part * part_size + offsets[o] + i];
-        outputs[o][i] = sum;
-      }
-    }
+  // The other parts' sums added to the first's, in order.
+  for (int64_t part = 1; row_parts && part < kRowParts; ++part) {
+    const PartSums first = part_sums_of(0), sums = part_sums_of(part);
+    const auto add = [](const Real* from, int64_t n, Real* to) {
+      for (int64_t i = 0; i < n; ++i) to[i] += from[i];
+    };
+    add(sums.dw_ih, GH * I, first.dw_ih);
+    add(sums.dw_hh, GH * H, first.dw_hh);
+    if (has_bias) add(sums.db, GH, first.db);
+    if (has_bias && own_dgh) add(sums.db_hn, H, first.db_hn);
   }
   ih_parts.add_to(a.dw_ih, I);
   hh_parts.add_to(a.dw_hh, H);

@@ -148,13 +148,16 @@ def check_random_lengths_against_reference(rng, kcell, dtype, shape, reverse=Fal
 # matrix-vector product; backward: with AVX2 or AVX-512 by row_axpys, whose last units past a
 # whole vector go one by one at H=13, 33, 161), or, with AVX2 or AVX-512 and 32 steps or more,
 # runs the packed kernel one row at a time (T40B1, T32B1; an RNN's forward excepted).
-# From 128 batch rows (AVX-512), LSTM's, GRU's and RNN's backward takes each chunk's weight gradients,
-# bias sums and dx by halves of the batch, step by step (sequence_cpu.cc's kRowParts): halves
-# of 65 and 66 rows (T3B131), and a call of three chunks (T20B128, H=64: 8 steps a chunk).
+# From 16 batch rows (AVX-512), LSTM's, GRU's and RNN's backward lays each chunk's gate
+# gradients out by halves of the batch and takes their weight gradients, bias sums and dx half
+# by half (sequence_cpu.cc's kRowParts): halves of 65 and 66 rows (T3B131), of 9 and 10 over
+# two chunks of 54 and 6 steps (T60B19, H=128, float32), and a call of three chunks (T20B128,
+# H=64: 8 steps a chunk).
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 1, 2, 3), (5, 3, 4, 1), (4, 2, 9, 13),
                                    (2, 40, 5, 33), (3, 8, 7, 161), (2, 8, 5, 300),
                                    (11, 64, 100, 32), (1, 1, 8000, 63), (40, 1, 5, 33),
-                                   (32, 1, 3, 161), (3, 131, 5, 12), (20, 128, 6, 64)],
+                                   (32, 1, 3, 161), (3, 131, 5, 12), (20, 128, 6, 64),
+                                   (60, 19, 5, 128)],
                          ids=lambda s: "T{}B{}I{}H{}".format(*s))
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("dtype", DTYPES)
