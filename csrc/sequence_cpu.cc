@@ -165,34 +165,36 @@ Chunks chunks_of(Cell cell, const Dims& d, bool reverse) {
 
 // Where the backward's walk gives each thread batch rows of its own (a W_hh of at most
 // kRowSplitBytes: cells_cpu.h's walk_row_blocks), each chunk's weight gradients, bias sums and dx
-// keep to those rows too: the batch cut into kRowParts parts of consecutive rows, the chunk's gate
-// gradients laid out part by part (a part's rows of all the chunk's steps together), each part's
-// weight gradients one product over them on one thread (x's and h's rows read in runs, RowRuns;
-// the pool deals part i to the thread whose slice held those rows in the walk), its dx a product a
-// step, each weight gradient summed per part over the whole call, and the parts added in order at
-// the end. Cut by gate rows and by steps instead, every thread read the gate gradients, x and h of
-// every row, half of them written on the other core. A 2-core Zen 4 VM whose vCPUs share no L3
-// for spells of a minute or so (a cache line's round trip 300-370 ns, against 55-90) pays for
-// that. Alternated in one process against the whole products, in such spells training ran
-// 5-31% faster: T=200 B=16 H=128 GRU 0.823-0.859, RNN 0.694-0.731; B=16 LSTM T=200 H=32 0.870
-// and 0.882, T=20 H=128 0.951 and 0.955, GRU T=200 H=32 0.901; LSTM T=200 B=64 H=64 0.741, GRU
-// T=20 B=32 H=128 0.868. In the other spells level: LSTM B=16 T=200 H=128 1.000, T=20 1.009,
-// T=20 H=32 0.936, T=200 B=64 H=64 0.991. At B=128 the parts first took a product a step (rows
-// B/2 apart, and x's and h's rows where they lie), which ran LSTM T=200 H=32 27% faster in slow
-// spells (0.733) and level in fast ones; over the chunk they ran LSTM level to that (H=32
-// 1.000, H=128 0.990, fast spells), GRU H=32 0.903 and RNN H=128 0.941 (slow spells); a product
-// a step at B=16 (parts of 8 rows) ran 13-20% slower. A larger W_hh's products are large enough
-// whole, and lost more in steps than they gained: LSTM T=20 B=128 H=512 1.084 (a fast spell), RNN
-// T=20 B=128 H=1024 1.017 (a slow one). The parts are fixed by sizes alone, so the bits do not
-// depend on the threads (they differ from the other cut's). Parts of kMinPartRows rows or more;
-// BLAS (AVX2), which packs again at every small call, keeps the products whole. GRU's parts take
-// dW_hn by h from its rows' fourth block (GruStep), beside dW_hh's r and z (B=128, a product a
-// step: slow spells T=200 H=32 0.615 and 0.643, H=128 0.821, T=20 H=32 0.696, H=128 0.825; fast
-// spells 0.935-1.025). Reset-before's dW_hn reads r⊙h, a third product a part: not measured, and
-// not cut so. The first part sums into the gradients themselves, each other part into scratch
-// of the gradients' size: taken where that scratch is at most an eighth of the tape's size. LSTM
-// training T=20 B=16 H=128 (a tape of 1 MB) peaked at 4.1 MB with two parts' sums, over torch's
-// 3.5-3.7; T=200 B=16 (a tape of 10 MB) at 15.7 MB, torch 25.0.
+// keep to those rows too. The batch is cut into kRowParts parts of consecutive rows; the chunk's
+// gate gradients lie part by part (a part's rows of all the chunk's steps together); each part's
+// weight gradients are one product over its rows, on the thread whose slice held those rows in
+// the walk (the pool deals part i to it), x's and h's rows packed from their runs (RowRuns); its
+// dx is a product a step; each weight gradient is summed per part over the call, the first part
+// into the gradients themselves, and the other parts are added in order at the end. The parts
+// are fixed by sizes alone, so the bits do not depend on the threads (they differ from the whole
+// products' by rounding).
+//
+// Cut by gate rows and by steps instead, every thread read the gate gradients, x and h of every
+// row, half of them written on the other core. A 2-core Zen 4 VM whose vCPUs share no L3 for
+// spells of a minute or so (a cache line's round trip 300-370 ns, against 55-90) pays for that.
+// Alternated in one process against the whole products, in such spells training ran 5-39%
+// faster: LSTM T=200 B=128 H=32 0.733, GRU 0.615-0.643 (both a product a step), RNN T=200 B=16
+// H=128 0.694-0.731, GRU 0.823-0.859, LSTM T=200 B=16 H=32 0.870-0.882, T=20 H=128 0.951-0.955,
+// T=200 B=64 H=64 0.741, GRU T=20 B=32 H=128 0.868. In the other spells level: LSTM B=16 T=200
+// H=128 1.000, T=20 1.009, T=20 H=32 0.936, B=64 H=64 0.991, GRU B=128 0.935-1.025 (a product a
+// step). A product a step (rows B/2 apart) was the first cut; over the chunk, B=128 ran level to
+// it in fast spells (LSTM H=32 1.000, H=128 0.990) and faster in slow ones (GRU H=32 0.903, RNN
+// H=128 0.941); at B=16 a product a step (parts of 8 rows) had run 13-20% slower than the whole
+// products.
+//
+// Where the parts are not taken: a larger W_hh, whose products are large enough whole and lost
+// more in steps than they gained (LSTM T=20 B=128 H=512 1.084, RNN T=20 B=128 H=1024 1.017); BLAS
+// (AVX2), which packs again at every small call; batches of fewer than kRowParts·kMinPartRows
+// rows (not measured); the reset-before GRU, whose dW_hn reads r⊙h, a third product a part (not
+// measured); and calls whose parts' sums (the gradients' size, for each part but the first) are
+// more than a kTapePerPartSums-th of the tape: LSTM training T=20 B=16 H=128 (a tape of 1 MB)
+// peaked at 4.1 MB with two parts' sums, over torch's 3.6, and at 3.1 MB with the whole products.
+// GRU's parts take dW_hn by h from its rows' fourth block (GruStep), beside dW_hh's r and z.
 constexpr int64_t kRowParts = 2;
 constexpr int64_t kMinPartRows = 8;
 constexpr int64_t kTapePerPartSums = 8;
