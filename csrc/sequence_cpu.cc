@@ -597,14 +597,15 @@ void backward(const BackwardArgs<Real>& a) {
   const Real* h_read = hs + (tape.reverse() ? BH : 0);
   // Each step first adds the recurrent gradient of the step walked before it (cells_cpu.h).
   const Real* dg_next = nullptr;
-  const auto step_io = [&](int64_t s, const Real* dg_prior, Real* dgx_t, Real* dgh_t) {
+  // Step s's arrays, its gate gradients left null (walk_rows sets them, by their layout).
+  const auto step_io = [&](int64_t s, const Real* dg_prior) {
     const StepPlan p(std::max<int64_t>(s, 0), T, tape.reverse());
     return cpu::BackStepIO<Real>{B, H, p.t, tape.lengths(), &products, dg_prior, s >= 0,
                                  hs + p.read * BH, has_c ? cs + p.read * BH : nullptr,
                                  hs + p.write * BH, has_c ? cs + p.write * BH : nullptr,
                                  width ? tape.gates() + p.t * B * width : nullptr,
                                  a.dy ? a.dy + p.t * B * a.lddy : no_dy, a.dy ? a.lddy : H, a.dh0,
-                                 has_c ? a.dc0 : nullptr, dgx_t, dgh_t, scratch, ldg};
+                                 has_c ? a.dc0 : nullptr, nullptr, nullptr, scratch, ldg};
   };
   // The batch rows' parts (see kRowParts): [part_begin(p), part_begin(p + 1)); one part, the
   // whole batch, without them.
@@ -633,8 +634,7 @@ void backward(const BackwardArgs<Real>& a) {
         int64_t b1 = r1;
         for (int64_t p = 1; p < parts; ++p)
           if (part_begin(p) > b0) b1 = std::min(b1, part_begin(p));
-        cpu::BackStepIO<Real> io = cpu::rows_of(step_io(s, nullptr, nullptr, nullptr), b0, b1,
-                                                width);
+        cpu::BackStepIO<Real> io = cpu::rows_of(step_io(s, nullptr), b0, b1, width);
         io.dg_next = s == k.s1 - 1 ? (dg_next ? dg_next + b0 * ldg : nullptr)
                                    : recurrent_row(k, s + 1, b0);
         io.dgx = gate_row(k, t, b0);
@@ -741,7 +741,7 @@ void backward(const BackwardArgs<Real>& a) {
   hh_parts.add_to(a.dw_hh, H);
   if (n_apart) hn_parts.add_to(a.dw_hh + 2 * H * H, H);
   // Step 0's recurrent gradient, with no pointwise pass.
-  step_backward(cell, step_io(-1, dg_next, nullptr, nullptr));
+  step_backward(cell, step_io(-1, dg_next));
   if (has_bias) std::memcpy(a.db_hh, a.db_ih, sizeof(Real) * (own_dgh ? 2 * H : GH));
 }
 
