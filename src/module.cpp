@@ -680,7 +680,6 @@ PYBIND11_MODULE(_core, m) {
     d["blas"] = info.blas;
     d["threads"] = info.threads;
     d["openmp_threads"] = info.openmp_threads;
-    d["cuda"] = false;
     return d;
   });
   m.def("gemm_gflops",

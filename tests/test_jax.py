@@ -32,7 +32,9 @@ def x64():
     enable_x64 = getattr(jax, "enable_x64", None)
     if enable_x64 is None:
         from jax.experimental import enable_x64
-    with enable_x64(True):
+    # On a GPU, XLA's default float32 products round their inputs to TF32 (~3e-4 off here); the
+    # reference must be full float32.
+    with enable_x64(True), jax.default_matmul_precision("highest"):
         yield
 
 

@@ -348,7 +348,10 @@ def test_smaller_kernels_match_reference(cap):
     """The code a CPU without AVX-512, or without AVX2/FMA, runs (the recurrent kernel and the
     pointwise rows), forced on this one: this file's tests and test_extremes.py's against the
     reference."""
-    env = dict(os.environ, FUSEDRNN_KERNEL_ISA=cap)
+    # The rerun is a pytest session of its own, not one of pytest-xdist's workers (under
+    # `pytest -n`, pytest-benchmark reads PYTEST_XDIST_WORKER and warns, an error here).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    env["FUSEDRNN_KERNEL_ISA"] = cap
     info = subprocess.run([sys.executable, "-c", "import fusedrnn._core as c; i = c.build_info(); "
                            "print(i['recurrent_kernel']); print(i['simd'])"],
                           env=env, capture_output=True, text=True, timeout=60)

@@ -94,10 +94,11 @@ def bench(args):
 
 
 def _machine():
-    core = _backend._core
+    core, cuda = _backend._core, _backend.cuda_module()
     return dict(cpu=_cpu_model(), cores=os.cpu_count(), python=platform.python_version(),
                 numpy=np.__version__, fusedrnn=__version__,
                 build=core.build_info() if core is not None else None,
+                cuda_build=cuda.build_info() if cuda is not None else None,
                 torch=_torch_version())
 
 
