@@ -82,6 +82,18 @@ void check_lengths(const int64_t* lengths, const Dims& d) {
            std::to_string(lengths[b]));
 }
 
+void check_tape_buffers(Cell cell, const void* h_states, const void* c_states, const void* gates) {
+  if (!h_states) fail("h_states: expected a [T+1, B, H] buffer, got null");
+  if (has_cell_state(cell) != (c_states != nullptr))
+    fail(std::string("c_states: expected ") +
+         (has_cell_state(cell) ? "a [T+1, B, H] buffer for LSTM, got null"
+                               : "null for a cell without c state, got a buffer"));
+  if ((tape_gate_width(cell) != 0) != (gates != nullptr))
+    fail(std::string("gates: expected ") +
+         (tape_gate_width(cell) ? "a [T, B, 4H] buffer for this cell, got null"
+                                : "null for an RNN cell, got a buffer"));
+}
+
 std::size_t tape_bytes(Cell cell, const Dims& d, bool with_lengths, std::size_t value_bytes) {
   const std::size_t slots = std::size_t(d.T + 1) * d.B * d.H;
   const std::size_t states = slots * (has_cell_state(cell) ? 2 : 1);

@@ -19,6 +19,9 @@ void check_cell(Cell cell);
 void check_dims(Cell cell, const Dims& d);
 // lengths: [B] in host memory, or nullptr.
 void check_lengths(const int64_t* lengths, const Dims& d);
+// The buffers of a tape that views its caller's memory (TapeBuffers, in host or device memory):
+// those the cell needs are given, the others are null.
+void check_tape_buffers(Cell cell, const void* h_states, const void* c_states, const void* gates);
 
 std::size_t tape_bytes(Cell cell, const Dims& d, bool with_lengths, std::size_t value_bytes);
 

@@ -36,7 +36,7 @@ using detail::check_cell;
 using detail::check_dims;
 using detail::check_forward_args;
 using detail::check_lengths;
-using detail::fail;
+using detail::check_tape_buffers;
 using detail::StepPlan;
 
 template <typename T>
@@ -290,15 +290,7 @@ Tape<T>::Tape(Cell cell, const Dims& dims, bool reverse, const int64_t* lengths,
   check_dims(cell, dims);
   check_lengths(lengths, dims);
   if (lengths) lengths_.assign(lengths, lengths + dims.B);
-  if (!buffers.h_states) fail("h_states: expected a [T+1, B, H] buffer, got null");
-  if (has_cell_state(cell) != (buffers.c_states != nullptr))
-    fail(std::string("c_states: expected ") +
-         (has_cell_state(cell) ? "a [T+1, B, H] buffer for LSTM, got null"
-                               : "null for a cell without c state, got a buffer"));
-  if ((tape_gate_width(cell) != 0) != (buffers.gates != nullptr))
-    fail(std::string("gates: expected ") +
-         (tape_gate_width(cell) ? "a [T, B, 4H] buffer for this cell, got null"
-                                : "null for an RNN cell, got a buffer"));
+  check_tape_buffers(cell, buffers.h_states, buffers.c_states, buffers.gates);
 }
 
 template <typename T>

@@ -12,11 +12,25 @@ DeviceTape<T>::DeviceTape(Cell cell, const Dims& dims, bool reverse, const int64
   detail::check_dims(cell, dims);
   detail::check_lengths(lengths, dims);
   if (lengths) lengths_ = DeviceMemory::from_host(lengths, sizeof(int64_t) * dims.B);
+  // One allocation: h states, then c states (LSTM), then the gates.
   const std::size_t slots = std::size_t(dims.T + 1) * dims.B * dims.H;
-  h_states_ = DeviceMemory(sizeof(T) * slots);
-  if (has_cell_state(cell)) c_states_ = DeviceMemory(sizeof(T) * slots);
-  const std::size_t width = tape_gate_width(cell);
-  if (width) gates_ = DeviceMemory(sizeof(T) * dims.T * dims.B * width * dims.H);
+  const std::size_t c_slots = has_cell_state(cell) ? slots : 0;
+  const std::size_t gates = std::size_t(dims.T) * dims.B * tape_gate_width(cell) * dims.H;
+  owned_ = DeviceMemory(sizeof(T) * (slots + c_slots + gates));
+  buffers_.h_states = owned_.as<T>();
+  if (c_slots) buffers_.c_states = buffers_.h_states + slots;
+  if (gates) buffers_.gates = buffers_.h_states + slots + c_slots;
+}
+
+template <typename T>
+DeviceTape<T>::DeviceTape(Cell cell, const Dims& dims, bool reverse, const int64_t* lengths,
+                          const TapeBuffers<T>& buffers)
+    : cell_(cell), dims_(dims), reverse_(reverse), device_(current_device()), buffers_(buffers) {
+  detail::check_cell(cell);
+  detail::check_dims(cell, dims);
+  detail::check_lengths(lengths, dims);
+  detail::check_tape_buffers(cell, buffers.h_states, buffers.c_states, buffers.gates);
+  if (lengths) lengths_ = DeviceMemory::from_host(lengths, sizeof(int64_t) * dims.B);
 }
 
 template <typename T>

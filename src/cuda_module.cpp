@@ -180,16 +180,11 @@ const T* cptr(const std::shared_ptr<Imported>& a) {
 // ---------------------------------------------------------------------------------------------
 // Arrays this module hands out.
 
-struct Buffer {
-  frc::DeviceMemory memory;
-  std::vector<int64_t> shape;
-  DType dtype;
-};
-
-// What an exported DLManagedTensor points back to: keeps the buffer alive until the consumer
-// calls the deleter, which may happen on any thread and without the GIL (nothing here needs it).
+// What an exported DLManagedTensor points back to: keeps the memory's owner alive until the
+// consumer calls the deleter, which may happen on any thread and without the GIL (nothing here
+// needs it).
 struct ExportContext {
-  std::shared_ptr<Buffer> buffer;
+  std::shared_ptr<const void> owner;
   std::vector<int64_t> shape;
 };
 
@@ -207,27 +202,35 @@ void capsule_destructor(PyObject* cap, const char* name) {
   if (m && m->deleter) m->deleter(m);
 }
 
-// A float array in device memory, made by forward/backward. Any DLPack consumer takes it over
-// without a copy: torch.from_dlpack(a), cupy.from_dlpack(a), jax.dlpack.from_dlpack(a).
+// A float array in device memory: a result of forward/backward, or a view of a tape's buffers.
+// Any DLPack consumer takes it over without a copy: torch.from_dlpack(a), cupy.from_dlpack(a),
+// jax.dlpack.from_dlpack(a).
 class DeviceArray {
  public:
-  DeviceArray(DType dtype, std::vector<int64_t> shape) : buffer_(std::make_shared<Buffer>()) {
+  // Fresh memory on the current device.
+  DeviceArray(DType dtype, std::vector<int64_t> shape) : shape_(std::move(shape)), dtype_(dtype) {
     int64_t n = 1;
-    for (int64_t e : shape) n *= e;
-    buffer_->memory = frc::DeviceMemory(std::size_t(n) * itemsize(dtype));
-    buffer_->shape = std::move(shape);
-    buffer_->dtype = dtype;
+    for (int64_t e : shape_) n *= e;
+    auto memory = std::make_shared<frc::DeviceMemory>(std::size_t(n) * itemsize(dtype));
+    data_ = memory->get();
+    device_ = memory->device();
+    owner_ = std::move(memory);
   }
+  // A view of memory on `device` that `owner` keeps alive.
+  DeviceArray(std::shared_ptr<const void> owner, void* data, int device, DType dtype,
+              std::vector<int64_t> shape)
+      : owner_(std::move(owner)), data_(data), device_(device), shape_(std::move(shape)),
+        dtype_(dtype) {}
 
   template <typename T>
-  T* data() const { return buffer_->memory.as<T>(); }
-  int device() const { return buffer_->memory.device(); }
+  T* data() const { return static_cast<T*>(data_); }
+  int device() const { return device_; }
   py::tuple shape() const {
-    py::tuple t(buffer_->shape.size());
-    for (std::size_t i = 0; i < buffer_->shape.size(); ++i) t[i] = buffer_->shape[i];
+    py::tuple t(shape_.size());
+    for (std::size_t i = 0; i < shape_.size(); ++i) t[i] = shape_[i];
     return t;
   }
-  std::string dtype() const { return dtype_name(buffer_->dtype); }
+  std::string dtype() const { return dtype_name(dtype_); }
 
   py::tuple dlpack_device() const { return py::make_tuple(int(dl::kDLCUDA), device()); }
 
@@ -244,12 +247,12 @@ class DeviceArray {
     if (!copy.is_none() && copy.cast<bool>())
       throw py::buffer_error("copy: a DeviceArray is exported without a copy only; copy it in "
                              "the consumer");
-    auto* ctx = new ExportContext{buffer_, buffer_->shape};
+    auto* ctx = new ExportContext{owner_, shape_};
     dl::DLTensor t{};
-    t.data = buffer_->memory.get();
+    t.data = data_;
     t.device = {dl::kDLCUDA, device()};
     t.ndim = static_cast<int32_t>(ctx->shape.size());
-    t.dtype = {dl::kDLFloat, static_cast<uint8_t>(8 * itemsize(buffer_->dtype)), 1};
+    t.dtype = {dl::kDLFloat, static_cast<uint8_t>(8 * itemsize(dtype_)), 1};
     t.shape = ctx->shape.data();
     t.strides = nullptr;
     t.byte_offset = 0;
@@ -269,18 +272,24 @@ class DeviceArray {
   }
 
  private:
-  std::shared_ptr<Buffer> buffer_;
+  std::shared_ptr<const void> owner_;
+  void* data_ = nullptr;
+  int device_ = -1;
+  std::vector<int64_t> shape_;
+  DType dtype_;
 };
 
 // ---------------------------------------------------------------------------------------------
 // forward and backward.
 
-// A training forward's tape plus the arrays backward reads again, kept alive with it.
+// A training forward's tape plus the arrays backward reads again, kept alive with it. Held by
+// shared_ptr: the views of its buffers that arrays() hands out keep it alive too.
 class CudaTape {
  public:
   std::variant<std::unique_ptr<frc::DeviceTape<float>>, std::unique_ptr<frc::DeviceTape<double>>>
       tape;
   std::shared_ptr<Imported> x, w_ih, w_hh, b_ih, b_hh;
+  std::shared_ptr<Imported> h_states, c_states, gates;  // what a tape made from arrays views
   DType dtype;
   bool tf32;
 
@@ -391,7 +400,7 @@ py::tuple forward_typed(Inputs& in, bool reverse, bool training, bool tf32) {
   }
   py::object tape_obj = py::none();
   if (training) {
-    auto t = std::make_unique<CudaTape>();
+    auto t = std::make_shared<CudaTape>();
     t->tape = std::move(tape);
     t->x = in.x;
     t->w_ih = in.w_ih;
@@ -482,6 +491,72 @@ py::tuple backward(const py::object& tape_obj, const py::object& dy, const py::o
                     ct.tape);
 }
 
+// Views of a tape's buffers as DeviceArrays (the layout of rnn.h), each keeping the tape alive.
+py::tuple tape_arrays(const std::shared_ptr<CudaTape>& ct) {
+  const auto& d = ct->dims();
+  const int64_t width = fusedrnn::tape_gate_width(ct->cell());
+  return std::visit([&](const auto& tape) {
+    const auto view = [&](auto* data, std::vector<int64_t> shape) -> py::object {
+      if (!data) return py::none();
+      return py::cast(DeviceArray(ct, data, ct->device(), ct->dtype, std::move(shape)));
+    };
+    return py::make_tuple(view(tape->h_states(), {d.T + 1, d.B, d.H}),
+                          view(tape->c_states(), {d.T + 1, d.B, d.H}),
+                          view(tape->gates(), {d.T, d.B, width * d.H}));
+  }, ct->tape);
+}
+
+// A tape rebuilt from the arrays tape_arrays gave (or copies of them, e.g. a framework's tensors)
+// and the forward's inputs, for backward. It views the arrays: no copy.
+std::shared_ptr<CudaTape> tape_from_arrays(int cell, const py::object& x, const py::object& w_ih,
+                                           const py::object& w_hh, const py::object& b_ih,
+                                           const py::object& b_hh, const py::object& lengths,
+                                           bool reverse, const py::object& h_states,
+                                           const py::object& c_states, const py::object& gates,
+                                           bool tf32) {
+  Inputs in = check_inputs(cell, x, py::none(), py::none(), w_ih, w_hh, b_ih, b_hh, lengths);
+  const auto& d = in.dims;
+  const int64_t width = fusedrnn::tape_gate_width(in.cell);
+  auto t = std::make_shared<CudaTape>();
+  t->h_states = optional_import(h_states, "h_states", in.device, in.dtype, {d.T + 1, d.B, d.H});
+  if (!t->h_states) throw py::type_error("h_states: expected an array on a CUDA device, got None");
+  if (fusedrnn::has_cell_state(in.cell)) {
+    t->c_states = optional_import(c_states, "c_states", in.device, in.dtype, {d.T + 1, d.B, d.H});
+    if (!t->c_states)
+      throw py::type_error("c_states: expected an array on a CUDA device for LSTM, got None");
+  } else if (!c_states.is_none()) {
+    throw py::value_error("c_states: expected None for a cell without c state, got " +
+                          type_name(c_states));
+  }
+  if (width) {
+    t->gates = optional_import(gates, "gates", in.device, in.dtype, {d.T, d.B, width * d.H});
+    if (!t->gates) throw py::type_error("gates: expected an array on a CUDA device, got None");
+  } else if (!gates.is_none()) {
+    throw py::value_error("gates: expected None for an RNN cell, got " + type_name(gates));
+  }
+  const int64_t* host_lengths =
+      in.lengths ? static_cast<const int64_t*>(in.lengths->data()) : nullptr;
+  const auto make = [&](auto zero) {
+    using T = decltype(zero);
+    const auto ptr = [](const std::shared_ptr<Imported>& a) {
+      return a ? static_cast<T*>(const_cast<void*>(a->data())) : nullptr;
+    };
+    const fusedrnn::TapeBuffers<T> buffers{ptr(t->h_states), ptr(t->c_states), ptr(t->gates)};
+    frc::DeviceGuard guard(in.device);
+    return std::make_unique<frc::DeviceTape<T>>(in.cell, d, reverse, host_lengths, buffers);
+  };
+  if (in.dtype == DType::F32) t->tape = make(0.0f);
+  else t->tape = make(0.0);
+  t->x = in.x;
+  t->w_ih = in.w_ih;
+  t->w_hh = in.w_hh;
+  t->b_ih = in.b_ih;
+  t->b_hh = in.b_hh;
+  t->dtype = in.dtype;
+  t->tf32 = tf32;
+  return t;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
@@ -498,7 +573,8 @@ PYBIND11_MODULE(_cuda, m) {
            py::arg("max_version") = py::none(), py::arg("dl_device") = py::none(),
            py::arg("copy") = py::none());
 
-  py::class_<CudaTape>(m, "Tape", "What a training forward keeps for backward (opaque).")
+  py::class_<CudaTape, std::shared_ptr<CudaTape>>(
+      m, "Tape", "What a training forward keeps for backward (opaque but for arrays()).")
       .def_property_readonly("cell", [](const CudaTape& t) { return fusedrnn::cell_name(t.cell()); })
       .def_property_readonly("reverse", &CudaTape::reverse)
       .def_property_readonly("dtype", [](const CudaTape& t) { return dtype_name(t.dtype); })
@@ -507,7 +583,10 @@ PYBIND11_MODULE(_cuda, m) {
         const auto& d = t.dims();
         return py::make_tuple(d.T, d.B, d.I, d.H);
       }, "(T, B, I, H)")
-      .def_property_readonly("nbytes", &CudaTape::bytes, "device bytes the tape holds (see rnn.h)");
+      .def_property_readonly("nbytes", &CudaTape::bytes, "device bytes the tape holds (see rnn.h)")
+      .def("arrays", &tape_arrays,
+           "(h_states, c_states or None, gates or None): views of the tape's buffers, which keep "
+           "it alive");
 
   m.def("forward", &forward, py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"),
         py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"),
@@ -515,6 +594,10 @@ PYBIND11_MODULE(_cuda, m) {
         "One layer, one direction. Returns (y, h_n, c_n or None, tape or None) as DeviceArrays.");
   m.def("backward", &backward, py::arg("tape"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
         "Returns (dx, dh0, dc0 or None, dw_ih, dw_hh, db_ih or None, db_hh or None).");
+  m.def("tape_from_arrays", &tape_from_arrays, py::arg("cell"), py::arg("x"), py::arg("w_ih"),
+        py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"),
+        py::arg("h_states"), py::arg("c_states"), py::arg("gates"), py::arg("tf32"),
+        "A tape for backward that views the arrays Tape.arrays() gave and the forward's inputs.");
   m.def("set_poison_allocations", &frc::set_poison_allocations, py::arg("on"),
         "Tests: fill every new device allocation with NaN bytes (catches unwritten elements).");
   m.def("availability", []() {

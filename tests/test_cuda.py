@@ -197,7 +197,8 @@ def test_results_are_torch_tensors_on_the_inputs_device():
 def test_results_come_back_as_cupy_arrays():
     cupy = pytest.importorskip("cupy", reason="CuPy is not installed")
     host = layer_arrays(np.random.default_rng(0), "gru", np.float32, T, B, I, H)
-    y, h_n, _, _ = ops.forward("gru", **{k: cupy.asarray(a) for k, a in host.items()})
+    y, h_n, _, _ = ops.forward("gru", **{k: None if a is None else cupy.asarray(a)
+                                         for k, a in host.items()})
     assert isinstance(y, cupy.ndarray)
     want = ops.forward("gru", **host, backend="numpy")
     assert rel_err(cupy.asnumpy(y), want.y) < RTOL[np.float32]
@@ -217,6 +218,52 @@ def test_device_arrays_export_through_dlpack_without_a_copy():
     assert t1.data_ptr() == t2.data_ptr()  # both views of the one buffer
     want = ops.forward("rnn_tanh", **host, backend="numpy")
     assert rel_err(t1.cpu().numpy(), want.y) < RTOL[np.float64]
+
+
+# -- the tape as arrays (what fusedrnn.torch's custom ops carry through autograd) ----------------
+
+@needs_gpu
+@pytest.mark.parametrize("kcell", KERNEL_CELLS)
+def test_tape_round_trips_through_its_arrays(kcell):
+    """tape_arrays views the tape's buffers and keeps them alive after the tape is dropped;
+    tape_from_arrays over those views gives the original tape's gradients, bitwise."""
+    cell, reset_after = KERNEL_CELLS[kcell]
+    rng = np.random.default_rng(4)
+    host = layer_arrays(rng, kcell, np.float64, T, B, I, H)
+    a = {k: to_gpu(v) for k, v in host.items()}
+    grads = {k: to_gpu(g) for k, g in output_grads(rng, kcell, np.float64, "both").items()}
+    kw = dict(lengths=LENGTHS["mixed"], reverse=True, reset_after=reset_after)
+    tape = ops.forward(cell, **a, training=True, **kw).tape
+    views = ops.tape_arrays(tape)
+    want = ops.backward(tape, **grads)
+    assert [None if v is None else tuple(v.shape) for v in views] == list(
+        ops.tape_shapes(cell, T, B, H, reset_after))
+    assert all(v is None or isinstance(v, torch.Tensor) and v.is_cuda for v in views)
+    del tape  # the views keep its memory: the allocations below must not take it over
+    torch.cuda.synchronize()
+    rebuilt = ops.tape_from_arrays(cell, a["x"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"],
+                                   *views, **kw)
+    got = ops.backward(rebuilt, **grads)
+    for name, value in want._asdict().items():
+        assert (value is None) == (getattr(got, name) is None), name
+        if value is not None:
+            assert torch.equal(getattr(got, name), value), name
+
+
+@needs_gpu
+@pytest.mark.parametrize("which, change, exc, match", [
+    (0, lambda v: v[:-1], ValueError, r"h_states: expected shape \(8, 5, 8\), got \(7, 5, 8\)"),
+    (1, lambda v: v.cpu(), ValueError, r"c_states: expected an array on a CUDA device"),
+    (2, lambda v: None, TypeError, r"gates: expected an array on a CUDA device, got None"),
+    (2, lambda v: v.float(), TypeError, r"gates: expected dtype float64 \(that of x\)"),
+])
+def test_tape_from_device_arrays_checks_them(which, change, exc, match):
+    a = {k: to_gpu(v) for k, v in
+         layer_arrays(np.random.default_rng(0), "lstm", np.float64, T, B, I, H).items()}
+    views = list(ops.tape_arrays(ops.forward("lstm", **a, training=True).tape))
+    views[which] = change(views[which])
+    with pytest.raises(exc, match=match):
+        ops.tape_from_arrays("lstm", a["x"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], *views)
 
 
 # -- bad input on the device --------------------------------------------------------------------

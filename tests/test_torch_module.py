@@ -2,7 +2,6 @@
 states and every gradient), torch.autograd.gradcheck through fusedrnn's backward, PackedSequence,
 state dicts both ways, torch.compile and bad input."""
 
-import itertools
 
 import numpy as np
 import pytest
@@ -82,7 +81,8 @@ def run(module, x, hx, packed, call=None):
         y = pad_packed_sequence(y, batch_first=module.batch_first, total_length=T)[0]
     outputs = [y] + leaves(state)
     gen = torch.Generator().manual_seed(2)
-    loss = sum((o * torch.rand(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outputs)
+    loss = sum((o * torch.rand(o.shape, generator=gen, dtype=o.dtype).to(o.device)).sum()
+               for o in outputs)
     given = [x] if x.requires_grad else []
     wrt = given + ([] if hx is None else leaves(hx)) + list(module.parameters())
     grads = torch.autograd.grad(loss, wrt)
@@ -91,7 +91,7 @@ def run(module, x, hx, packed, call=None):
     names += [f"d{name}" for name, _ in module.named_parameters()]
     results = {f"out[{k}]": o for k, o in enumerate(outputs)}
     results.update(zip(names, grads))
-    return {k: v.detach() for k, v in results.items()}
+    return {k: v.detach().cpu() for k, v in results.items()}
 
 
 CONFIGS = [  # (num_layers, bidirectional, batch_first, bias, state, packed)
@@ -286,13 +286,25 @@ def test_meta_tensors_give_torch_nn_shapes():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device for torch")
-def test_cuda_tensors_run_on_the_cuda_backend_or_say_it_is_missing():
-    module, reference = pair("lstm", dtype=torch.float32, num_layers=2)
+@pytest.mark.parametrize("config", [CONFIGS[1], CONFIGS[3]], ids=["L1-bi-state", "L2-bi-packed"])
+@pytest.mark.parametrize("kind", MODULES)
+def test_cuda_tensors_run_on_the_cuda_backend_or_say_it_is_missing(kind, config):
+    """On CUDA tensors the modules run fusedrnn's CUDA backend, forward and backward (the tape
+    travels through autograd as views of the backend's tape), and equal torch.nn on cuDNN."""
+    layers, bidirectional, batch_first, bias, state, packed = config
+    module, reference = pair(kind, torch.float64, num_layers=layers, bidirectional=bidirectional,
+                             batch_first=batch_first, bias=bias)
     module, reference = module.cuda(), reference.cuda()
-    x = torch.rand(T, B, I, device="cuda")
+    x, hx = inputs(kind, module, torch.float64, state=state)
+    x = x.detach().cuda().requires_grad_()
+    if hx is not None:
+        hx = tuple(h.detach().cuda().requires_grad_() for h in leaves(hx))
+        hx = hx if kind == "lstm" else hx[0]
     if "cuda" not in fusedrnn.backends():
         with pytest.raises(RuntimeError, match="needs fusedrnn's CUDA backend"):
-            module(x)
+            module(x, hx)
         return
-    for a, b in itertools.zip_longest(leaves(module(x)[1]), leaves(reference(x)[1])):
-        assert rel_err(a.cpu().numpy(), b.cpu().numpy()) < 1e-5
+    ours, theirs = run(module, x, hx, packed), run(reference, x, hx, packed)
+    assert ours.keys() == theirs.keys()
+    for name in theirs:
+        assert rel_err(ours[name].numpy(), theirs[name].numpy()) < RTOL[torch.float64], name

@@ -37,11 +37,14 @@ def backend_for(device):
 
 
 def _array(t):
-    """A tensor as the array the ops take: a NumPy view on the CPU, the tensor (DLPack) else."""
+    """A tensor as the array the ops take: a NumPy view on the CPU, the tensor (DLPack) else.
+    The CUDA backend takes C-contiguous arrays only, and what reaches the ops need not be: a
+    batch_first input transposed, a bidirectional output's gradient (a slice of its
+    concatenation's), a gradient expanded from a sum."""
     if t is None:
         return None
     t = t.detach()
-    return t.numpy() if t.device.type == "cpu" else t
+    return t.numpy() if t.device.type == "cpu" else t.contiguous()
 
 
 def _tensor(a, like):

@@ -187,25 +187,38 @@ def tape_shapes(cell, T, B, H, reset_after=True):
 def tape_arrays(tape):
     """The arrays a compiled-kernel tape keeps, as views of it: ``(h_states, c_states, gates)``,
     h_states and c_states (T+1, B, H) (c_states None unless LSTM), gates (T, B, 4*H) (None for
-    RNN). For frameworks that must carry a forward's residuals as arrays of their own (torch.library
+    RNN); NumPy arrays for a CPU tape, the forward input's kind of device array for a CUDA one.
+    For frameworks that must carry a forward's residuals as arrays of their own (torch.library
     ops, jax.custom_vjp); :func:`tape_from_arrays` turns them, with the forward's inputs, back into
     a tape."""
     if not isinstance(tape, Tape):
         raise TypeError(f"tape: expected a fusedrnn.ops.Tape, got {type_name(tape)}")
-    if tape.backend != "cpu":
-        raise ValueError(f"tape: expected a tape of the compiled kernels (backend 'cpu'), got "
-                         f"one of backend {tape.backend!r}, whose tape is not arrays")
-    return tape._impl.arrays()
+    if tape.backend == "numpy":
+        raise ValueError("tape: expected a tape of the compiled kernels (backend 'cpu' or "
+                         "'cuda'), got one of backend 'numpy', whose tape is not arrays")
+    arrays = tape._impl.arrays()
+    return arrays if tape.backend == "cpu" else tuple(
+        None if a is None else tape._wrap(a) for a in arrays)
 
 
 def tape_from_arrays(cell, x, w_ih, w_hh, b_ih, b_hh, h_states, c_states, gates, *, lengths=None,
-                     reverse=False, reset_after=True):
+                     reverse=False, reset_after=True, tf32=False):
     """A tape for :func:`backward` made of a forward's inputs (as given to :func:`forward`, h0
     and c0 aside) and the arrays :func:`tape_arrays` gave, or copies of them. It views the arrays
-    without copying them; they must stay unchanged until backward."""
+    without copying them; they must stay unchanged until backward. With x on a CUDA device every
+    array must be there (the tape is the CUDA backend's; tf32 as in :func:`forward`)."""
     kcell = kernel_cell(cell, reset_after)
+    reverse, tf32 = flag(reverse, "reverse"), flag(tf32, "tf32")
+    if _device.cuda_device(x) is not None:
+        _backend.resolve("cuda")
+        impl = _backend.cuda_module().tape_from_arrays(
+            _KERNEL_CELLS.index(kcell), x, w_ih, w_hh, b_ih, b_hh, _cuda_lengths(x, lengths),
+            reverse, h_states, c_states, gates, tf32)
+        return Tape("cuda", cell, impl.shape, np.dtype(impl.dtype), impl, _device.importer(x))
     _backend.resolve("cpu")  # the NumPy reference's tape is not made of arrays
-    reverse = flag(reverse, "reverse")
+    if tf32:
+        raise ValueError("tf32: expected False for a tape on the CPU (TF32 is a cuda-backend "
+                         "option), got True")
     x = float_array(x, "x", ndim=3)
     names = ("w_ih", "w_hh", "b_ih", "b_hh", "h_states", "c_states", "gates")
     arrays = [None if a is None else float_array(a, name, x.dtype, source="x's")
@@ -218,10 +231,21 @@ def tape_from_arrays(cell, x, w_ih, w_hh, b_ih, b_hh, h_states, c_states, gates,
     return Tape("cpu", cell, (T, B, I, w_hh.shape[1]), x.dtype, impl)
 
 
+def _cuda_lengths(x, lengths):
+    """lengths for the CUDA backend, which takes them as a host array: checked here against
+    x's (T, B); the C++ glue checks the device arrays (device, dtype, shape, contiguity) and names
+    the argument."""
+    if lengths is None:
+        return None
+    shape = tuple(x.shape)
+    if len(shape) != 3:
+        raise ValueError(f"x: expected a 3-d array (T, B, I), got shape {shape}")
+    return lengths_array(lengths, int(shape[1]), int(shape[0]))
+
+
 def _forward_cuda(kcell, cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, training,
                   backend, tf32):
-    """ops.forward on the CUDA backend. The C++ glue checks the device arrays (device, dtype,
-    shape, contiguity) and names the argument; only lengths, a host array, is checked here."""
+    """ops.forward on the CUDA backend."""
     device = _device.cuda_device(x)
     if backend not in ("auto", "cuda"):
         raise ValueError(f"backend: x is on CUDA device {device}, expected 'auto' or 'cuda', "
@@ -230,14 +254,9 @@ def _forward_cuda(kcell, cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, rever
     if device is None:
         raise TypeError(f"x: backend 'cuda' expects an array on a CUDA device (a torch.Tensor or "
                         f"cupy.ndarray there, say), got {type_name(x)}")
-    if lengths is not None:
-        shape = tuple(x.shape)
-        if len(shape) != 3:
-            raise ValueError(f"x: expected a 3-d array (T, B, I), got shape {shape}")
-        lengths = lengths_array(lengths, int(shape[1]), int(shape[0]))
     y, h_n, c_n, impl = _backend.cuda_module().forward(
-        _KERNEL_CELLS.index(kcell), x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, training,
-        tf32)
+        _KERNEL_CELLS.index(kcell), x, h0, c0, w_ih, w_hh, b_ih, b_hh, _cuda_lengths(x, lengths),
+        reverse, training, tf32)
     wrap = _device.importer(x)
     tape = Tape("cuda", cell, impl.shape, np.dtype(impl.dtype), impl, wrap) if training else None
     return ForwardResult(wrap(y), wrap(h_n), None if c_n is None else wrap(c_n), tape)

@@ -58,12 +58,17 @@ class DeviceGuard {
   int previous_;
 };
 
-// Tape<T> of rnn.h in device memory: same buffers, same layout, same slot convention.
+// Tape<T> of rnn.h in device memory: same buffers, same layout, same slot convention. Like
+// Tape<T>, it owns its buffers or views buffers its caller owns.
 template <typename T>
 class DeviceTape {
  public:
   // lengths: [B] in host memory, or nullptr. Checked and copied to the device.
   DeviceTape(Cell cell, const Dims& dims, bool reverse, const int64_t* lengths);
+  // Views `buffers`, in this device's memory, which must outlive the tape; throws
+  // std::invalid_argument when a buffer the cell needs is null or one it does not use is given.
+  DeviceTape(Cell cell, const Dims& dims, bool reverse, const int64_t* lengths,
+             const TapeBuffers<T>& buffers);
 
   Cell cell() const { return cell_; }
   const Dims& dims() const { return dims_; }
@@ -72,19 +77,21 @@ class DeviceTape {
   const int64_t* lengths() const { return lengths_.as<const int64_t>(); }  // device, or nullptr
   std::size_t bytes() const;
 
-  T* h_states() { return h_states_.as<T>(); }
-  T* c_states() { return c_states_.as<T>(); }
-  T* gates() { return gates_.as<T>(); }
-  const T* h_states() const { return h_states_.as<const T>(); }
-  const T* c_states() const { return c_states_.as<const T>(); }
-  const T* gates() const { return gates_.as<const T>(); }
+  T* h_states() { return buffers_.h_states; }
+  T* c_states() { return buffers_.c_states; }
+  T* gates() { return buffers_.gates; }
+  const T* h_states() const { return buffers_.h_states; }
+  const T* c_states() const { return buffers_.c_states; }
+  const T* gates() const { return buffers_.gates; }
 
  private:
   Cell cell_;
   Dims dims_;
   bool reverse_;
   int device_;
-  DeviceMemory lengths_, h_states_, c_states_, gates_;
+  DeviceMemory lengths_;
+  DeviceMemory owned_;  // the buffers, when the tape allocated them
+  TapeBuffers<T> buffers_;
 };
 
 // fusedrnn::ForwardArgs with device pointers and a DeviceTape.
