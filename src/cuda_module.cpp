@@ -54,8 +54,10 @@ std::string dl_dtype_name(const dl::DLDataType& t) {
 // ---------------------------------------------------------------------------------------------
 // Arrays borrowed from another library.
 
-// One array taken over through DLPack; the producer's deleter runs when this is destroyed (with
-// the GIL held: some producers' deleters need it).
+// One array taken over through DLPack; the producer's deleter runs when this is destroyed. That
+// is with the GIL held (a tape dropped by Python) or without (a tape's last view freed by its
+// consumer on a thread of its own, torch's autograd workers say): a deleter that needs the GIL
+// takes it (NumPy's does), as DLPack asks of producers.
 class Imported {
  public:
   Imported(dl::DLManagedTensor* legacy, dl::DLManagedTensorVersioned* versioned)
@@ -181,8 +183,8 @@ const T* cptr(const std::shared_ptr<Imported>& a) {
 // Arrays this module hands out.
 
 // What an exported DLManagedTensor points back to: keeps the memory's owner alive until the
-// consumer calls the deleter, which may happen on any thread and without the GIL (nothing here
-// needs it).
+// consumer calls the deleter, which may happen on any thread and without the GIL (a tape that
+// goes with its last view releases its Imported arrays then: see Imported).
 struct ExportContext {
   std::shared_ptr<const void> owner;
   std::vector<int64_t> shape;
@@ -286,10 +288,11 @@ class DeviceArray {
 // shared_ptr: the views of its buffers that arrays() hands out keep it alive too.
 class CudaTape {
  public:
+  // Declared before the tape, so that a tape made from arrays goes before what it views.
+  std::shared_ptr<Imported> h_states, c_states, gates;  // what a tape made from arrays views
+  std::shared_ptr<Imported> x, w_ih, w_hh, b_ih, b_hh;
   std::variant<std::unique_ptr<frc::DeviceTape<float>>, std::unique_ptr<frc::DeviceTape<double>>>
       tape;
-  std::shared_ptr<Imported> x, w_ih, w_hh, b_ih, b_hh;
-  std::shared_ptr<Imported> h_states, c_states, gates;  // what a tape made from arrays views
   DType dtype;
   bool tf32;
 
@@ -367,6 +370,19 @@ Inputs check_inputs(int cell_id, const py::object& x_obj, const py::object& h0,
   return in;
 }
 
+// A CudaTape holding what backward reads again of a forward's inputs; the caller sets its tape.
+std::shared_ptr<CudaTape> tape_keeping(const Inputs& in, bool tf32) {
+  auto t = std::make_shared<CudaTape>();
+  t->x = in.x;
+  t->w_ih = in.w_ih;
+  t->w_hh = in.w_hh;
+  t->b_ih = in.b_ih;
+  t->b_hh = in.b_hh;
+  t->dtype = in.dtype;
+  t->tf32 = tf32;
+  return t;
+}
+
 template <typename T>
 py::tuple forward_typed(Inputs& in, bool reverse, bool training, bool tf32) {
   const auto& d = in.dims;
@@ -400,15 +416,8 @@ py::tuple forward_typed(Inputs& in, bool reverse, bool training, bool tf32) {
   }
   py::object tape_obj = py::none();
   if (training) {
-    auto t = std::make_shared<CudaTape>();
+    auto t = tape_keeping(in, tf32);
     t->tape = std::move(tape);
-    t->x = in.x;
-    t->w_ih = in.w_ih;
-    t->w_hh = in.w_hh;
-    t->b_ih = in.b_ih;
-    t->b_hh = in.b_hh;
-    t->dtype = in.dtype;
-    t->tf32 = tf32;
     tape_obj = py::cast(std::move(t));
   }
   const py::object c = c_n ? py::cast(std::move(*c_n)) : py::object(py::none());
@@ -517,7 +526,7 @@ std::shared_ptr<CudaTape> tape_from_arrays(int cell, const py::object& x, const 
   Inputs in = check_inputs(cell, x, py::none(), py::none(), w_ih, w_hh, b_ih, b_hh, lengths);
   const auto& d = in.dims;
   const int64_t width = fusedrnn::tape_gate_width(in.cell);
-  auto t = std::make_shared<CudaTape>();
+  auto t = tape_keeping(in, tf32);
   t->h_states = optional_import(h_states, "h_states", in.device, in.dtype, {d.T + 1, d.B, d.H});
   if (!t->h_states) throw py::type_error("h_states: expected an array on a CUDA device, got None");
   if (fusedrnn::has_cell_state(in.cell)) {
@@ -542,18 +551,12 @@ std::shared_ptr<CudaTape> tape_from_arrays(int cell, const py::object& x, const 
       return a ? static_cast<T*>(const_cast<void*>(a->data())) : nullptr;
     };
     const fusedrnn::TapeBuffers<T> buffers{ptr(t->h_states), ptr(t->c_states), ptr(t->gates)};
+    py::gil_scoped_release release;  // the lengths' copy waits for the device
     frc::DeviceGuard guard(in.device);
     return std::make_unique<frc::DeviceTape<T>>(in.cell, d, reverse, host_lengths, buffers);
   };
   if (in.dtype == DType::F32) t->tape = make(0.0f);
   else t->tape = make(0.0);
-  t->x = in.x;
-  t->w_ih = in.w_ih;
-  t->w_hh = in.w_hh;
-  t->b_ih = in.b_ih;
-  t->b_hh = in.b_hh;
-  t->dtype = in.dtype;
-  t->tf32 = tf32;
   return t;
 }
 

@@ -286,7 +286,8 @@ def test_meta_tensors_give_torch_nn_shapes():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device for torch")
-@pytest.mark.parametrize("config", [CONFIGS[1], CONFIGS[3]], ids=["L1-bi-state", "L2-bi-packed"])
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "L{}-bi{:d}-bf{:d}-bias{:d}-"
+                         "state{:d}-packed{:d}".format(*c))
 @pytest.mark.parametrize("kind", MODULES)
 def test_cuda_tensors_run_on_the_cuda_backend_or_say_it_is_missing(kind, config):
     """On CUDA tensors the modules run fusedrnn's CUDA backend, forward and backward (the tape
