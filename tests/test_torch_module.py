@@ -152,6 +152,21 @@ def test_inference_without_grad_equals_torch_nn(kind):
         assert rel_err(a.numpy(), b.numpy()) < 1e-5
 
 
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_backward_makes_no_zeros_for_the_tape(bidirectional):
+    """The tape's outputs never get a gradient. Autograd's default made zeros of their shapes at
+    every backward, a second tape's worth of memory (the backward now takes None for them)."""
+    module = frt.LSTM(I, H, dtype=torch.float64, bidirectional=bidirectional)
+    x = torch.rand(T, B, I, dtype=torch.float64, requires_grad=True)
+    tape_bytes = 8 * (2 * (T + 1) * B * H + 4 * T * B * H) * (2 if bidirectional else 1)
+    with torch.profiler.profile(profile_memory=True) as prof:
+        y, _ = module(x)
+        y.sum().backward()
+    zeros = sum(e.cpu_memory_usage for e in prof.key_averages()
+                if e.key in ("aten::zeros", "aten::new_zeros", "aten::zeros_like"))
+    assert zeros < tape_bytes / 4, (zeros, tape_bytes)
+
+
 @pytest.mark.parametrize("kind", MODULES)
 def test_gradcheck(kind):
     """torch.autograd.gradcheck of every input and parameter (float64, finite differences)
