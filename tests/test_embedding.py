@@ -84,6 +84,15 @@ def test_tape_from_bad_arrays_names_the_array(cell, change, error, match):
         ops.tape_from_arrays(cell, x, w_ih, w_hh, b_ih, b_hh, **arrays)
 
 
+@needs_kernels
+def test_tape_from_host_arrays_refuses_tf32():
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = forward_args("lstm")
+    res = ops.forward("lstm", x, w_ih, w_hh, b_ih, b_hh, h0, c0, training=True)
+    with pytest.raises(ValueError, match="tf32: expected False for a tape on the CPU"):
+        ops.tape_from_arrays("lstm", x, w_ih, w_hh, b_ih, b_hh, *ops.tape_arrays(res.tape),
+                             tf32=True)
+
+
 def test_tape_arrays_refuses_the_numpy_backend_tape():
     x, w_ih, w_hh, b_ih, b_hh, h0, c0 = forward_args("gru")
     tape = ops.forward("gru", x, w_ih, w_hh, b_ih, b_hh, h0, training=True, backend="numpy").tape
