@@ -13,7 +13,7 @@ import math
 import pathlib
 import sys
 
-from fusedrnn.bench import Case
+from fusedrnn.bench import FLOOR_TARGET, Case, summarize
 
 
 def label(case):
@@ -38,7 +38,9 @@ def sweep_dtype(report):
 
 
 def table(report, command):
-    m, s = report["machine"], report["summary"]
+    m, s = report["machine"], dict(report["summary"])
+    if "cases_heavy" not in s and all("x_roof_now" in r for r in report["results"]):
+        s.update(summarize(report["results"]))  # a sweep from before the tool counted them
     build = m.get("build", {})
     memory = any(r.get("peak_mb") for r in report["results"])  # measured with --memory
     now = any("x_floor_now" in r for r in report["results"])  # ceiling measured beside cases
@@ -77,9 +79,9 @@ def table(report, command):
     if "ratio_min" in s:
         lines.append(f"**Minimum ratio {s['ratio_min']:.3f}x, geometric mean "
                      f"{s['ratio_geomean']:.2f}x over {s['cases_compared']} cases.**"
-                     + (f" Slower than torch in {s['cases_slower']}, "
-                        f"{s['cases_slower_beyond_interval']} of them with all of their ratio CI "
-                        "below 1." if "cases_slower" in s else ""))
+                     + (f" Slower than torch in {s['cases_slower']}"
+                        + (f", {s['cases_slower_beyond_interval']} of them with all of their "
+                           "ratio CI below 1." if ci else ".") if "cases_slower" in s else ""))
     if "worst_x_floor" in s:
         lines.append(f"Farthest from the floor among cases with a floor of at least 5 ms: "
                      f"{s['worst_x_floor']:.2f}x ({s['worst_x_floor_case']})"
@@ -88,6 +90,12 @@ def table(report, command):
                         if "worst_x_floor_now" in s else ".")
                      + (f" From the roofline beside each case: {s['worst_x_roof_now']:.2f}x "
                         f"({s['worst_x_roof_now_case']})." if "worst_x_roof_now" in s else ""))
+    if "cases_heavy" in s:
+        lines.append(f"Over {FLOOR_TARGET}x of the floor at the ceiling beside each: "
+                     f"{s['cases_over_floor_target']} of the {s['cases_heavy']} cases with a "
+                     f"floor of at least 5 ms; in {s['cases_over_floor_target_read_bound']} of "
+                     f"them the roofline itself lies over {FLOOR_TARGET}x of the floor, their "
+                     "steps reading W_hh at GB/s now.")
     if "memory_ratio_max" in s:
         lines.append(f"Training peak memory fusedrnn/torch: at most {s['memory_ratio_max']:.2f}.")
     lines += ["", "| case | fusedrnn ms | torch ms | ratio |" + (" ratio CI |" if ci else "")

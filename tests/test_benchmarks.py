@@ -86,6 +86,28 @@ def test_roofline_is_the_floor_until_reading_w_hh_takes_longer_than_its_product(
         assert (roof > floor * (1 + 1e-9)) == (B < 8)
 
 
+def test_summary_counts_the_cases_over_the_floor_target_and_those_held_there_by_their_roof():
+    """Of the cases with a floor of at least 5 ms, those over 1.3x of it at the ceiling beside
+    them, and of those the ones whose roofline (x_floor_now / x_roof_now of the floor) is itself
+    over 1.3x: no kernel brings those within the target at the bandwidth measured."""
+    from fusedrnn import bench
+
+    def result(floor_ms, x_floor_now, x_roof_now, H):
+        case = bench.Case(cell="lstm", T=20, B=1, I=H, H=H)
+        return dict(case=vars(case), floor_ms=floor_ms, x_floor=x_floor_now,
+                    x_floor_now=x_floor_now, x_roof_now=x_roof_now)
+
+    summary = bench.summarize([
+        result(10.0, 1.2, 1.1, 8),    # within the target
+        result(10.0, 1.6, 1.5, 16),   # over it, its roofline 1.07x of the floor
+        result(10.0, 2.0, 1.2, 32),   # over it, its roofline 1.67x of the floor
+        result(2.0, 3.0, 1.0, 64),    # a floor under 5 ms: not counted
+    ])
+    assert (summary["cases_heavy"], summary["cases_over_floor_target"],
+            summary["cases_over_floor_target_read_bound"]) == (3, 2, 1)
+    assert summary["worst_x_floor_now"] == 2.0 and "H=32" in summary["worst_x_floor_now_case"]
+
+
 def test_paired_ratio_is_the_rounds_median_and_its_interval_holds_it_as_often_as_it_says():
     """The rounds' own ratios: their median, and the 2nd smallest to the 2nd largest of 7
     (87.5%), the extremes of 3 (75%); drawn from a known distribution, the interval holds the

@@ -461,11 +461,18 @@ def _row(r, label, cols):
                     for name, w in cols)
 
 
+# The CPU sweep's target: where a case's floor is at least HEAVY_FLOOR_MS, within FLOOR_TARGET of
+# it (at about 75% of the ceiling).
+HEAVY_FLOOR_MS, FLOOR_TARGET = 5.0, 1.3
+
+
 def summarize(results):
     """Minimum and geometric-mean torch/fusedrnn ratios, and the worst distance from the GEMM
     floor among cases whose floor is at least 5 ms (where the floor is a fair yardstick), at
     the ceiling measured at start and at the one measured beside each case, and from the
-    roofline beside each case."""
+    roofline beside each case; how many of those cases run over FLOOR_TARGET of the floor
+    beside them, and in how many of those the roofline itself is (a batch of one's steps, each
+    reading all of W_hh)."""
     out = {}
     ratios = [r["ratio_torch_over_fusedrnn"] for r in results if "ratio_torch_over_fusedrnn" in r]
     if ratios:
@@ -474,12 +481,18 @@ def summarize(results):
                    cases_slower=sum(ratio < 1 for ratio in ratios),
                    cases_slower_beyond_interval=sum(
                        r["ratio_interval"][1] < 1 for r in results if "ratio_interval" in r))
-    heavy = [r for r in results if r.get("floor_ms", 0) >= 5]
+    heavy = [r for r in results if r.get("floor_ms", 0) >= HEAVY_FLOOR_MS]
     if heavy:
         for key in ("x_floor", "x_floor_now", "x_roof_now"):
             worst = max(heavy, key=lambda r: r[key])
             out.update({"worst_" + key: worst[key],
                         f"worst_{key}_case": Case(**worst["case"]).label})
+        # x_floor_now / x_roof_now is the roofline's own distance from the floor: where it is
+        # over the target, no kernel reaches the target at the bandwidth measured beside it.
+        over = [r for r in heavy if r["x_floor_now"] > FLOOR_TARGET]
+        out.update(cases_heavy=len(heavy), cases_over_floor_target=len(over),
+                   cases_over_floor_target_read_bound=sum(
+                       r["x_floor_now"] / r["x_roof_now"] > FLOOR_TARGET for r in over))
     memory = [r["peak_mb"] for r in results
               if r.get("peak_mb", {}).get("fusedrnn") and r["peak_mb"].get("torch")]
     if memory:
@@ -538,6 +551,10 @@ def run_cases(cases, runs=7, with_numpy=False, memory=False, progress=None, out=
               f"from the roofline beside it (W_hh read at GB/s now): "
               f"{summary['worst_x_roof_now']:.2f}x ({summary['worst_x_roof_now_case']})",
               file=out)
+        print(f"over {FLOOR_TARGET}x of the floor at the ceiling beside each: "
+              f"{summary['cases_over_floor_target']} of {summary['cases_heavy']}; in "
+              f"{summary['cases_over_floor_target_read_bound']} of them the roofline itself is "
+              f"over {FLOOR_TARGET}x (its steps read W_hh at GB/s now)", file=out)
     if "memory_ratio_max" in summary:
         print(f"training peak memory fusedrnn/torch: at most {summary['memory_ratio_max']:.2f}",
               file=out)
