@@ -488,7 +488,8 @@ def summarize(results):
             out.update({"worst_" + key: worst[key],
                         f"worst_{key}_case": Case(**worst["case"]).label})
         # x_floor_now / x_roof_now is the roofline's own distance from the floor: where it is
-        # over the target, no kernel reaches the target at the bandwidth measured beside it.
+        # over the target, no schedule that reads W_hh at each step apart from the other
+        # products reaches the target at the bandwidth measured beside it.
         over = [r for r in heavy if r["x_floor_now"] > FLOOR_TARGET]
         out.update(cases_heavy=len(heavy), cases_over_floor_target=len(over),
                    cases_over_floor_target_read_bound=sum(
