@@ -89,7 +89,8 @@ def test_roofline_is_the_floor_until_reading_w_hh_takes_longer_than_its_product(
 def test_summary_counts_the_cases_over_the_floor_target_and_those_held_there_by_their_roof():
     """Of the cases with a floor of at least 5 ms, those over 1.3x of it at the ceiling beside
     them, and of those the ones whose roofline (x_floor_now / x_roof_now of the floor) is itself
-    over 1.3x: no kernel brings those within the target at the bandwidth measured."""
+    over 1.3x: no schedule that reads W_hh at each step apart from the other products brings
+    those within the target at the bandwidth measured."""
     from fusedrnn import bench
 
     def result(floor_ms, x_floor_now, x_roof_now, H):
