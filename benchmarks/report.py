@@ -13,7 +13,7 @@ import math
 import pathlib
 import sys
 
-from fusedrnn.bench import FLOOR_TARGET, Case, summarize
+from fusedrnn.bench import FLOOR_TARGET, HEAVY_FLOOR_MS, Case, summarize
 
 
 def label(case):
@@ -83,7 +83,8 @@ def table(report, command):
                         + (f", {s['cases_slower_beyond_interval']} of them with all of their "
                            "ratio CI below 1." if ci else ".") if "cases_slower" in s else ""))
     if "worst_x_floor" in s:
-        lines.append(f"Farthest from the floor among cases with a floor of at least 5 ms: "
+        lines.append(f"Farthest from the floor among cases with a floor of at least "
+                     f"{HEAVY_FLOOR_MS:g} ms: "
                      f"{s['worst_x_floor']:.2f}x ({s['worst_x_floor_case']})"
                      + (f"; at the ceiling measured beside each case, "
                         f"{s['worst_x_floor_now']:.2f}x ({s['worst_x_floor_now_case']})."
@@ -93,7 +94,8 @@ def table(report, command):
     if "cases_heavy" in s:
         lines.append(f"Over {FLOOR_TARGET}x of the floor at the ceiling beside each: "
                      f"{s['cases_over_floor_target']} of the {s['cases_heavy']} cases with a "
-                     f"floor of at least 5 ms; in {s['cases_over_floor_target_read_bound']} of "
+                     f"floor of at least {HEAVY_FLOOR_MS:g} ms; in "
+                     f"{s['cases_over_floor_target_read_bound']} of "
                      f"them the roofline itself lies over {FLOOR_TARGET}x of the floor, their "
                      "steps reading W_hh at GB/s now.")
     if "memory_ratio_max" in s:

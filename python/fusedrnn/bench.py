@@ -468,11 +468,11 @@ HEAVY_FLOOR_MS, FLOOR_TARGET = 5.0, 1.3
 
 def summarize(results):
     """Minimum and geometric-mean torch/fusedrnn ratios, and the worst distance from the GEMM
-    floor among cases whose floor is at least 5 ms (where the floor is a fair yardstick), at
-    the ceiling measured at start and at the one measured beside each case, and from the
-    roofline beside each case; how many of those cases run over FLOOR_TARGET of the floor
-    beside them, and in how many of those the roofline itself is (a batch of one's steps, each
-    reading all of W_hh)."""
+    floor among cases whose floor is at least HEAVY_FLOOR_MS (where the floor is a fair
+    yardstick), at the ceiling measured at start and at the one measured beside each case, and
+    from the roofline beside each case; how many of those cases run over FLOOR_TARGET of the
+    floor beside them, and in how many of those the roofline itself is (a batch of one's steps,
+    each reading all of W_hh)."""
     out = {}
     ratios = [r["ratio_torch_over_fusedrnn"] for r in results if "ratio_torch_over_fusedrnn" in r]
     if ratios:
@@ -546,7 +546,8 @@ def run_cases(cases, runs=7, with_numpy=False, memory=False, progress=None, out=
         print("torch is not installed: fusedrnn timings only (pip install torch to compare)",
               file=out)
     if "worst_x_floor" in summary:
-        print(f"farthest from the GEMM floor (floor >= 5 ms): {summary['worst_x_floor']:.2f}x "
+        print(f"farthest from the GEMM floor (floor >= {HEAVY_FLOOR_MS:g} ms): "
+              f"{summary['worst_x_floor']:.2f}x "
               f"({summary['worst_x_floor_case']}); at the ceiling measured beside each case: "
               f"{summary['worst_x_floor_now']:.2f}x ({summary['worst_x_floor_now_case']}); "
               f"from the roofline beside it (W_hh read at GB/s now): "
