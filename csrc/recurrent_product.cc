@@ -630,6 +630,89 @@ void rows_dots(const T* a, int64_t lda, int64_t rows, const T* w, int64_t ldw, i
   detail::fail("rows_dots: expected a CPU with AVX-512 (packed_kernel_beats_blas)");
 }
 
+// rows_axpys's k block, and the rows of A it takes at once (20 accumulators of 4 registers).
+constexpr int64_t kAxpysBlockK = 128;
+constexpr int kAxpysRows = 5;
+
+#if FR_AVX2_KERNEL
+// c[r·ldc + u] for r < Rows and the rows_axpys_units<T>() units from u = 0: the sums over k in
+// [k0, k1) added to those of the k before (from zero where k0 = 0). With `ahead`, the lines of
+// W's rows `ahead` k on are asked for into L2, up to row k_count - 1.
+template <typename T, int Rows>
+FR_AVX512_INLINE void axpys_rows_avx512(const T* a, int64_t lda, const T* w, int64_t ldw,
+                                        int64_t k0, int64_t k1, int64_t k_count, int64_t ahead,
+                                        T* c, int64_t ldc) {
+  using S = Avx512<T>;
+  constexpr int kRegisters = 4;
+  constexpr int64_t kLanes64 = 64 / int64_t{sizeof(T)};
+  typename S::Vector acc[Rows][kRegisters];
+#pragma GCC unroll 5
+  for (int r = 0; r < Rows; ++r)
+#pragma GCC unroll 4
+    for (int z = 0; z < kRegisters; ++z)
+      acc[r][z] = k0 == 0 ? S::zero() : S::load(c + r * ldc + z * kLanes64);
+  for (int64_t k = k0; k < k1; ++k) {
+    const T* row = w + k * ldw;
+    if (ahead) {
+      const T* next = w + std::min(k + ahead, k_count - 1) * ldw;
+#pragma GCC unroll 4
+      for (int z = 0; z < kRegisters; ++z)
+        _mm_prefetch(reinterpret_cast<const char*>(next + z * kLanes64), _MM_HINT_T1);
+    }
+    typename S::Vector wv[kRegisters];
+#pragma GCC unroll 4
+    for (int z = 0; z < kRegisters; ++z) wv[z] = S::load(row + z * kLanes64);
+#pragma GCC unroll 5
+    for (int r = 0; r < Rows; ++r) {
+      const typename S::Vector ar = S::set1(a[r * lda + k]);
+#pragma GCC unroll 4
+      for (int z = 0; z < kRegisters; ++z) acc[r][z] = S::fmadd(ar, wv[z], acc[r][z]);
+    }
+  }
+#pragma GCC unroll 5
+  for (int r = 0; r < Rows; ++r)
+#pragma GCC unroll 4
+    for (int z = 0; z < kRegisters; ++z) S::store(c + r * ldc + z * kLanes64, acc[r][z]);
+}
+
+// k in blocks, within each every block of units and then every kAxpysRows rows of A, so that a
+// block of W's rows (128 rows of the thread's units) is read from beyond L2 once and from L2 for
+// the other rows of A; the first rows of A ask for the next block's lines.
+template <typename T>
+__attribute__((target("avx512f"))) void rows_axpys_avx512(const T* a, int64_t lda, int64_t rows,
+                                                          const T* w, int64_t ldw, int64_t k,
+                                                          int64_t n, T* c, int64_t ldc) {
+  for (int64_t k0 = 0; k0 < k; k0 += kAxpysBlockK) {
+    const int64_t k1 = std::min(k, k0 + kAxpysBlockK);
+    for (int64_t u = 0; u < n; u += rows_axpys_units<T>())
+      for (int64_t r0 = 0; r0 < rows; r0 += kAxpysRows) {
+        const T* ar = a + r0 * lda;
+        T* cr = c + r0 * ldc + u;
+        const int64_t ahead = r0 == 0 && k1 < k ? kAxpysBlockK : 0;
+        switch (std::min<int64_t>(kAxpysRows, rows - r0)) {
+          case 1: axpys_rows_avx512<T, 1>(ar, lda, w + u, ldw, k0, k1, k, ahead, cr, ldc); break;
+          case 2: axpys_rows_avx512<T, 2>(ar, lda, w + u, ldw, k0, k1, k, ahead, cr, ldc); break;
+          case 3: axpys_rows_avx512<T, 3>(ar, lda, w + u, ldw, k0, k1, k, ahead, cr, ldc); break;
+          case 4: axpys_rows_avx512<T, 4>(ar, lda, w + u, ldw, k0, k1, k, ahead, cr, ldc); break;
+          default: axpys_rows_avx512<T, 5>(ar, lda, w + u, ldw, k0, k1, k, ahead, cr, ldc);
+        }
+      }
+  }
+}
+#endif
+
+template <typename T>
+void rows_axpys(const T* a, int64_t lda, int64_t rows, const T* w, int64_t ldw, int64_t k,
+                int64_t n, T* c, int64_t ldc) {
+  if (n % rows_axpys_units<T>() != 0)
+    detail::fail("rows_axpys: expected units in multiples of " +
+                 std::to_string(rows_axpys_units<T>()) + ", got " + std::to_string(n));
+#if FR_AVX2_KERNEL
+  if (cpu_isa() == Isa::avx512) return rows_axpys_avx512(a, lda, rows, w, ldw, k, n, c, ldc);
+#endif
+  detail::fail("rows_axpys: expected a CPU with AVX-512 (packed_kernel_beats_blas)");
+}
+
 template <typename T>
 void row_axpys(const T* a, const T* w, int64_t ldw, int64_t k, int64_t n, T* c,
                bool accumulate) {
@@ -964,6 +1047,8 @@ void packed_multiply(const ProductShape& shape, const Panels<T>& panels, int64_t
   template void rows_dots<T>(const T*, int64_t, int64_t, const T*, int64_t, int64_t, int64_t, T*, \
                              int64_t, bool);                                                   \
   template void row_axpys<T>(const T*, const T*, int64_t, int64_t, int64_t, T*, bool);        \
+  template void rows_axpys<T>(const T*, int64_t, int64_t, const T*, int64_t, int64_t, int64_t,  \
+                              T*, int64_t);                                                    \
   template void packed_multiply<T>(const ProductShape&, const Panels<T>&, int64_t, int64_t,    \
                                    const T*, int64_t, int64_t, T*, int64_t, bool, bool,        \
                                    const RightA<T>&);

@@ -77,10 +77,24 @@ void rows_dots(const T* a, int64_t lda, int64_t rows, const T* w, int64_t ldw, i
 // and 1024 (calls of 16 steps and more now pack instead: packs_one_row). Several rows
 // of A at once this way (their sums in L1, four rows of A against four of W), with the same
 // bits, ran a batch of one's dx over 20 steps (a 16 MB W_ih) in 4.2 ms, 40 GFLOP/s, where
-// packing W_ih and multiplying took 2.2-3.3: the sums' loads and stores bound it, and dx
-// stays packed.
+// packing W_ih and multiplying took 2.2-3.3: the sums' loads and stores bound it. rows_axpys
+// keeps its sums in registers.
 template <typename T>
 void row_axpys(const T* a, const T* w, int64_t ldw, int64_t k, int64_t n, T* c, bool accumulate);
+// c[r·ldc + u] = Σ_k a[r·lda + k]·w[k·ldw + u] for r < rows, u < n: a few rows of A against W
+// (M = W, not transposed) read where it lies, for a backward's dx = dG·W_ih over a few steps
+// (chunk_product.h), where packed_kernel_beats_blas(); n a multiple of rows_axpys_units<T>().
+// Each sum is taken in k order by fused multiply-adds from zero, so the bits are the packed
+// kernel's. Five rows of A against 64 bytes of four of W's rows' runs, k in blocks of
+// kAxpysBlockK (their lines asked for a block ahead): on two Zen 4 cores, 20 rows against a
+// 16 MB W_ih not in cache ran at 137-146 GFLOP/s (1.15-1.22 ms); without the requests at
+// 105-115. In LSTM training T=20 B=1 H=1024, dx took 1.2 ms this way (the step with it against
+// without), 1.8-2.4 packing W_ih by groups and multiplying.
+template <typename T>
+void rows_axpys(const T* a, int64_t lda, int64_t rows, const T* w, int64_t ldw, int64_t k,
+                int64_t n, T* c, int64_t ldc);
+template <typename T>
+constexpr int64_t rows_axpys_units() { return 4 * 64 / int64_t{sizeof(T)}; }
 bool row_axpys_runs();
 // Whether the kernel runs vector code (AVX2 and FMA, or AVX-512), not its portable loops.
 bool kernel_vectorised();

@@ -322,7 +322,7 @@ struct BackwardScratch {
     n_gate_packing = Products::n_gate_packing(cell, H, B, d.T, false);
     const bool row_parts = takes_row_parts<Real>(cell, d);
     dx_packing = has_dx ? cpu::ChunkProduct<Real>::packing_size(dx_shape(cell, d),
-                                                                dx_reading(row_parts))
+                                                                dx_reading(cell, d, row_parts))
                         : 0;
     if (!row_parts) {
       // The weight gradients' M, x or h of a chunk, packed by groups for each product in turn.
@@ -343,9 +343,14 @@ struct BackwardScratch {
   static int dgx_blocks(Cell cell) {
     return cell == Cell::GRU ? cpu::GruStep<Real, true>::kDgxBlocks : gate_count(cell);
   }
-  static typename cpu::ChunkProduct<Real>::Reading dx_reading(bool row_parts) {
-    using Reading = typename cpu::ChunkProduct<Real>::Reading;
-    return row_parts ? Reading::whole : Reading::groups;
+  // dx by rows_axpys where a chunk has few rows (ChunkProduct::axpys_pay; the same bits).
+  static typename cpu::ChunkProduct<Real>::Reading dx_reading(Cell cell, const Dims& d,
+                                                              bool row_parts) {
+    using Product = cpu::ChunkProduct<Real>;
+    const int64_t rows = chunks_of<Real>(cell, d, false).steps() * d.B;
+    if (row_parts) return Product::Reading::whole;
+    return Product::axpys_pay(dx_shape(cell, d), rows) ? Product::Reading::axpys
+                                                       : Product::Reading::groups;
   }
   static cpu::ProductShape dx_shape(Cell cell, const Dims& d) {  // dG·W_ih
     return {false, gate_count(cell) * d.H, 1, d.I};
@@ -559,7 +564,7 @@ void backward(const BackwardArgs<Real>& a) {
   if (a.dx)
     input_grads.emplace(BackwardScratch<Real>::dx_shape(cell, d), a.weights.w_ih, I,
                         take_or_null<Real>(ws, sizes.dx_packing),
-                        BackwardScratch<Real>::dx_reading(row_parts));
+                        BackwardScratch<Real>::dx_reading(cell, d, row_parts));
   Real* m_packed = take_or_null<Real>(ws, sizes.m_packing);
   Real* part_sums = take_or_null<Real>(ws, sizes.part_sums);
   Real* part_packing = take_or_null<Real>(ws, sizes.part_packing);

@@ -246,6 +246,36 @@ def test_op_projecting_a_batch_of_one_by_dots_matches_reference(kcell, T_, dtype
     np.testing.assert_array_equal(y_infer, got["y"])
 
 
+# A backward whose chunks hold at most 96 rows (steps times B) and whose W_ih passes 2 MB takes
+# dx = dG·W_ih by rows_axpys, W_ih read where it lies (chunk_product.h's axpys_pay; with
+# AVX-512, I a multiple of 64 floats or 32 doubles), in the packed kernel's bits: against the
+# reference; and B=2 (26 rows) gives the bits of the same two rows in B=8 (104 rows, packed)
+# where the kernel is AVX-512's (elsewhere BLAS takes both, which may round a row by its place).
+@pytest.mark.parametrize("dtype, I_", [(np.float32, 4096), (np.float64, 2048)],
+                         ids=["float32", "float64"])
+@pytest.mark.parametrize("kcell", KERNEL_CELLS)
+def test_op_dx_over_few_rows_matches_reference_and_a_larger_batch(kcell, dtype, I_):
+    T_, B_, H_ = 13, 8, 130
+    rng = np.random.default_rng(I_)
+    arrays = layer_arrays(rng, kcell, dtype, T_, B_, I_, H_)
+    lengths = rng.integers(1, T_ + 1, B_)
+    grads = dict(dy=rng.uniform(-1, 1, (T_, B_, H_)).astype(dtype),
+                 dh_n=rng.uniform(-1, 1, (B_, H_)).astype(dtype))
+    if kcell == "rnn_relu":
+        clear_relu_kinks(rng, arrays, lengths, False)
+    first_two = {name: None if a is None else a[:, :2] if name == "x" else
+                 a[:2] if name in ("h0", "c0") else a for name, a in arrays.items()}
+    grads_two = dict(dy=grads["dy"][:, :2], dh_n=grads["dh_n"][:2])
+    for batch, batch_grads, rows in ((arrays, grads, B_), (first_two, grads_two, 2)):
+        got = forward_backward("cpu", kcell, batch, batch_grads, lengths[:rows])
+        want = forward_backward("numpy", kcell, batch, batch_grads, lengths[:rows])
+        assert rel_err(got["dx"], want["dx"]) < RTOL[dtype], rows
+        if rows == B_:
+            dx_eight = got["dx"]
+    if _core.build_info()["recurrent_kernel"] == "avx512f":
+        np.testing.assert_array_equal(got["dx"], dx_eight[:, :2])
+
+
 # An LSTM or RNN whose packed [W_ihᵀ; W_hhᵀ] fits in half of L2 takes x's product inside each
 # step's (cells_cpu.h, StepProducts::stacks_input). With a 1 MB L2 (the edge at 512 KB): float32
 # LSTM I = H = 128 just does, I = 129 does not; a float32 RNN up to I = H = 256; float64 LSTM
