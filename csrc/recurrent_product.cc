@@ -643,8 +643,8 @@ FR_AVX512_INLINE void axpys_rows_avx512(const T* a, int64_t lda, const T* w, int
                                         int64_t k0, int64_t k1, int64_t k_count, int64_t ahead,
                                         T* c, int64_t ldc) {
   using S = Avx512<T>;
-  constexpr int kRegisters = 4;
   constexpr int64_t kLanes64 = 64 / int64_t{sizeof(T)};
+  constexpr int kRegisters = static_cast<int>(rows_axpys_units<T>() / kLanes64);
   typename S::Vector acc[Rows][kRegisters];
 #pragma GCC unroll 5
   for (int r = 0; r < Rows; ++r)

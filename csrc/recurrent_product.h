@@ -85,7 +85,7 @@ void row_axpys(const T* a, const T* w, int64_t ldw, int64_t k, int64_t n, T* c, 
 // (M = W, not transposed) read where it lies, for a backward's dx = dG·W_ih over a few steps
 // (chunk_product.h), where packed_kernel_beats_blas(); n a multiple of rows_axpys_units<T>().
 // Each sum is taken in k order by fused multiply-adds from zero, so the bits are the packed
-// kernel's. Five rows of A against 64 bytes of four of W's rows' runs, k in blocks of
+// kernel's. Five rows of A against four registers (256 bytes) of each row of W, k in blocks of
 // kAxpysBlockK (their lines asked for a block ahead): on two Zen 4 cores, 20 rows against a
 // 16 MB W_ih not in cache ran at 137-146 GFLOP/s (1.15-1.22 ms); without the requests at
 // 105-115. In LSTM training T=20 B=1 H=1024, dx took 1.2 ms this way (the step with it against
