@@ -333,10 +333,11 @@ constexpr int64_t kDotPrefetchLines = 16;
 // the first tile of a group asks, at each of its k, for the lines of the next group's rows into
 // L2: memory then streams the next group while the FMAs run on this one. Alternated in one
 // process on a Zen 4, both orders of the builds (the geometric mean of the two), LSTM inference
-// T=20 B=1 H=1024 ran 6% faster, GRU 4.5%, LSTM T=96 B=1 H=512 5%, LSTM training T=20 B=1
-// H=1024 4%; level (within 1%) LSTM T=20 B=1 H=512 inference and training, GRU training T=20
-// B=1 H=1024, RNN inference T=20 B=1 H=1024 and LSTM inference T=20 B=4 H=1024. Asking two
-// groups ahead, or into L1, ran level with this.
+// T=20 B=1 H=1024 ran 4% faster (10 runs: 0.91-1.01, geometric mean 0.963), GRU 4.5%, float64
+// LSTM T=20 B=1 H=512 5% (with the two orders 8% apart), LSTM T=96 B=1 H=512 5%, LSTM training
+// T=20 B=1 H=1024 4%; level (within 1.5%) LSTM T=20 B=1 H=512 inference and training, GRU
+// training T=20 B=1 H=1024, RNN inference T=20 B=1 H=1024, LSTM inference T=20 B=4 H=1024 and
+// training T=64 B=1 H=1024. Asking two groups ahead, or into L1, ran level with this.
 constexpr _mm_hint kDotsNextGroupHint = _MM_HINT_T1;
 
 // acc[r][u] += a's row r times w's row u at k [k, k + count), lane by lane: count is a whole
