@@ -68,6 +68,7 @@ struct TileOut {
   T* rows[kMaxRows];
   int64_t columns[kMaxVectors];
   bool accumulate;
+  bool stream = false;  // by non-temporal stores, not added (packed_multiply's stream)
 };
 
 template <typename T, int Rows, int Vectors, bool Stacked>
@@ -157,6 +158,15 @@ template <int Half>
 FR_AVX512_INLINE void store_half(double* dst, __m512d v, bool accumulate) {
   const __m256d h = _mm512_maskz_extractf64x4_pd(0xFF, v, Half);
   _mm256_storeu_pd(dst, accumulate ? _mm256_add_pd(_mm256_loadu_pd(dst), h) : h);
+}
+// store_half by a non-temporal store, to a dst on 32 bytes.
+template <int Half>
+FR_AVX512_INLINE void stream_half(float* dst, __m512d v) {
+  _mm256_stream_ps(dst, _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, v, Half)));
+}
+template <int Half>
+FR_AVX512_INLINE void stream_half(double* dst, __m512d v) {
+  _mm256_stream_pd(dst, _mm512_maskz_extractf64x4_pd(0xFF, v, Half));
 }
 
 // The sum of a register's lanes, each half's lane i added to the other's, then again in halves
@@ -299,8 +309,13 @@ __attribute__((target("avx512f"))) void tile_avx512(const TileIn<T>& in, const T
 #pragma GCC unroll 3
     for (int z = 0; z < Registers; ++z) {
       const __m512d sums = as_doubles(acc[r][z]);
-      store_half<0>(o.rows[r] + o.columns[2 * z], sums, o.accumulate);
-      store_half<1>(o.rows[r] + o.columns[2 * z + 1], sums, o.accumulate);
+      if (o.stream) {
+        stream_half<0>(o.rows[r] + o.columns[2 * z], sums);
+        stream_half<1>(o.rows[r] + o.columns[2 * z + 1], sums);
+      } else {
+        store_half<0>(o.rows[r] + o.columns[2 * z], sums, o.accumulate);
+        store_half<1>(o.rows[r] + o.columns[2 * z + 1], sums, o.accumulate);
+      }
     }
 }
 
@@ -955,7 +970,7 @@ void pack_stacked_panels(const ProductShape& shape, const T* w, int64_t ldw, con
 template <typename T>
 void packed_multiply(const ProductShape& shape, const Panels<T>& panels, int64_t p0, int64_t p1,
                      const T* a, int64_t lda, int64_t rows, T* c, int64_t ldc, bool accumulate,
-                     bool a_transposed, const RightA<T>& right) {
+                     bool a_transposed, const RightA<T>& right, bool stream) {
   if (a_transposed && !packed_kernel_beats_blas())
     detail::fail("packed_multiply: a transposed A needs the AVX-512 kernel");
   if (right.k < 0 || right.k > shape.k || (right.k > 0 && (a_transposed || !right.a)))
@@ -1001,6 +1016,7 @@ void packed_multiply(const ProductShape& shape, const Panels<T>& panels, int64_t
     const bool whole = units == layout.units;
     TileOut<T> out;
     out.accumulate = whole && accumulate;
+    out.stream = whole && stream;
     for (int v = 0; v < layout.vectors; ++v)
       out.columns[v] = whole ? first + vector_columns[v] : v * kLanes<T>;
     const int64_t tile_rows = r1 - r0;
@@ -1049,6 +1065,11 @@ void packed_multiply(const ProductShape& shape, const Panels<T>& panels, int64_t
       }
     }
   }
+#if FR_AVX2_KERNEL
+  // Non-temporal stores are ordered by none of the pool's atomics: fence them before the join
+  // tells another thread that C is written.
+  if (stream) _mm_sfence();
+#endif
 }
 
 #define FR_INSTANTIATE(T)                                                                      \
@@ -1070,7 +1091,7 @@ void packed_multiply(const ProductShape& shape, const Panels<T>& panels, int64_t
                               T*, int64_t);                                                    \
   template void packed_multiply<T>(const ProductShape&, const Panels<T>&, int64_t, int64_t,    \
                                    const T*, int64_t, int64_t, T*, int64_t, bool, bool,        \
-                                   const RightA<T>&);
+                                   const RightA<T>&, bool);
 FR_INSTANTIATE(float)
 FR_INSTANTIATE(double)
 #undef FR_INSTANTIATE

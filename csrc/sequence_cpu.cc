@@ -276,7 +276,7 @@ Tape<T>::~Tape() {
 }
 
 OutputBuffer::OutputBuffer(std::size_t bytes)
-    : block_(cpu::KeptMemory::outputs().take(bytes, &capacity_)) {}
+    : block_(cpu::KeptMemory::outputs().take(bytes + kAlignment - 1, &capacity_)) {}
 
 OutputBuffer::~OutputBuffer() {
   cpu::KeptMemory::outputs().give_back(std::move(block_), capacity_);

@@ -276,6 +276,20 @@ def test_op_dx_over_few_rows_matches_reference_and_a_larger_batch(kcell, dtype, 
         np.testing.assert_array_equal(got["dx"], dx_eight[:, :2])
 
 
+# A weight gradient of 8 MB or more, written whole, is written by non-temporal stores (with
+# AVX-512: chunk_product.h's streams_c; the outputs start on cache lines, rnn.h's OutputBuffer):
+# dW_ih at H = 512 and the least I (a multiple of 16) that takes it to 8 MB, its panels whole,
+# and with the last one cut short (16 more columns, written through the tile's scratch).
+@pytest.mark.parametrize("extra", [0, 16], ids=["whole_panels", "last_panel_short"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kcell", KERNEL_CELLS)
+def test_op_large_weight_gradients_match_reference(kcell, dtype, extra):
+    gates = 4 if kcell == "lstm" else 3 if kcell.startswith("gru") else 1
+    columns = -(-(8 << 20) // (gates * 512 * np.dtype(dtype).itemsize) // 16) * 16
+    check_random_lengths_against_reference(np.random.default_rng(columns + extra), kcell, dtype,
+                                           (5, 2, columns + extra, 512))
+
+
 # An LSTM or RNN whose packed [W_ihᵀ; W_hhᵀ] fits in half of L2 takes x's product inside each
 # step's (cells_cpu.h, StepProducts::stacks_input). With a 1 MB L2 (the edge at 512 KB): float32
 # LSTM I = H = 128 just does, I = 129 does not; a float32 RNN up to I = H = 256; float64 LSTM

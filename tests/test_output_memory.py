@@ -17,6 +17,8 @@ pytestmark = pytest.mark.skipif(_core is None, reason="the compiled extension is
 # float64, T·B·H·8 = 128 KB: the smallest output that is kept.
 T, B, H = 8, 16, 128
 KEPT_BYTES = 128 << 10
+# A kept output's block holds it and the room to start it on a cache line (OutputBuffer).
+LINE_ROOM = 63
 
 
 def arrays(seed):
@@ -172,7 +174,15 @@ def test_at_most_32_dropped_outputs_are_kept_8_of_them_large():
     del small  # then the large ones, which take the least recently dropped small ones' places
     del large
     blocks, kept_bytes, _ = _core.kept_memory()["outputs"]
-    assert (blocks, kept_bytes) == (32, 8 * large_bytes + 24 * KEPT_BYTES)
+    assert (blocks, kept_bytes) == (32, 8 * large_bytes + 24 * KEPT_BYTES + 32 * LINE_ROOM)
+
+
+def test_kept_outputs_start_on_a_cache_line():
+    """Whatever malloc's alignment, so that a large weight gradient's rows do too, whose product
+    writes them by non-temporal stores (chunk_product.h's streams_c)."""
+    fr.release_memory()
+    outputs = [_core.empty((KEPT_BYTES // 4 + n,), np.float32) for n in range(8)]
+    assert [address(a) % 64 for a in outputs] == [0] * 8
 
 
 def test_empty_names_bad_arguments():
