@@ -169,7 +169,7 @@ class ChunkProduct {
   static bool uses_kernel() { return packed_kernel_beats_blas(); }
   // Whether the kernel writes C by non-temporal stores (packed_multiply's stream): a weight
   // gradient (A transposed, dGᵀ·x over a chunk) of kStreamBytes or more, written rather than
-  // added to, M of one segment and C's rows on cache lines. Each of its lines is written once,
+  // added to, in whole lines (streams_whole_lines). Each of its lines is written once,
   // after as few FMAs as the chunk has rows: at a batch of one (20 at T=20) the product waits on
   // memory, which would read each line of C before it is written (a write-allocate) and write it
   // back later; streamed, the lines are only written. C that large would not stay in this VM's
@@ -182,8 +182,8 @@ class ChunkProduct {
   bool streams_c(bool a_transposed, bool accumulate, int64_t rows, const T* c,
                  int64_t ldc) const {
     const int64_t bytes = rows * shape_.segments * shape_.width * int64_t{sizeof(T)};
-    return a_transposed && !accumulate && shape_.segments == 1 && bytes >= kStreamBytes &&
-           reinterpret_cast<std::uintptr_t>(c) % 64 == 0 && ldc * int64_t{sizeof(T)} % 64 == 0;
+    return a_transposed && !accumulate && bytes >= kStreamBytes &&
+           streams_whole_lines(shape_, c, ldc);
   }
   static constexpr int64_t kStreamBytes = int64_t{8} << 20;
   // Panels packed at a time: about kGroupBytes.

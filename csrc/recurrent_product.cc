@@ -976,10 +976,7 @@ void packed_multiply(const ProductShape& shape, const Panels<T>& panels, int64_t
   if (right.k < 0 || right.k > shape.k || (right.k > 0 && (a_transposed || !right.a)))
     detail::fail("packed_multiply: A's right part takes 0 to k k of an A not transposed, got " +
                  std::to_string(right.k) + " of " + std::to_string(shape.k));
-  // A non-temporal store to an address off 32 bytes faults, and one of a line's two halves
-  // alone makes memory read the line after all.
-  if (stream && (shape.segments != 1 || reinterpret_cast<std::uintptr_t>(c) % 64 != 0 ||
-                 ldc * int64_t{sizeof(T)} % 64 != 0))
+  if (stream && !streams_whole_lines(shape, c, ldc))
     detail::fail("packed_multiply: streaming C needs one segment and C's rows on cache lines");
   const PanelLayout layout = panel_layout<T>(shape.segments);
   const int64_t width = layout.vectors * kLanes<T>;

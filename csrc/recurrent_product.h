@@ -145,13 +145,22 @@ struct RightA {
 
 // C[:, units of panels [p0, p1)] (+)= A · M. A[r][k] is a[r·lda + k] (up to k = shape.k -
 // right.k, then from `right`), or, a_transposed (with the AVX-512 kernel only, and no right
-// part), a[k·lda + r]. With `stream` (C overwritten, one segment, its rows on cache lines:
-// chunk_product.h's streams_c), the AVX-512 tiles write C's whole lines by non-temporal stores.
+// part), a[k·lda + r]. With `stream` (C overwritten, streams_whole_lines: chunk_product.h's
+// streams_c), the AVX-512 tiles write C's whole lines by non-temporal stores.
 template <typename T>
 void packed_multiply(const ProductShape& shape, const Panels<T>& panels, int64_t p0, int64_t p1,
                      const T* a, int64_t lda, int64_t rows, T* c, int64_t ldc, bool accumulate,
                      bool a_transposed = false, const RightA<T>& right = {},
                      bool stream = false);
+
+// Whether packed_multiply may stream C (its `stream`): C of one segment, its rows on cache lines,
+// so that each register's two halves make one whole line (a half alone has memory read the line
+// after all, and a non-temporal store off 32 bytes faults).
+template <typename T>
+bool streams_whole_lines(const ProductShape& shape, const T* c, int64_t ldc) {
+  return shape.segments == 1 && reinterpret_cast<std::uintptr_t>(c) % 64 == 0 &&
+         ldc * int64_t{sizeof(T)} % 64 == 0;
+}
 
 // Whether rows of A lda elements apart fall into the same one of L1's 64 sets of lines: rows
 // 4 KB apart (h at H = 1024 floats, 512 doubles) do (see RecurrentProduct::reads_a_transposed).
