@@ -278,16 +278,19 @@ def test_op_dx_over_few_rows_matches_reference_and_a_larger_batch(kcell, dtype, 
 
 # A weight gradient of 8 MB or more, written whole, is written by non-temporal stores (with
 # AVX-512: chunk_product.h's streams_c; the outputs start on cache lines, rnn.h's OutputBuffer):
-# dW_ih at H = 512 and the least I (a multiple of 16) that takes it to 8 MB, its panels whole,
-# and with the last one cut short (16 more columns, written through the tile's scratch).
-@pytest.mark.parametrize("extra", [0, 16], ids=["whole_panels", "last_panel_short"])
+# dW_ih at H = 512 and the least I, a multiple of a panel's 128 bytes, that takes it to 8 MB: its
+# panels whole, and with one cache line more, the last panel cut short (written through the
+# tile's scratch).
+@pytest.mark.parametrize("short", [False, True], ids=["whole_panels", "last_panel_short"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kcell", KERNEL_CELLS)
-def test_op_large_weight_gradients_match_reference(kcell, dtype, extra):
+def test_op_large_weight_gradients_match_reference(kcell, dtype, short):
     gates = 4 if kcell == "lstm" else 3 if kcell.startswith("gru") else 1
-    columns = -(-(8 << 20) // (gates * 512 * np.dtype(dtype).itemsize) // 16) * 16
-    check_random_lengths_against_reference(np.random.default_rng(columns + extra), kcell, dtype,
-                                           (5, 2, columns + extra, 512))
+    size = np.dtype(dtype).itemsize
+    panel, line = 128 // size, 64 // size
+    columns = -(-(8 << 20) // (gates * 512 * size * panel)) * panel + (line if short else 0)
+    check_random_lengths_against_reference(np.random.default_rng(columns), kcell, dtype,
+                                           (5, 2, columns, 512))
 
 
 # An LSTM or RNN whose packed [W_ihᵀ; W_hhᵀ] fits in half of L2 takes x's product inside each
