@@ -27,7 +27,8 @@ int64_t l2_cache_bytes();
 
 // Whether this CPU is an AMD of family 25 (Zen 3 and Zen 4). On a Zen 4 the hardware prefetcher
 // alone keeps a one-row AVX-512 tile streaming its panels from L3 fed, and software requests only
-// slowed it (recurrent_product.cc's streams_panels); a Zen 3 has no AVX-512.
+// slowed it (recurrent_product.cc's streams_panels); a lone row's dots over a large W ask for
+// lines another way there (recurrent_product.h's dots_ask_in_rows). A Zen 3 has no AVX-512.
 bool amd_family_25();
 
 }  // namespace cpu

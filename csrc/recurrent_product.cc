@@ -330,6 +330,7 @@ struct Dots {
   T* c;
   int64_t ldc;
   bool accumulate;
+  bool asks_in_rows;  // one row of A: asks kDotPrefetchLines ahead in W's rows (dots_ask_in_rows)
 };
 
 // How far ahead a lone row's dots ask for the lines of W's rows: 16 lines (1 KB).
@@ -339,7 +340,8 @@ struct Dots {
 // requests: LSTM inference at H=1024 14-20%, at H=128 8%, RNN inference at H=1024 7-10%, LSTM
 // training 3%; but GRU inference at H=1024 2-3% slower, and GRU training and LSTM at H=512
 // within 3% either way from run to run. 8 lines ahead ran LSTM and GRU H=1024 level to 9%
-// slower than 16, 32 lines 5-7% slower.
+// slower than 16, 32 lines 5-7% slower. Not on AMD's family 25 past kDotsInRowsBytes of W
+// (dots_ask_in_rows), where one row asks for the next group's lines as several do.
 constexpr int64_t kDotPrefetchLines = 16;
 
 // Several rows of A (an input projection over a few steps) read each line of W once for all of
@@ -356,8 +358,9 @@ constexpr int64_t kDotPrefetchLines = 16;
 constexpr _mm_hint kDotsNextGroupHint = _MM_HINT_T1;
 
 // acc[r][u] += a's row r times w's row u at k [k, k + count), lane by lane: count is a whole
-// register's lanes but at the end of the rows. With several rows of A and `next` (the next
-// group's first row, or null), the lines of the next group's rows at these k are asked for.
+// register's lanes but at the end of the rows. With one row of A that asks in its rows, the
+// lines kDotPrefetchLines on in w's rows are asked for; else, with `next` (the next group's first
+// row, or null), the lines of the next group's rows at these k.
 template <typename T, int Units, int ARows>
 FR_AVX512_INLINE void add_dots_avx512(typename Avx512<T>::Vector (&acc)[ARows][Units],
                                       const Dots<T>& d, const T* a, const T* w, int64_t k,
@@ -368,7 +371,7 @@ FR_AVX512_INLINE void add_dots_avx512(typename Avx512<T>::Vector (&acc)[ARows][U
 #pragma GCC unroll 4
   for (int u = 0; u < Units; ++u) {
     const T* row = w + u * d.ldw + k;
-    if constexpr (ARows == 1)
+    if (ARows == 1 && d.asks_in_rows)
       _mm_prefetch(reinterpret_cast<const char*>(row + kDotPrefetchLines * 64 / sizeof(T)),
                    _MM_HINT_T0);
     else if (next)
@@ -649,19 +652,37 @@ bool kernel_vectorised() { return use_avx2_fma(); }
 
 bool row_axpys_runs() { return kernel_vectorised(); }  // its AVX2 and AVX-512 versions
 
+// Past this many bytes of W a Zen 4's lone row asks for the next group's lines (dots_ask_in_rows).
+constexpr int64_t kDotsInRowsBytes = int64_t{8} << 20;
+
+bool dots_ask_in_rows(int64_t w_bytes) { return !(amd_family_25() && w_bytes > kDotsInRowsBytes); }
+
+namespace {
+
+// rows_dots, with asks_in_rows for a lone row of A.
 template <typename T>
-void row_dots(const T* a, const T* w, int64_t ldw, int64_t k, int64_t n, T* c, bool accumulate) {
-  rows_dots(a, k, 1, w, ldw, k, n, c, n, accumulate);
+void dots(const T* a, int64_t lda, int64_t rows, const T* w, int64_t ldw, int64_t k, int64_t n,
+          T* c, int64_t ldc, bool accumulate, bool asks_in_rows) {
+#if FR_AVX2_KERNEL
+  if (cpu_isa() == Isa::avx512)
+    return rows_dots_avx512(Dots<T>{a, lda, rows, w, ldw, k, n, c, ldc, accumulate, asks_in_rows});
+#endif
+  static_cast<void>(asks_in_rows);
+  detail::fail("rows_dots: expected a CPU with AVX-512 (packed_kernel_beats_blas)");
+}
+
+}  // namespace
+
+template <typename T>
+void row_dots(const T* a, const T* w, int64_t ldw, int64_t k, int64_t n, T* c, bool accumulate,
+              bool asks_in_rows) {
+  dots(a, k, 1, w, ldw, k, n, c, n, accumulate, asks_in_rows);
 }
 
 template <typename T>
 void rows_dots(const T* a, int64_t lda, int64_t rows, const T* w, int64_t ldw, int64_t k,
                int64_t n, T* c, int64_t ldc, bool accumulate) {
-#if FR_AVX2_KERNEL
-  if (cpu_isa() == Isa::avx512)
-    return rows_dots_avx512(Dots<T>{a, lda, rows, w, ldw, k, n, c, ldc, accumulate});
-#endif
-  detail::fail("rows_dots: expected a CPU with AVX-512 (packed_kernel_beats_blas)");
+  dots(a, lda, rows, w, ldw, k, n, c, ldc, accumulate, false);
 }
 
 // rows_axpys's k block, and the rows of A it takes at once (20 accumulators of 4 registers).
@@ -1085,7 +1106,7 @@ void packed_multiply(const ProductShape& shape, const Panels<T>& panels, int64_t
                                const RowRuns&);                                                \
   template void pack_stacked_panels<T>(const ProductShape&, const T*, int64_t, const T*,       \
                                        int64_t, int64_t, T*);                                  \
-  template void row_dots<T>(const T*, const T*, int64_t, int64_t, int64_t, T*, bool);         \
+  template void row_dots<T>(const T*, const T*, int64_t, int64_t, int64_t, T*, bool, bool);       \
   template void rows_dots<T>(const T*, int64_t, int64_t, const T*, int64_t, int64_t, int64_t, T*, \
                              int64_t, bool);                                                   \
   template void row_axpys<T>(const T*, const T*, int64_t, int64_t, int64_t, T*, bool);        \

@@ -57,9 +57,22 @@ bool packed_kernel_beats_blas();
 // packed_kernel_beats_blas(). Each dot is summed in an order of its own, whatever the threads.
 // On two Zen 4 cores OpenBLAS's matrix-vector product read a 16 MB W_hh from L3 at 69-103 GB/s,
 // these dots at 92-126; alternated in one process, LSTM inference T=20 B=1 ran 7-9% faster at
-// H=1024 and 9-11% at H=512, GRU at H=1024 1-11%.
+// H=1024 and 9-11% at H=512, GRU at H=1024 1-11%. The dots read W four rows at a time, and ask
+// for the lines they will read: with asks_in_rows (dots_ask_in_rows) those a kilobyte on in the
+// same rows, into L1; else those of the next four rows at the same k, into L2.
 template <typename T>
-void row_dots(const T* a, const T* w, int64_t ldw, int64_t k, int64_t n, T* c, bool accumulate);
+void row_dots(const T* a, const T* w, int64_t ldw, int64_t k, int64_t n, T* c, bool accumulate,
+              bool asks_in_rows);
+// Whether a step's row_dots over a W of `w_bytes` in all ask in their rows: everywhere but on
+// AMD's family 25 past 8 MB. Alternated in one process on a Zen 4, both orders of the builds
+// (the geometric mean of the two), a batch of one at T=20 ran faster asking for the next rows:
+// LSTM inference at H=1024 (a 16 MB W_hh) 13-23% (four runs), GRU (12 MB) 2-14%, LSTM training
+// 5-6%, GRU training 3-4%, float64 LSTM inference at H=1024 (32 MB) 29%, GRU 10%. Level at LSTM
+// H=768 (9.4 MB; 1.000), GRU H=768 (7 MB; 0.990) and RNN H=1024 (4 MB; 0.997); but slower at
+// float64 LSTM H=512 (8 MB; 1.050), GRU H=512 (1.054), LSTM H=256 (1.039), float64 LSTM H=256
+// (1.094) and LSTM H=128 (a W_hh of 256 KB, which stays in L2 and needs asking into L1; 1.181).
+// Asking for nothing ran LSTM inference at H=1024 7% faster than asking in rows, GRU 2% slower.
+bool dots_ask_in_rows(int64_t w_bytes);
 // c[r·ldc + u] (+)= Σ_k a[r·lda + k]·w[u·ldw + k] for r < rows, u < n: row_dots for several
 // rows of A (a batch of one's input projection over a few steps, chunk_product.h), each dot
 // with row_dots's bits.
@@ -318,9 +331,10 @@ class RecurrentProduct {
     if (rows == 1 && !shape_.transposed && row_axpys_runs())
       return row_axpys(a, w_ + u0, ldw_, shape_.k, n, c + u0, accumulate);
     if (rows == 1 && packed_kernel_beats_blas()) {
+      const bool asks_in_rows = dots_ask_in_rows(weight_bytes(shape_, false));
       for (int64_t s = 0; s < shape_.segments; ++s) {
         const int64_t col = s * shape_.width + u0;
-        row_dots(a, w_ + col * ldw_, ldw_, shape_.k, n, c + col, accumulate);
+        row_dots(a, w_ + col * ldw_, ldw_, shape_.k, n, c + col, accumulate, asks_in_rows);
       }
       return;
     }

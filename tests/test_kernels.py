@@ -169,7 +169,9 @@ def test_op_matches_reference_at_odd_sizes(kcell, dtype, reverse, shape):
 
 # A batch of one's backward packs a W_hh of 8 MB or more from 16 steps on (BLAS reads it in
 # strips of columns; recurrent_product.h's min_steps_packing_one_row): LSTM and GRU, float32
-# H=840 (11.3 and 8.5 MB), 16 steps; the forward's products, under 32 steps, stay with BLAS.
+# H=840 (11.3 and 8.5 MB), 16 steps; the forward's products, under 32 steps, read W_hh where it
+# lies (with AVX-512 by row_dots, which on a Zen 4 past 8 MB asks for the next rows' lines:
+# dots_ask_in_rows).
 @pytest.mark.parametrize("kcell", ["lstm", "gru"])
 def test_op_packing_a_large_w_hh_for_a_batch_of_ones_backward_matches_reference(kcell):
     check_random_lengths_against_reference(np.random.default_rng(16), kcell, np.float32,
