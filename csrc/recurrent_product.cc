@@ -667,7 +667,6 @@ void dots(const T* a, int64_t lda, int64_t rows, const T* w, int64_t ldw, int64_
   if (cpu_isa() == Isa::avx512)
     return rows_dots_avx512(Dots<T>{a, lda, rows, w, ldw, k, n, c, ldc, accumulate, asks_in_rows});
 #endif
-  static_cast<void>(asks_in_rows);
   detail::fail("rows_dots: expected a CPU with AVX-512 (packed_kernel_beats_blas)");
 }
 
@@ -1106,7 +1105,7 @@ void packed_multiply(const ProductShape& shape, const Panels<T>& panels, int64_t
                                const RowRuns&);                                                \
   template void pack_stacked_panels<T>(const ProductShape&, const T*, int64_t, const T*,       \
                                        int64_t, int64_t, T*);                                  \
-  template void row_dots<T>(const T*, const T*, int64_t, int64_t, int64_t, T*, bool, bool);       \
+  template void row_dots<T>(const T*, const T*, int64_t, int64_t, int64_t, T*, bool, bool);   \
   template void rows_dots<T>(const T*, int64_t, int64_t, const T*, int64_t, int64_t, int64_t, T*, \
                              int64_t, bool);                                                   \
   template void row_axpys<T>(const T*, const T*, int64_t, int64_t, int64_t, T*, bool);        \
