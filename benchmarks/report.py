@@ -39,7 +39,8 @@ def sweep_dtype(report):
 
 def table(report, command):
     m, s = report["machine"], dict(report["summary"])
-    if "cases_heavy" not in s and all("x_roof_now" in r for r in report["results"]):
+    if ("cases_over_floor_target_reads_alone" not in s
+            and all("x_roof_now" in r for r in report["results"])):
         s.update(summarize(report["results"]))  # a sweep from before the tool counted them
     build = m.get("build", {})
     memory = any(r.get("peak_mb") for r in report["results"])  # measured with --memory
@@ -97,7 +98,11 @@ def table(report, command):
                      f"floor of at least {HEAVY_FLOOR_MS:g} ms; in "
                      f"{s['cases_over_floor_target_read_bound']} of "
                      f"them the roofline itself lies over {FLOOR_TARGET}x of the floor, their "
-                     "steps reading W_hh at GB/s now.")
+                     "steps reading W_hh at GB/s now"
+                     + (f"; in {s['cases_over_floor_target_reads_alone']} the steps' reads of "
+                        f"W_hh alone take longer than {FLOOR_TARGET}x of the floor, where no "
+                        "schedule meets it." if "cases_over_floor_target_reads_alone" in s
+                        else "."))
     if "memory_ratio_max" in s:
         lines.append(f"Training peak memory fusedrnn/torch: at most {s['memory_ratio_max']:.2f}.")
     lines += ["", "| case | fusedrnn ms | torch ms | ratio |" + (" ratio CI |" if ci else "")

@@ -96,7 +96,8 @@ def test_summary_counts_the_cases_over_the_floor_target_and_those_held_there_by_
     def result(floor_ms, x_floor_now, x_roof_now, H):
         case = bench.Case(cell="lstm", T=20, B=1, I=H, H=H)
         return dict(case=vars(case), floor_ms=floor_ms, x_floor=x_floor_now,
-                    x_floor_now=x_floor_now, x_roof_now=x_roof_now)
+                    x_floor_now=x_floor_now, x_roof_now=x_roof_now, ceiling_now_gflops=400.0,
+                    read_gbps_now=200.0)
 
     summary = bench.summarize([
         result(10.0, 1.2, 1.1, 8),    # within the target
@@ -107,6 +108,28 @@ def test_summary_counts_the_cases_over_the_floor_target_and_those_held_there_by_
     assert (summary["cases_heavy"], summary["cases_over_floor_target"],
             summary["cases_over_floor_target_read_bound"]) == (3, 2, 1)
     assert summary["worst_x_floor_now"] == 2.0 and "H=32" in summary["worst_x_floor_now_case"]
+
+
+def test_summary_counts_the_cases_whose_reads_of_w_hh_alone_take_longer_than_the_target():
+    """Where the steps' reads of W_hh alone, at the bandwidth measured beside a case, take longer
+    than 1.3x of its floor at the ceiling beside it, no schedule meets the target: LSTM inference
+    T=200 B=1 H=1024 reads 200 times 16 MB; its floor is its 2·2·T·4H·H flops."""
+    from fusedrnn import bench
+
+    case = bench.Case(cell="lstm", mode="infer", T=200, B=1, I=1024, H=1024)
+    ceiling = 400.0
+    floor_ms = 2 * 2 * 200 * 4 * 1024 * 1024 / (ceiling * 1e9) * 1e3
+    reads_at_1_gbps_ms = 200 * 4 * 1024 * 1024 * 4 / 1e9 * 1e3
+
+    def result(reads_over_floor):
+        gbps = reads_at_1_gbps_ms / (reads_over_floor * floor_ms)
+        return dict(case=vars(case), floor_ms=floor_ms, x_floor=3.0, x_floor_now=3.0,
+                    x_roof_now=1.1, ceiling_now_gflops=ceiling, read_gbps_now=gbps)
+
+    for reads_over_floor, counted in ((1.2, 0), (1.4, 1)):
+        summary = bench.summarize([result(reads_over_floor)])
+        assert (summary["cases_over_floor_target"],
+                summary["cases_over_floor_target_reads_alone"]) == (1, counted)
 
 
 def test_paired_ratio_is_the_rounds_median_and_its_interval_holds_it_as_often_as_it_says():

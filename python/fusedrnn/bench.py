@@ -244,12 +244,16 @@ def _floor_ms(case, ceiling_gflops):
     return case.flops() / (ceiling_gflops * 1e9) * 1e3
 
 
+def _step_read_s(case, read_gbps):
+    """Seconds a step's recurrent product takes to read all of W_hh at `read_gbps`."""
+    return case.weight_bytes() / (read_gbps * 1e9)
+
+
 def _roof_ms(case, ceiling_gflops, read_gbps):
     """The floor, but with each step's recurrent product no faster than reading all of W_hh at
     `read_gbps` (the roofline of the product: a batch of one does two flops for every four
     bytes of W_hh, and where W_hh outgrows the cores' L2 its steps wait on L3 or DRAM)."""
-    step_s = max(case.step_flops() / (ceiling_gflops * 1e9),
-                 case.weight_bytes() / (read_gbps * 1e9))
+    step_s = max(case.step_flops() / (ceiling_gflops * 1e9), _step_read_s(case, read_gbps))
     recurrent_flops = case.recurrent_steps() * case.step_flops()
     other_s = (case.flops() - recurrent_flops) / (ceiling_gflops * 1e9)
     return (other_s + case.recurrent_steps() * step_s) * 1e3
@@ -466,13 +470,24 @@ def _row(r, label, cols):
 HEAVY_FLOOR_MS, FLOOR_TARGET = 5.0, 1.3
 
 
+def _reads_alone_over_target(result):
+    """Whether the case's steps, each reading all of W_hh at the bandwidth measured beside it
+    and doing nothing else, would take longer than FLOOR_TARGET of the floor at the ceiling
+    beside it: there no schedule, the other products overlapped with the reads or not, meets
+    the target on this machine."""
+    case = Case(**result["case"])
+    reads_ms = case.recurrent_steps() * _step_read_s(case, result["read_gbps_now"]) * 1e3
+    return reads_ms > FLOOR_TARGET * _floor_ms(case, result["ceiling_now_gflops"])
+
+
 def summarize(results):
     """Minimum and geometric-mean torch/fusedrnn ratios, and the worst distance from the GEMM
     floor among cases whose floor is at least HEAVY_FLOOR_MS (where the floor is a fair
     yardstick), at the ceiling measured at start and at the one measured beside each case, and
     from the roofline beside each case; how many of those cases run over FLOOR_TARGET of the
-    floor beside them, and in how many of those the roofline itself is (a batch of one's steps,
-    each reading all of W_hh)."""
+    floor beside them, in how many of those the roofline itself is (a batch of one's steps,
+    each reading all of W_hh), and in how many the steps' reads of W_hh alone take longer than
+    FLOOR_TARGET of the floor."""
     out = {}
     ratios = [r["ratio_torch_over_fusedrnn"] for r in results if "ratio_torch_over_fusedrnn" in r]
     if ratios:
@@ -493,7 +508,9 @@ def summarize(results):
         over = [r for r in heavy if r["x_floor_now"] > FLOOR_TARGET]
         out.update(cases_heavy=len(heavy), cases_over_floor_target=len(over),
                    cases_over_floor_target_read_bound=sum(
-                       r["x_floor_now"] / r["x_roof_now"] > FLOOR_TARGET for r in over))
+                       r["x_floor_now"] / r["x_roof_now"] > FLOOR_TARGET for r in over),
+                   cases_over_floor_target_reads_alone=sum(
+                       _reads_alone_over_target(r) for r in over))
     memory = [r["peak_mb"] for r in results
               if r.get("peak_mb", {}).get("fusedrnn") and r["peak_mb"].get("torch")]
     if memory:
@@ -557,7 +574,9 @@ def run_cases(cases, runs=7, with_numpy=False, memory=False, progress=None, out=
         print(f"over {FLOOR_TARGET}x of the floor at the ceiling beside each: {over} of "
               f"{summary['cases_heavy']}"
               + (f"; in {summary['cases_over_floor_target_read_bound']} of them the roofline "
-                 f"itself is over {FLOOR_TARGET}x (its steps read W_hh at GB/s now)"
+                 f"itself is over {FLOOR_TARGET}x (its steps read W_hh at GB/s now), in "
+                 f"{summary['cases_over_floor_target_reads_alone']} the steps' reads of W_hh "
+                 f"alone take longer than that (no schedule meets {FLOOR_TARGET}x there)"
                  if over else ""), file=out)
     if "memory_ratio_max" in summary:
         print(f"training peak memory fusedrnn/torch: at most {summary['memory_ratio_max']:.2f}",
