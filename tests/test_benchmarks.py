@@ -112,19 +112,22 @@ def test_summary_counts_the_cases_over_the_floor_target_and_those_held_there_by_
 
 def test_summary_counts_the_cases_whose_reads_of_w_hh_alone_take_longer_than_the_target():
     """Where the steps' reads of W_hh alone, at the bandwidth measured beside a case, take longer
-    than 1.3x of its floor at the ceiling beside it, no schedule meets the target: LSTM inference
-    T=200 B=1 H=1024 reads 200 times 16 MB; its floor is its 2·2·T·4H·H flops."""
+    than 1.3x of its floor at the ceiling beside it (not the one measured at start), no schedule
+    meets the target: LSTM inference T=200 B=1 H=1024 reads 200 times 16 MB; its floor is its
+    2·2·T·4H·H flops."""
     from fusedrnn import bench
 
     case = bench.Case(cell="lstm", mode="infer", T=200, B=1, I=1024, H=1024)
-    ceiling = 400.0
-    floor_ms = 2 * 2 * 200 * 4 * 1024 * 1024 / (ceiling * 1e9) * 1e3
+    ceiling_at_start, ceiling_beside = 500.0, 400.0
+    flops = 2 * 2 * 200 * 4 * 1024 * 1024
+    floor_beside_ms = flops / (ceiling_beside * 1e9) * 1e3
     reads_at_1_gbps_ms = 200 * 4 * 1024 * 1024 * 4 / 1e9 * 1e3
 
     def result(reads_over_floor):
-        gbps = reads_at_1_gbps_ms / (reads_over_floor * floor_ms)
-        return dict(case=vars(case), floor_ms=floor_ms, x_floor=3.0, x_floor_now=3.0,
-                    x_roof_now=1.1, ceiling_now_gflops=ceiling, read_gbps_now=gbps)
+        gbps = reads_at_1_gbps_ms / (reads_over_floor * floor_beside_ms)
+        return dict(case=vars(case), floor_ms=flops / (ceiling_at_start * 1e9) * 1e3,
+                    x_floor=3.0, x_floor_now=3.0, x_roof_now=1.1,
+                    ceiling_now_gflops=ceiling_beside, read_gbps_now=gbps)
 
     for reads_over_floor, counted in ((1.2, 0), (1.4, 1)):
         summary = bench.summarize([result(reads_over_floor)])
@@ -210,3 +213,22 @@ def test_bench_json_and_report_carry_the_yardsticks_measured_beside_each_case(tm
             pytest.approx(result["ratio_torch_over_fusedrnn"])
         assert f"| {low:.2f}-{high:.2f} |" in table
     assert f"| {result['x_floor_now']:.2f} | {result['read_gbps_now']:.0f} | " in table
+
+
+def test_report_of_a_committed_sweep_counts_the_cases_held_by_their_reads_alone(tmp_path):
+    """benchmarks/report.py on the committed Zen 5 sweep (which has cases with a floor over 5 ms):
+    its summary line gives the counts summarize() takes from the results."""
+    from fusedrnn import bench
+
+    sweep = tmp_path / "sweep.json"
+    shutil.copyfile(os.path.join(BENCHMARKS, "cpu_sweep.json"), sweep)
+    summary = bench.summarize(json.loads(sweep.read_text())["results"])
+    proc = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "report.py"), str(sweep),
+                           "--command", "sweep"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (tmp_path / "sweep.md").read_text()
+    assert (f"{summary['cases_over_floor_target']} of the {summary['cases_heavy']} cases with a "
+            f"floor of at least 5 ms; in {summary['cases_over_floor_target_read_bound']} of them "
+            f"the roofline itself") in table
+    assert (f"in {summary['cases_over_floor_target_reads_alone']} the steps' reads of W_hh alone "
+            "take longer than 1.3x of the floor") in table
