@@ -195,15 +195,21 @@ inline int64_t block_start(int64_t i, int64_t blocks, int64_t n, int64_t step) {
   return std::min(n, steps * i / blocks * step);
 }
 
-// body(block) for blocks covering the step's B rows and H units, in parallel; `flops` is the
-// step's product.
-template <typename T, typename F>
-void for_step_blocks(const RecurrentProduct<T>& product, int64_t B, int64_t H, double flops,
-                     const F& body) {
-  // Inside a walk's row block (for_walk_rows) the blocks would run one after the other on this
-  // thread: one block keeps the tiles whole. Cut in two, the 8-row walk blocks of LSTM T=20
-  // B=128 H=128 ran 4-row tiles (8 accumulators), a third of that case's time.
-  if (inside_parallel_loop()) return body(StepBlock{0, B, 0, H});
+// How a step's B rows and H units are cut into blocks over the threads; `flops` is the step's
+// product.
+struct StepCut {
+  int64_t blocks;
+  bool split_rows;
+  int64_t n, step;  // the cut dimension (B or H) in blocks on multiples of `step`
+  int64_t B, H;
+  StepBlock block(int64_t i) const {
+    const int64_t a = block_start(i, blocks, n, step), b = block_start(i + 1, blocks, n, step);
+    return split_rows ? StepBlock{a, b, 0, H} : StepBlock{0, B, a, b};
+  }
+};
+
+template <typename T>
+StepCut step_cut(const RecurrentProduct<T>& product, int64_t B, int64_t H, double flops) {
   const bool split_rows =
       product.weight_bytes() <= kRowSplitBytes && B > product.row_step();
   const int64_t n = split_rows ? B : H;
@@ -217,11 +223,40 @@ void for_step_blocks(const RecurrentProduct<T>& product, int64_t B, int64_t H, d
   const int64_t most = split_rows ? B / product.row_step() : (H + step - 1) / step;
   const int64_t blocks = even_blocks(static_cast<int64_t>(flops / kStepBlockFlops),
                                      std::min(kMaxStepBlocks, most));
-  parallel_for(blocks, [&](int64_t i) {
-    const int64_t a = block_start(i, blocks, n, step), b = block_start(i + 1, blocks, n, step);
-    body(split_rows ? StepBlock{a, b, 0, H} : StepBlock{0, B, a, b});
-  });
+  return {blocks, split_rows, n, step, B, H};
 }
+
+// body(block) for the blocks of the step's cut, in parallel.
+template <typename T, typename F>
+void for_step_blocks(const RecurrentProduct<T>& product, int64_t B, int64_t H, double flops,
+                     const F& body) {
+  // Inside a walk's row block (for_walk_rows) the blocks would run one after the other on this
+  // thread: one block keeps the tiles whole. Cut in two, the 8-row walk blocks of LSTM T=20
+  // B=128 H=128 ran 4-row tiles (8 accumulators), a third of that case's time.
+  if (inside_parallel_loop()) return body(StepBlock{0, B, 0, H});
+  const StepCut cut = step_cut(product, B, H, flops);
+  parallel_for(cut.blocks, [&](int64_t i) { body(cut.block(i)); });
+}
+
+// Which blocks of a step a cell's step function runs: all of them, over the threads...
+struct AllBlocks {
+  static constexpr bool one = false;
+  template <typename T, typename F>
+  void operator()(const RecurrentProduct<T>& product, int64_t B, int64_t H, double flops,
+                  const F& body) const {
+    for_step_blocks(product, B, H, flops, body);
+  }
+};
+// ...or block i of `cut` only, on the calling thread: one chunk of a walk's parallel_steps.
+struct OneBlock {
+  static constexpr bool one = true;
+  const StepCut& cut;
+  int64_t i;
+  template <typename T, typename F>
+  void operator()(const RecurrentProduct<T>&, int64_t, int64_t, double, const F& body) const {
+    body(cut.block(i));
+  }
+};
 
 // A chunk's walk in row blocks of ~kWalkBlockFlops (the chunk's products): a step of B=16,
 // H=32 (0.1 MFLOP) is too small to cut, but 64 such steps on 4 blocks of rows are not. At most
@@ -321,7 +356,7 @@ int64_t pre_activation_stride(int64_t gh) {
 
 // Everything a backward step touches. Pointers are offset to time step t. The step first adds
 // the recurrent gradient of the step walked before it, dg_next·W_hh, to dh (the products need
-// all of dg_next's units, so they wait for the next step's fork-join), then runs its pointwise
+// all of dg_next's units, so they wait for every block of that step), then runs its pointwise
 // pass. After the walk, a last call without the pointwise pass adds step 0's.
 template <typename T>
 struct BackStepIO {
@@ -418,13 +453,16 @@ void for_row_runs(const int64_t* lengths, int64_t t, int64_t r0, int64_t r1, con
 // [b0, b1) of rows still running and carry for the others. Where `a_t` is scratch (not null)
 // and the product reads_a_transposed, `a` is transposed into it first: once a step, not once a
 // block (LSTM T=20 B=128 H=1024 cuts each step into 32 blocks).
-template <typename T, typename Rows>
+template <typename T, typename Blocks, typename Rows>
 void forward_pass(const StepIO<T>& s, const RecurrentProduct<T>& product, int G, const T* a,
-                  int64_t lda, T* a_t, int64_t c_offset, bool has_c, const Rows& rows) {
+                  int64_t lda, T* a_t, int64_t c_offset, bool has_c, const Blocks& blocks,
+                  const Rows& rows) {
   const int64_t k_count = s.H;  // a's columns: every product here is over h's H units
-  const bool transposed = !s.x && a_t && product.reads_a_transposed(lda, s.B);
+  // A block of its own reads h where it lies: transposing is the whole step's (which is why
+  // sequence_cpu.cc's steps_in_one_job leaves such steps a fork-join each).
+  const bool transposed = !Blocks::one && !s.x && a_t && product.reads_a_transposed(lda, s.B);
   if (transposed) transpose_rows(a, lda, s.B, k_count, a_t);
-  for_step_blocks(product, s.B, s.H, step_flops(s, G), [&](const StepBlock& k) {
+  blocks(product, s.B, s.H, step_flops(s, G), [&](const StepBlock& k) {
     T* const rec = s.rec + k.r0 * s.ldg + c_offset;
     if (s.x)
       product.multiply(s.x + k.r0 * s.ldx, s.ldx, a + k.r0 * lda, lda, k.r1 - k.r0, k.u0, k.u1,
@@ -442,11 +480,11 @@ void forward_pass(const StepIO<T>& s, const RecurrentProduct<T>& product, int G,
 // A backward pass over step blocks: dh += dg_next·W for the block (when a step was walked
 // before), then rows(b0, b1, u0, u1) for each run of rows still running; the others get zero
 // gate gradients in dgx (dgx_blocks blocks of H) and dgh (G).
-template <typename T, typename Rows>
+template <typename T, typename Blocks, typename Rows>
 void backward_pass(const BackStepIO<T>& s, const RecurrentProduct<T>& product, int G,
-                   int dgx_blocks, const Rows& rows) {
+                   int dgx_blocks, const Blocks& blocks, const Rows& rows) {
   const int64_t H = s.H, ldg = s.ldg;
-  for_step_blocks(product, s.B, H, step_flops(s, G), [&](const StepBlock& k) {
+  blocks(product, s.B, H, step_flops(s, G), [&](const StepBlock& k) {
     if (s.dg_next)
       product.multiply(s.dg_next + k.r0 * ldg, ldg, k.r1 - k.r0, k.u0, k.u1, s.dh + k.r0 * H, H,
                        true);
@@ -474,9 +512,10 @@ void with_projection(const StepIO<T>& s, const F& f) {
 template <typename T, bool Training>
 struct LstmStep {
   static constexpr int G = 4;
-  static void forward(const StepIO<T>& s) {
+  template <typename Blocks>
+  static void forward(const StepIO<T>& s, const Blocks& blocks) {
     const int64_t H = s.H, GH = G * H;
-    forward_pass(s, s.products->main, G, s.h_prev, H, s.h_t, 0, true,
+    forward_pass(s, s.products->main, G, s.h_prev, H, s.h_t, 0, true, blocks,
                  [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
       with_projection(s, [&](auto projected) {
         with_block_rows<T>(u1 - u0, H, [&](auto rows, auto ahead) {
@@ -490,9 +529,11 @@ struct LstmStep {
       });
     });
   }
-  static void backward(const BackStepIO<T>& s) {
+  template <typename Blocks>
+  static void backward(const BackStepIO<T>& s, const Blocks& blocks) {
     const int64_t H = s.H, GH = G * H;
-    backward_pass(s, s.products->main, G, G, [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
+    backward_pass(s, s.products->main, G, G, blocks,
+                  [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
       with_block_rows<T>(u1 - u0, H, [&](auto rows, auto ahead) {
         rows.template lstm_backward<T, decltype(ahead)::value>(
             b1 - b0, H, u1 - u0, s.gates + b0 * GH + u0, s.c_prev + b0 * H + u0,
@@ -507,9 +548,10 @@ struct LstmStep {
 template <typename T, bool Training>
 struct GruStep {
   static constexpr int G = 3;
-  static void forward(const StepIO<T>& s) {
+  template <typename Blocks>
+  static void forward(const StepIO<T>& s, const Blocks& blocks) {
     const int64_t H = s.H;
-    forward_pass(s, s.products->main, G, s.h_prev, H, s.h_t, 0, false,
+    forward_pass(s, s.products->main, G, s.h_prev, H, s.h_t, 0, false, blocks,
                  [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
       with_block_rows<T>(u1 - u0, H, [&](auto rows, auto ahead) {
         rows.template gru_forward<T, Training, decltype(ahead)::value>(
@@ -531,9 +573,10 @@ struct GruStep {
   // H=1024. The block adds H values a row to the chunk: T=20 B=16 H=512 peaked at 18.3 MB
   // (torch 21.8).
   static constexpr int kDgxBlocks = 4;
-  static void backward(const BackStepIO<T>& s) {
+  template <typename Blocks>
+  static void backward(const BackStepIO<T>& s, const Blocks& blocks) {
     const int64_t H = s.H;
-    backward_pass(s, s.products->main, G, kDgxBlocks,
+    backward_pass(s, s.products->main, G, kDgxBlocks, blocks,
                   [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
       with_block_rows<T>(u1 - u0, H, [&](auto rows, auto ahead) {
         rows.template gru_backward<T, decltype(ahead)::value>(
@@ -553,7 +596,7 @@ struct GruStep {
 template <typename T, bool Training>
 struct GruResetBeforeStep {
   static constexpr int G = 3;
-  static void forward(const StepIO<T>& s) {
+  static void forward(const StepIO<T>& s, AllBlocks) {
     const int64_t H = s.H, W = 4 * H;
     const RecurrentProduct<T>& rz = s.products->main;
     const RecurrentProduct<T>& n_gate = s.products->n_gate;
@@ -569,6 +612,7 @@ struct GruResetBeforeStep {
       });
     });
     forward_pass(s, n_gate, 1, s.gates + 3 * H, W, static_cast<T*>(nullptr), 2 * H, false,
+                 AllBlocks{},
                  [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
       with_rows([&](auto rows) {
         for (int64_t b = b0; b < b1; ++b)
@@ -579,12 +623,12 @@ struct GruResetBeforeStep {
       });
     });
   }
-  static void backward(const BackStepIO<T>& s) {
+  static void backward(const BackStepIO<T>& s, AllBlocks) {
     const int64_t H = s.H, W = 4 * H;
     const RecurrentProduct<T>& rz = s.products->main;
     const RecurrentProduct<T>& n_gate = s.products->n_gate;
     // dh += dg_next[r, z]·W_h(r,z), then z and n; their rows are zero past a row's length.
-    backward_pass(s, rz, G, G, [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
+    backward_pass(s, rz, G, G, AllBlocks{}, [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
       with_rows([&](auto rows) {
         for (int64_t b = b0; b < b1; ++b)
           rows.gru_reset_before_backward_zn(H, u1 - u0, s.gates + b * W + u0,
@@ -613,9 +657,10 @@ struct GruResetBeforeStep {
 template <typename T, bool Training, bool Relu>
 struct RnnStep {
   static constexpr int G = 1;
-  static void forward(const StepIO<T>& s) {
+  template <typename Blocks>
+  static void forward(const StepIO<T>& s, const Blocks& blocks) {
     const int64_t H = s.H;
-    forward_pass(s, s.products->main, G, s.h_prev, H, s.h_t, 0, false,
+    forward_pass(s, s.products->main, G, s.h_prev, H, s.h_t, 0, false, blocks,
                  [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
       with_projection(s, [&](auto projected) {
         with_block_rows<T>(u1 - u0, H, [&](auto rows, auto ahead) {
@@ -628,9 +673,11 @@ struct RnnStep {
       });
     });
   }
-  static void backward(const BackStepIO<T>& s) {
+  template <typename Blocks>
+  static void backward(const BackStepIO<T>& s, const Blocks& blocks) {
     const int64_t H = s.H;
-    backward_pass(s, s.products->main, G, G, [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
+    backward_pass(s, s.products->main, G, G, blocks,
+                  [&](int64_t b0, int64_t b1, int64_t u0, int64_t u1) {
       with_block_rows<T>(u1 - u0, H, [&](auto rows, auto ahead) {
         rows.template rnn_backward<T, Relu, decltype(ahead)::value>(
             b1 - b0, H, u1 - u0, s.h_new + b0 * H + u0, s.lddy, s.dy + b0 * s.lddy + u0,

@@ -1,8 +1,9 @@
 // The recurrent products of one time step, h·W_hhᵀ forward and dG·W_hh backward, computed for a
 // block of rows and hidden units at a time. A step hands each thread such a block: the thread
 // computes that block's share of the product and then the block's pointwise math at once,
-// while the values it just wrote are in its cache, with one fork-join per step (or per chunk of
-// steps, where the threads walk batch rows of their own: cells_cpu.h's walk_row_blocks).
+// while the values it just wrote are in its cache, the steps of a walk in one job of the pool
+// (thread_pool.h's parallel_steps), or the threads walk batch rows of their own through a chunk
+// of steps (cells_cpu.h's walk_row_blocks).
 //
 // W_hh is packed once per call into column panels for fusedrnn's own register-blocked kernel
 // (recurrent_product.cc), float or double. OpenBLAS packs its operand again at every call, which

@@ -214,12 +214,25 @@ bool takes_row_parts(Cell cell, const Dims& d) {
          sums_bytes * kTapePerPartSums <= detail::tape_bytes(cell, d, false, sizeof(Real));
 }
 
+// Whether a walk's steps, each cut into `cut`'s blocks, run in one job of the pool
+// (cpu::parallel_steps) rather than a fork-join a step: where a step is cut at all, is one pass
+// (not GRU_RESET_BEFORE's two), transposes no h first, and the walk is not itself a chunk of a
+// parallel loop (a bidirectional layer's direction), where each step runs whole on its thread.
+inline bool steps_in_one_job(Cell cell, const cpu::StepCut& cut, bool transposes) {
+  return cut.blocks > 1 && cell != Cell::GRU_RESET_BEFORE && !transposes &&
+         !cpu::inside_parallel_loop();
+}
+
 template <template <typename, bool> class Step, typename T>
 struct Dispatch {
-  static void forward(const cpu::StepIO<T>& s, bool training) {
-    training ? Step<T, true>::forward(s) : Step<T, false>::forward(s);
+  template <typename Blocks>
+  static void forward(const cpu::StepIO<T>& s, bool training, const Blocks& blocks) {
+    training ? Step<T, true>::forward(s, blocks) : Step<T, false>::forward(s, blocks);
   }
-  static void backward(const cpu::BackStepIO<T>& s) { Step<T, true>::backward(s); }
+  template <typename Blocks>
+  static void backward(const cpu::BackStepIO<T>& s, const Blocks& blocks) {
+    Step<T, true>::backward(s, blocks);
+  }
 };
 
 template <typename T, bool Training>
@@ -227,25 +240,31 @@ using RnnTanhStep = cpu::RnnStep<T, Training, false>;
 template <typename T, bool Training>
 using RnnReluStep = cpu::RnnStep<T, Training, true>;
 
-template <typename T>
-void step_forward(Cell cell, const cpu::StepIO<T>& s, bool training) {
+// A step's blocks (cpu::AllBlocks), or one of them (cpu::OneBlock: never GRU_RESET_BEFORE's,
+// whose steps are two passes; see steps_in_one_job).
+template <typename T, typename Blocks = cpu::AllBlocks>
+void step_forward(Cell cell, const cpu::StepIO<T>& s, bool training, const Blocks& blocks = {}) {
   switch (cell) {
-    case Cell::LSTM: return Dispatch<cpu::LstmStep, T>::forward(s, training);
-    case Cell::GRU: return Dispatch<cpu::GruStep, T>::forward(s, training);
-    case Cell::GRU_RESET_BEFORE: return Dispatch<cpu::GruResetBeforeStep, T>::forward(s, training);
-    case Cell::RNN_TANH: return Dispatch<RnnTanhStep, T>::forward(s, training);
-    case Cell::RNN_RELU: return Dispatch<RnnReluStep, T>::forward(s, training);
+    case Cell::LSTM: return Dispatch<cpu::LstmStep, T>::forward(s, training, blocks);
+    case Cell::GRU: return Dispatch<cpu::GruStep, T>::forward(s, training, blocks);
+    case Cell::GRU_RESET_BEFORE:
+      if constexpr (Blocks::one) detail::fail("step_forward: GRU_RESET_BEFORE steps in passes");
+      else return Dispatch<cpu::GruResetBeforeStep, T>::forward(s, training, blocks);
+    case Cell::RNN_TANH: return Dispatch<RnnTanhStep, T>::forward(s, training, blocks);
+    case Cell::RNN_RELU: return Dispatch<RnnReluStep, T>::forward(s, training, blocks);
   }
 }
 
-template <typename T>
-void step_backward(Cell cell, const cpu::BackStepIO<T>& s) {
+template <typename T, typename Blocks = cpu::AllBlocks>
+void step_backward(Cell cell, const cpu::BackStepIO<T>& s, const Blocks& blocks = {}) {
   switch (cell) {
-    case Cell::LSTM: return Dispatch<cpu::LstmStep, T>::backward(s);
-    case Cell::GRU: return Dispatch<cpu::GruStep, T>::backward(s);
-    case Cell::GRU_RESET_BEFORE: return Dispatch<cpu::GruResetBeforeStep, T>::backward(s);
-    case Cell::RNN_TANH: return Dispatch<RnnTanhStep, T>::backward(s);
-    case Cell::RNN_RELU: return Dispatch<RnnReluStep, T>::backward(s);
+    case Cell::LSTM: return Dispatch<cpu::LstmStep, T>::backward(s, blocks);
+    case Cell::GRU: return Dispatch<cpu::GruStep, T>::backward(s, blocks);
+    case Cell::GRU_RESET_BEFORE:
+      if constexpr (Blocks::one) detail::fail("step_backward: GRU_RESET_BEFORE steps in passes");
+      else return Dispatch<cpu::GruResetBeforeStep, T>::backward(s, blocks);
+    case Cell::RNN_TANH: return Dispatch<RnnTanhStep, T>::backward(s, blocks);
+    case Cell::RNN_RELU: return Dispatch<RnnReluStep, T>::backward(s, blocks);
   }
 }
 
@@ -509,15 +528,29 @@ void forward(const ForwardArgs<Real>& a) {
         }
       }
     });
-  } else if (stacked) {
-    for (int64_t s = 0; s < T; ++s) step_forward(a.cell, step_io(s, chunks[0]), training);
   } else {
-    const ProjectionProduct project(projection_shape, a.weights.w_ih, d.I, w_ih_packing,
-                                    projection_reading);
-    for (int64_t c = 0; c < chunks.count(); ++c) {
-      const Chunk k = chunks[c];
-      project(a.x + k.t0 * B * d.I, d.I, false, k.steps * B, xproj, ldg, false);
-      for (int64_t s = k.s0; s < k.s1; ++s) step_forward(a.cell, step_io(s, k), training);
+    // Steps [s0, s1) of chunk k, their blocks in one job where they can be (steps_in_one_job).
+    const cpu::StepCut cut = cpu::step_cut(products.main, B, H, 2.0 * B * GH * H);
+    const bool one_job = steps_in_one_job(a.cell, cut,
+                                          !stacked && products.main.reads_a_transposed(H, B));
+    const auto walk = [&](const Chunk& k, int64_t s0, int64_t s1) {
+      if (one_job)
+        cpu::parallel_steps(s1 - s0, cut.blocks, [&](int64_t i, int64_t block) {
+          step_forward(a.cell, step_io(s0 + i, k), training, cpu::OneBlock{cut, block});
+        });
+      else
+        for (int64_t s = s0; s < s1; ++s) step_forward(a.cell, step_io(s, k), training);
+    };
+    if (stacked) {
+      walk(chunks[0], 0, T);
+    } else {
+      const ProjectionProduct project(projection_shape, a.weights.w_ih, d.I, w_ih_packing,
+                                      projection_reading);
+      for (int64_t c = 0; c < chunks.count(); ++c) {
+        const Chunk k = chunks[c];
+        project(a.x + k.t0 * B * d.I, d.I, false, k.steps * B, xproj, ldg, false);
+        walk(k, k.s0, k.s1);
+      }
     }
   }
 
@@ -622,25 +655,32 @@ void backward(const BackwardArgs<Real>& a) {
     return own_dgh ? dgh_steps + ((s % 2) * B + b) * ldg
                    : gate_row(k, StepPlan(s, T, tape.reverse()).t, b);
   };
-  // Chunk k's steps walked backwards over batch rows [r0, r1), the first from dg_next; each step
-  // a part's rows at a time, which lie together.
+  // Step s of chunk k over rows [b0, b1) of one part, the first step walked from dg_next.
+  const auto walk_io = [&](const Chunk& k, int64_t s, int64_t b0, int64_t b1) {
+    cpu::BackStepIO<Real> io = cpu::rows_of(step_io(s, nullptr), b0, b1, width);
+    io.dg_next = s == k.s1 - 1 ? (dg_next ? dg_next + b0 * ldg : nullptr)
+                               : recurrent_row(k, s + 1, b0);
+    io.dgx = gate_row(k, StepPlan(s, T, tape.reverse()).t, b0);
+    io.dgh = recurrent_row(k, s, b0);
+    return io;
+  };
+  // Chunk k's steps walked backwards over batch rows [r0, r1); each step a part's rows at a
+  // time, which lie together.
   const auto walk_rows = [&](const Chunk& k, int64_t r0, int64_t r1) {
     for (int64_t s = k.s1 - 1; s >= k.s0; --s) {
-      const int64_t t = StepPlan(s, T, tape.reverse()).t;
       for (int64_t b0 = r0; b0 < r1;) {
         int64_t b1 = r1;
         for (int64_t p = 1; p < parts; ++p)
           if (part_begin(p) > b0) b1 = std::min(b1, part_begin(p));
-        cpu::BackStepIO<Real> io = cpu::rows_of(step_io(s, nullptr), b0, b1, width);
-        io.dg_next = s == k.s1 - 1 ? (dg_next ? dg_next + b0 * ldg : nullptr)
-                                   : recurrent_row(k, s + 1, b0);
-        io.dgx = gate_row(k, t, b0);
-        io.dgh = recurrent_row(k, s, b0);
-        step_backward(cell, io);
+        step_backward(cell, walk_io(k, s, b0, b1));
         b0 = b1;
       }
     }
   };
+  // A walk of the whole batch whose steps are cut (the walk's one row block) runs its steps'
+  // blocks in one job where it can (steps_in_one_job).
+  const cpu::StepCut cut = cpu::step_cut(products.main, B, H, recurrent_flops);
+  const bool one_job = parts == 1 && steps_in_one_job(cell, cut, false);
 
   // The weight gradients' sums over parts of k (where parallel_gemm cuts a small dW that way),
   // kept over all chunks and added once at the end. GRU_RESET_BEFORE's n gate has its own.
@@ -649,9 +689,15 @@ void backward(const BackwardArgs<Real>& a) {
   cpu::KPartSums<Real> ih_parts(GH, I), hh_parts(hh_rows, H), hn_parts(H, H);
   for (int64_t c = chunks.count() - 1; c >= 0; --c) {
     const Chunk k = chunks[c];
-    products.for_walk_rows(B, k.steps, k.steps * recurrent_flops,
-                           cpu::packed_kernel_beats_blas(),
-                           [&](int64_t r0, int64_t r1) { walk_rows(k, r0, r1); });
+    const double chunk_flops = k.steps * recurrent_flops;
+    if (one_job && products.walk_row_blocks(B, k.steps, chunk_flops,
+                                            cpu::packed_kernel_beats_blas()) == 1)
+      cpu::parallel_steps(k.steps, cut.blocks, [&](int64_t i, int64_t block) {
+        step_backward(cell, walk_io(k, k.s1 - 1 - i, 0, B), cpu::OneBlock{cut, block});
+      });
+    else
+      products.for_walk_rows(B, k.steps, chunk_flops, cpu::packed_kernel_beats_blas(),
+                             [&](int64_t r0, int64_t r1) { walk_rows(k, r0, r1); });
     for (int64_t p = 0; p < parts; ++p) {
       const int64_t r0 = part_begin(p), rows = part_begin(p + 1) - r0;
       std::memcpy(dg_carry + r0 * ldg, recurrent_row(k, k.s0, r0), sizeof(Real) * rows * ldg);

@@ -14,7 +14,20 @@
 // is closed before any field changes), so a worker that wakes late can never run a chunk of a
 // finished job. The caller waits only for chunks that were claimed, never for workers that are
 // asleep or descheduled. All atomics are sequentially consistent: a few per chunk, each chunk
-// tens of microseconds or more.
+// microseconds or more.
+//
+// A job may be the steps of a recurrence (parallel_steps_chunks): each slice then holds its
+// thread's blocks of every step, and a chunk may be claimed only once its step is open, every
+// chunk of the step before done (done_ counts them). A thread that finds nothing open waits for
+// done_ to move, which only a claimed chunk can make it do; a descheduled worker's blocks are
+// taken by the caller, as in any job. Each step then costs the threads one exchange of done_'s
+// line rather than a fork-join: publishing the job, the worker's wake-up, its claim and the
+// caller's wait for done_. Alternated in one process on a Zen 5 (both orders of the builds,
+// geometric means), against a parallel_for a step: RNN T=200 B=1 H=512 5% faster (inference and
+// training), LSTM inference T=200 B=1 H=256 5.6%, H=512 2%, GRU inference H=512 1.7%, LSTM
+// training H=512 0.7%; level (within 1%) GRU training T=200 B=1 H=1024, RNN training H=1024,
+// LSTM training T=20 B=1 H=1024, LSTM T=20 B=16 H=512 and inference T=20 B=128 H=1024, whose
+// steps are long beside a fork-join.
 //
 // Every thread runs a job's chunks in the caller's floating-point mode (x86: MXCSR's rounding,
 // flush-to-zero and denormals-are-zero bits; elsewhere the rounding mode). The mode is each
@@ -143,7 +156,9 @@ class Pool {
   // Without busy_: build_info() asks, and a job may hold busy_ for a whole call.
   bool sharing() const { return sharing_.load(); }
 
-  void run(int64_t chunks, ChunkFn fn, const void* ctx) {
+  // Chunks s * blocks + i for steps s and blocks i, each step after the one before.
+  void run(int64_t steps, int64_t blocks, ChunkFn fn, const void* ctx) {
+    const int64_t chunks = steps * blocks;
     if (chunks <= 0) return;
     const auto run_here = [&] {
       const InsideChunk inside;
@@ -166,7 +181,8 @@ class Pool {
     fn_.store(fn);
     ctx_.store(ctx);
     fp_mode_.store(fp_mode());
-    chunks_.store(chunks);
+    steps_.store(steps);
+    blocks_.store(blocks);
     done_.store(0);
     // Slice 0 last: a worker that finds it open finds every slice open and the fields written.
     for (auto slice = slices_.rbegin(); slice != slices_.rend(); ++slice)
@@ -201,34 +217,60 @@ class Pool {
   }
 
  private:
-  // Chunk i of slice j is chunk first(j) + i; slice j holds [first(j), first(j + 1)).
-  int64_t slice_start(int64_t chunks, int64_t j) const { return chunks * j / threads_; }
+  // Slice j holds blocks [first(j), first(j + 1)) of every step: its n-th chunk is block
+  // first(j) + n % size of step n / size.
+  int64_t slice_start(int64_t blocks, int64_t j) const { return blocks * j / threads_; }
 
   // Claims and runs chunks of job `seq` until none is left (or the job is not `seq` any more):
-  // those of slice `home` first, then each other slice's in turn.
+  // those of slice `home` first, then each other slice's in turn, each chunk only once its step
+  // is open (every chunk of the steps before it done). A thread that finds nothing open waits
+  // for a chunk that another thread has claimed, never for one nobody has.
   void work_on(uint64_t seq, int home) {
     const ChunkFn fn = fn_.load();
     const void* ctx = ctx_.load();
-    const int64_t chunks = chunks_.load();
+    const int64_t steps = steps_.load(), blocks = blocks_.load();
     const FpModeScope caller_mode(fp_mode_.load());
-    for (int s = 0; s < threads_; ++s) {
-      const int j = (home + s) % threads_;
-      const int64_t first = slice_start(chunks, j), size = slice_start(chunks, j + 1) - first;
-      std::atomic<uint64_t>& word = slices_[j].claim;
-      uint64_t claim = word.load();
-      for (;;) {
-        if (claim >> 32 != seq) return;
-        // (A closed word of this job cannot be met: slice 0, from which the job was taken,
-        // opened last.)
-        const uint64_t next = claim & 0xFFFFFFFFu;
-        if (static_cast<int64_t>(next) >= size) break;
-        if (!word.compare_exchange_weak(claim, claim + 1)) continue;  // claim was reloaded
-        {
-          const InsideChunk inside;
-          fn(ctx, first + static_cast<int64_t>(next));
+    for (int spins = 0;;) {
+      // One reading of done_ a pass: a step that opens mid-pass is taken from home first.
+      // (A job of one step is all open: no reading of the line every chunk's end writes.)
+      const int64_t done = steps > 1 ? done_.load() : 0;
+      bool waiting = false, ran = false;
+      for (int s = 0; s < threads_ && !ran; ++s) {
+        const int j = (home + s) % threads_;
+        const int64_t first = slice_start(blocks, j), size = slice_start(blocks, j + 1) - first;
+        std::atomic<uint64_t>& word = slices_[j].claim;
+        uint64_t claim = word.load();
+        for (;;) {
+          if (claim >> 32 != seq) return;
+          // (A closed word of this job cannot be met: slice 0, from which the job was taken,
+          // opened last.)
+          const int64_t next = static_cast<int64_t>(claim & 0xFFFFFFFFu);
+          if (next >= size * steps) break;
+          const int64_t step = next / size;
+          if (done < step * blocks) {
+            waiting = true;
+            break;
+          }
+          if (!word.compare_exchange_weak(claim, claim + 1)) continue;  // claim was reloaded
+          {
+            const InsideChunk inside;
+            fn(ctx, step * blocks + first + next % size);
+          }
+          done_.fetch_add(1);
+          ran = true;
+          break;
         }
-        done_.fetch_add(1);
-        claim = word.load();
+      }
+      if (ran) {
+        spins = 0;
+        continue;
+      }
+      if (!waiting) return;
+      // (Or until the job is over: a thread that missed every count in between, descheduled,
+      // must not wait on the next job's done_ coming back to the same count.)
+      while (done_.load() == done && slices_[home].claim.load() >> 32 == seq) {
+        if (++spins < kSpinsBeforeYield) FR_CPU_RELAX();
+        else std::this_thread::yield();
       }
     }
   }
@@ -294,7 +336,8 @@ class Pool {
   std::vector<Slice> slices_;
   std::atomic<ChunkFn> fn_{nullptr};
   std::atomic<const void*> ctx_{nullptr};
-  std::atomic<int64_t> chunks_{0};
+  std::atomic<int64_t> steps_{0};
+  std::atomic<int64_t> blocks_{0};
   std::atomic<unsigned> fp_mode_{0};
   std::atomic<int64_t> done_{0};
   std::atomic<uint64_t> generation_{0};
@@ -354,7 +397,14 @@ void set_pool_threads(int threads) {
 void parallel_for_chunks(int64_t chunks, ChunkFn fn, const void* ctx) {
   if (chunks >= static_cast<int64_t>(kClosed))
     detail::fail("parallel_for: expected fewer than 2^32-1 chunks, got " + std::to_string(chunks));
-  pool().run(chunks, fn, ctx);
+  pool().run(1, chunks, fn, ctx);
+}
+
+void parallel_steps_chunks(int64_t steps, int64_t blocks, ChunkFn fn, const void* ctx) {
+  if (steps < 0 || blocks < 0 || (blocks > 0 && steps >= static_cast<int64_t>(kClosed) / blocks))
+    detail::fail("parallel_steps: expected fewer than 2^32-1 chunks, got " +
+                 std::to_string(steps) + " steps of " + std::to_string(blocks) + " blocks");
+  pool().run(steps, blocks, fn, ctx);
 }
 
 }  // namespace cpu

@@ -32,6 +32,13 @@ using ChunkFn = void (*)(const void* ctx, int64_t chunk);
 // that can fails by storing its exception for the caller (pair_cpu.cc's run_pair).
 void parallel_for_chunks(int64_t chunks, ChunkFn fn, const void* ctx);
 
+// Runs fn(ctx, s * blocks + i) once for every step s in [0, steps) and block i in [0, blocks),
+// each step's blocks only once every block of the step before has returned, and returns when
+// all have run: the steps of a recurrence in one job, each thread working through its own
+// blocks of step after step (the same blocks as parallel_for_chunks(blocks) would deal it), so
+// that no step pays a fork-join. Otherwise as parallel_for_chunks.
+void parallel_steps_chunks(int64_t steps, int64_t blocks, ChunkFn fn, const void* ctx);
+
 // Whether the calling thread is running a chunk of a parallel loop, where a loop runs inline.
 bool inside_parallel_loop();
 
@@ -48,6 +55,23 @@ void parallel_for(int64_t chunks, const F& body) {
   if (chunks == 1) return body(int64_t{0});
   parallel_for_chunks(
       chunks, [](const void* ctx, int64_t i) { (*static_cast<const F*>(ctx))(i); }, &body);
+}
+
+// body(step, block) for every step in [0, steps) and block in [0, blocks), as
+// parallel_steps_chunks runs them.
+template <typename F>
+void parallel_steps(int64_t steps, int64_t blocks, const F& body) {
+  struct Context {
+    const F* body;
+    int64_t blocks;
+  } context{&body, blocks};
+  parallel_steps_chunks(
+      steps, blocks,
+      [](const void* ctx, int64_t chunk) {
+        const Context& c = *static_cast<const Context*>(ctx);
+        (*c.body)(chunk / c.blocks, chunk % c.blocks);
+      },
+      &context);
 }
 
 }  // namespace cpu

@@ -103,6 +103,32 @@ def test_walking_rows_or_cutting_units_gives_the_same_bits(kind, T, B, I, H, thr
     assert results[3] == results[1], "3 threads"
 
 
+@pytest.mark.parametrize("T, B, I, H", [(16, 1, 8, 512), (9, 3, 8, 320)],
+                         ids=["T16B1", "T9B3"])
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_steps_in_one_job_give_the_same_bits_on_any_threads(kind, T, B, I, H, threads_restored):
+    """A walk whose steps are cut into blocks of units runs every step's blocks in one job of
+    the pool (csrc/thread_pool.h's parallel_steps): whichever thread takes a block, the bits are
+    those of one thread, in either direction of a bidirectional layer (whose directions each run
+    on a thread of their own, each step whole) and with rows that end early."""
+    rng = np.random.default_rng(6)
+    for bidirectional in (False, True):
+        m = LAYERS[kind](I, H, bidirectional=bidirectional, dtype=np.float32, seed=4)
+        x = rng.uniform(-1, 1, (T, B, I)).astype(np.float32)
+        dy = rng.uniform(-1, 1, (T, B, H * (1 + bidirectional))).astype(np.float32)
+        lengths = rng.integers(1, T + 1, B)
+        results = {}
+        for threads in (1, 2, 3):
+            fr.set_num_threads(threads)
+            y, state, tape = m.forward(x, None, lengths, training=True)
+            dx, dstate, dparams = m.backward(tape, dy)
+            arrays = [m(x, None, lengths)[0], y, *np.atleast_1d(state), dx,
+                      *np.atleast_1d(dstate), *dparams.values()]
+            results[threads] = [np.ascontiguousarray(a).tobytes() for a in arrays]
+        assert results[2] == results[1], f"2 threads, bidirectional={bidirectional}"
+        assert results[3] == results[1], f"3 threads, bidirectional={bidirectional}"
+
+
 @pytest.fixture
 def set_flush_denormal():
     """torch's switch for flush-to-zero and denormals-are-zero on the calling thread; off again

@@ -167,6 +167,22 @@ def test_op_matches_reference_at_odd_sizes(kcell, dtype, reverse, shape):
                                            reverse)
 
 
+# A step whose W_hh is too large to be read whole by each thread is cut into blocks of units;
+# a walk of such steps runs all their blocks in one job of the pool (thread_pool.h's
+# parallel_steps), each step's blocks once the step before is done, forward and backward (but
+# GRU_RESET_BEFORE's, whose steps are two passes). A batch of one at H=512 (8 blocks of LSTM's
+# step, 2 of an RNN's) and three rows of random lengths at H=320, whose ended rows' blocks carry
+# their state and get zero gate gradients.
+@pytest.mark.parametrize("shape", [(12, 1, 3, 512), (9, 3, 5, 320)],
+                         ids=lambda s: "T{}B{}I{}H{}".format(*s))
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kcell", KERNEL_CELLS)
+def test_op_steps_in_one_job_match_reference(kcell, dtype, reverse, shape):
+    check_random_lengths_against_reference(np.random.default_rng(18), kcell, dtype, shape,
+                                           reverse)
+
+
 # A batch of one's backward packs a W_hh of 8 MB or more from 16 steps on (BLAS reads it in
 # strips of columns; recurrent_product.h's min_steps_packing_one_row): LSTM and GRU, float32
 # H=840 (11.3 and 8.5 MB), 16 steps; the forward's products, under 32 steps, read W_hh where it
