@@ -20,14 +20,14 @@
 // thread's blocks of every step, and a chunk may be claimed only once its step is open, every
 // chunk of the step before done (done_ counts them). A thread that finds nothing open waits for
 // done_ to move, which only a claimed chunk can make it do; a descheduled worker's blocks are
-// taken by the caller, as in any job. Each step then costs the threads one exchange of done_'s
+// taken by the threads still running, as in any job. Each step then costs the threads one exchange of done_'s
 // line rather than a fork-join: publishing the job, the worker's wake-up, its claim and the
 // caller's wait for done_. Alternated in one process on a Zen 5 (both orders of the builds,
 // geometric means), against a parallel_for a step: RNN T=200 B=1 H=512 5% faster (inference and
 // training), LSTM inference T=200 B=1 H=256 5.6%, H=512 2%, GRU inference H=512 1.7%, LSTM
 // training H=512 0.7%; level (within 1%) GRU training T=200 B=1 H=1024, RNN training H=1024,
-// LSTM training T=20 B=1 H=1024, LSTM T=20 B=16 H=512 and inference T=20 B=128 H=1024, whose
-// steps are long beside a fork-join.
+// LSTM training T=20 B=1 H=1024 and LSTM T=20 B=16 H=512, whose steps are long beside a
+// fork-join.
 //
 // Every thread runs a job's chunks in the caller's floating-point mode (x86: MXCSR's rounding,
 // flush-to-zero and denormals-are-zero bits; elsewhere the rounding mode). The mode is each
@@ -230,7 +230,7 @@ class Pool {
     const void* ctx = ctx_.load();
     const int64_t steps = steps_.load(), blocks = blocks_.load();
     const FpModeScope caller_mode(fp_mode_.load());
-    for (int spins = 0;;) {
+    for (;;) {
       // One reading of done_ a pass: a step that opens mid-pass is taken from home first.
       // (A job of one step is all open: no reading of the line every chunk's end writes.)
       const int64_t done = steps > 1 ? done_.load() : 0;
@@ -257,19 +257,22 @@ class Pool {
             fn(ctx, step * blocks + first + next % size);
           }
           done_.fetch_add(1);
-          ran = true;
-          break;
+          // After a chunk of a job of steps the pass starts again from home, whose block of
+          // the next step comes first; a job of one step goes on in this slice.
+          if (steps > 1) {
+            ran = true;
+            break;
+          }
+          claim = word.load();
         }
       }
-      if (ran) {
-        spins = 0;
-        continue;
-      }
+      if (ran) continue;
       if (!waiting) return;
       // (Or until the job is over: a thread that missed every count in between, descheduled,
       // must not wait on the next job's done_ coming back to the same count.)
-      while (done_.load() == done && slices_[home].claim.load() >> 32 == seq) {
-        if (++spins < kSpinsBeforeYield) FR_CPU_RELAX();
+      for (int spins = 0; done_.load() == done && slices_[home].claim.load() >> 32 == seq;
+           ++spins) {
+        if (spins < kSpinsBeforeYield) FR_CPU_RELAX();
         else std::this_thread::yield();
       }
     }

@@ -103,28 +103,39 @@ def test_walking_rows_or_cutting_units_gives_the_same_bits(kind, T, B, I, H, thr
     assert results[3] == results[1], "3 threads"
 
 
-@pytest.mark.parametrize("T, B, I, H", [(16, 1, 8, 512), (9, 3, 8, 320)],
-                         ids=["T16B1", "T9B3"])
+# Sizes whose walks cut every step into blocks of units (LSTM, GRU and RNN): a batch of one at
+# H=512, and three rows of random lengths at H=320.
+STEPPED_SHAPES = {"T16B1": (16, 1, 8, 512), "T9B3": (9, 3, 8, 320)}
+
+
+def stepped_results(kind, shape, bidirectional):
+    """The bytes of every output and gradient of inference and of a training step of a layer of
+    `kind` over a walk of `shape` (T, B, I, H), with random lengths."""
+    T, B, I, H = shape
+    rng = np.random.default_rng(6)
+    m = LAYERS[kind](I, H, bidirectional=bidirectional, dtype=np.float32, seed=4)
+    x = rng.uniform(-1, 1, (T, B, I)).astype(np.float32)
+    dy = rng.uniform(-1, 1, (T, B, H * (1 + bidirectional))).astype(np.float32)
+    lengths = rng.integers(1, T + 1, B)
+    y, state, tape = m.forward(x, None, lengths, training=True)
+    dx, dstate, dparams = m.backward(tape, dy)
+    arrays = [m(x, None, lengths)[0], y, *np.atleast_1d(state), dx, *np.atleast_1d(dstate),
+              *dparams.values()]
+    return [np.ascontiguousarray(a).tobytes() for a in arrays]
+
+
+@pytest.mark.parametrize("shape", STEPPED_SHAPES.values(), ids=STEPPED_SHAPES.keys())
 @pytest.mark.parametrize("kind", sorted(LAYERS))
-def test_steps_in_one_job_give_the_same_bits_on_any_threads(kind, T, B, I, H, threads_restored):
+def test_steps_in_one_job_give_the_same_bits_on_any_threads(kind, shape, threads_restored):
     """A walk whose steps are cut into blocks of units runs every step's blocks in one job of
     the pool (csrc/thread_pool.h's parallel_steps): whichever thread takes a block, the bits are
-    those of one thread, in either direction of a bidirectional layer (whose directions each run
-    on a thread of their own, each step whole) and with rows that end early."""
-    rng = np.random.default_rng(6)
+    those of one thread, with rows that end early, and in either direction of a bidirectional
+    layer too (whose directions run on a thread each, each step whole)."""
     for bidirectional in (False, True):
-        m = LAYERS[kind](I, H, bidirectional=bidirectional, dtype=np.float32, seed=4)
-        x = rng.uniform(-1, 1, (T, B, I)).astype(np.float32)
-        dy = rng.uniform(-1, 1, (T, B, H * (1 + bidirectional))).astype(np.float32)
-        lengths = rng.integers(1, T + 1, B)
         results = {}
         for threads in (1, 2, 3):
             fr.set_num_threads(threads)
-            y, state, tape = m.forward(x, None, lengths, training=True)
-            dx, dstate, dparams = m.backward(tape, dy)
-            arrays = [m(x, None, lengths)[0], y, *np.atleast_1d(state), dx,
-                      *np.atleast_1d(dstate), *dparams.values()]
-            results[threads] = [np.ascontiguousarray(a).tobytes() for a in arrays]
+            results[threads] = stepped_results(kind, shape, bidirectional)
         assert results[2] == results[1], f"2 threads, bidirectional={bidirectional}"
         assert results[3] == results[1], f"3 threads, bidirectional={bidirectional}"
 

@@ -170,9 +170,9 @@ def test_op_matches_reference_at_odd_sizes(kcell, dtype, reverse, shape):
 # A step whose W_hh is too large to be read whole by each thread is cut into blocks of units;
 # a walk of such steps runs all their blocks in one job of the pool (thread_pool.h's
 # parallel_steps), each step's blocks once the step before is done, forward and backward (but
-# GRU_RESET_BEFORE's, whose steps are two passes). A batch of one at H=512 (8 blocks of LSTM's
-# step, 2 of an RNN's) and three rows of random lengths at H=320, whose ended rows' blocks carry
-# their state and get zero gate gradients.
+# GRU_RESET_BEFORE's, whose steps are two passes). A batch of one at H=512 (LSTM's steps in 4
+# blocks forward and 2 backward, where W_hh is read where it lies) and three rows of random
+# lengths at H=320, whose ended rows' blocks carry their state and get zero gate gradients.
 @pytest.mark.parametrize("shape", [(12, 1, 3, 512), (9, 3, 5, 320)],
                          ids=lambda s: "T{}B{}I{}H{}".format(*s))
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])

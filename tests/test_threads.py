@@ -226,6 +226,27 @@ def test_torch_threads_give_the_same_bits(torch_threads):
         fr.set_num_threads(before)
 
 
+def test_torch_threads_give_the_same_bits_in_steps_in_one_job(torch_threads):
+    """Walks whose steps' blocks run in one job (csrc/thread_pool.h's parallel_steps), on 1, 2
+    and 3 of torch's threads, against fusedrnn's own threads: a job's steps then run in one
+    OpenMP region."""
+    import test_determinism
+    before = _core.build_info()["threads"]
+    cases = [(kind, shape) for kind in ("lstm", "gru", "rnn_tanh")
+             for shape in test_determinism.STEPPED_SHAPES.values()]
+    try:
+        shared = []
+        for threads in (1, 2, 3):
+            fr.set_num_threads(threads)
+            shared.append([test_determinism.stepped_results(kind, shape, False)
+                           for kind, shape in cases])
+        torch_threads.share_threads(False)
+        own = [test_determinism.stepped_results(kind, shape, False) for kind, shape in cases]
+        assert shared == [own] * 3
+    finally:
+        fr.set_num_threads(before)
+
+
 def pool_worker_threads():
     """The process's threads that fusedrnn's pool started (it names them)."""
     def name(task):
