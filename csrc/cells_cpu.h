@@ -199,10 +199,11 @@ inline int64_t block_start(int64_t i, int64_t blocks, int64_t n, int64_t step) {
 // product.
 struct StepCut {
   int64_t blocks;
-  bool split_rows;
-  int64_t n, step;  // the cut dimension (B or H) in blocks on multiples of `step`
+  bool split_rows;  // blocks of rows (B), else of units (H), on multiples of `step`
+  int64_t step;
   int64_t B, H;
   StepBlock block(int64_t i) const {
+    const int64_t n = split_rows ? B : H;
     const int64_t a = block_start(i, blocks, n, step), b = block_start(i + 1, blocks, n, step);
     return split_rows ? StepBlock{a, b, 0, H} : StepBlock{0, B, a, b};
   }
@@ -212,7 +213,6 @@ template <typename T>
 StepCut step_cut(const RecurrentProduct<T>& product, int64_t B, int64_t H, double flops) {
   const bool split_rows =
       product.weight_bytes() <= kRowSplitBytes && B > product.row_step();
-  const int64_t n = split_rows ? B : H;
   // Units go in whole panels, and whole vectors of the pointwise rows (both powers of two),
   // and at least kMinBlockUnits of them. Rows go in near-equal blocks of at least a tile's
   // rows: the kernel runs any count of rows but one at full speed, and blocks cut on multiples
@@ -223,7 +223,7 @@ StepCut step_cut(const RecurrentProduct<T>& product, int64_t B, int64_t H, doubl
   const int64_t most = split_rows ? B / product.row_step() : (H + step - 1) / step;
   const int64_t blocks = even_blocks(static_cast<int64_t>(flops / kStepBlockFlops),
                                      std::min(kMaxStepBlocks, most));
-  return {blocks, split_rows, n, step, B, H};
+  return {blocks, split_rows, step, B, H};
 }
 
 // body(block) for the blocks of the step's cut, in parallel.

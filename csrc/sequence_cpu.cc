@@ -530,7 +530,7 @@ void forward(const ForwardArgs<Real>& a) {
     });
   } else {
     // Steps [s0, s1) of chunk k, their blocks in one job where they can be (steps_in_one_job).
-    const cpu::StepCut cut = cpu::step_cut(products.main, B, H, 2.0 * B * GH * H);
+    const cpu::StepCut cut = cpu::step_cut(products.main, B, H, recurrent_flops);
     const bool one_job = steps_in_one_job(a.cell, cut,
                                           !stacked && products.main.reads_a_transposed(H, B));
     const auto walk = [&](const Chunk& k, int64_t s0, int64_t s1) {
